@@ -1,0 +1,92 @@
+"""Static-graph engines for infer.py: Paddle Inference (CPU/GPU/TensorRT) and ONNX Runtime.
+
+Each engine maps a float32 [N,3,H,W] batch to (maps [N,1,H,W], scores [N]); they do no model math.
+"""
+import os
+
+from .errors import UserError
+
+
+class PaddleEngine:
+    def __init__(self, model_dir, device="cpu", cpu_threads=2, enable_mkldnn=True,
+                 use_tensorrt=False, precision="fp32", max_batch_size=1, image_size=256,
+                 gpu_mem_mb=500, gpu_id=0):
+        from paddle import inference
+
+        from .deploy import INPUT_NAME, model_files
+
+        graph, params = model_files(model_dir)
+        config = inference.Config(graph, params)
+        config.disable_glog_info()
+        if device == "gpu":
+            import paddle
+
+            if not paddle.device.is_compiled_with_cuda():
+                raise UserError("--device gpu: this Paddle build has no CUDA; install paddlepaddle-gpu "
+                                "or use --device cpu")
+            half = inference.PrecisionType.Half
+            full = inference.PrecisionType.Float32
+            config.enable_use_gpu(gpu_mem_mb, gpu_id, half if precision == "fp16" and not use_tensorrt else full)
+            if use_tensorrt:
+                config.enable_tensorrt_engine(
+                    workspace_size=1 << 30, max_batch_size=max_batch_size, min_subgraph_size=3,
+                    precision_mode=half if precision == "fp16" else full,
+                    use_static=False, use_calib_mode=False)
+                shape = [3, image_size, image_size]
+                config.set_trt_dynamic_shape_info({INPUT_NAME: [1] + shape},
+                                                  {INPUT_NAME: [max_batch_size] + shape},
+                                                  {INPUT_NAME: [max_batch_size] + shape})
+        else:
+            if use_tensorrt:
+                raise UserError("--use_tensorrt true needs --device gpu")
+            if precision != "fp32":
+                raise UserError(f"--precision {precision} needs --device gpu (CPU runs fp32)")
+            config.disable_gpu()
+            config.set_cpu_math_library_num_threads(cpu_threads)
+            if enable_mkldnn:
+                config.enable_mkldnn()
+            else:
+                config.disable_mkldnn()
+        config.switch_ir_optim(True)
+        self.config = config
+        self.predictor = inference.create_predictor(config)
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
+
+    def run(self, batch):
+        self.input.reshape(list(batch.shape))
+        self.input.copy_from_cpu(batch)
+        self.predictor.run()
+        amap, score = (out.copy_to_cpu() for out in self.outputs)
+        return amap, score.reshape(-1)
+
+
+class OnnxEngine:
+    def __init__(self, model_dir, device="cpu", cpu_threads=2, **_unused):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("--backend onnxruntime needs: pip install onnxruntime") from None
+        path = os.path.join(model_dir, "model.onnx")
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: missing; export with export_model.py --to_onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_threads
+        options.inter_op_num_threads = 1
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
+        self.config = {"runtime_device": device, "ir_optim": True, "enable_tensorrt": False,
+                       "enable_mkldnn": False, "cpu_math_library_num_threads": cpu_threads}
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, batch):
+        amap, score = self.session.run(None, {self.input_name: batch})
+        return amap, score.reshape(-1)
+
+
+def create_engine(backend, model_dir, **options):
+    if backend == "paddle":
+        return PaddleEngine(model_dir, **options)
+    if backend == "onnxruntime":
+        return OnnxEngine(model_dir, **options)
+    raise UserError(f"--backend must be paddle or onnxruntime, got {backend!r}")

@@ -1,0 +1,41 @@
+"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind."""
+import csv
+import json
+import os
+import tempfile
+
+
+def _atomic_write(path, write_fn, mode="w"):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write_fn(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path, data):
+    _atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=False))
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_csv(path, header, rows):
+    def write(f):
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+    _atomic_write(path, write)
+
+
+def write_bytes(path, data):
+    _atomic_write(path, lambda f: f.write(data), mode="wb")

@@ -1,0 +1,62 @@
+"""Process set-up shared by every entry point: CPU threads, device and seeds.
+
+``import paddle`` pins OMP_NUM_THREADS to 1 when it is unset, so the thread count has to be
+exported before paddle is imported anywhere; entry points call ``set_cpu_threads`` first.
+"""
+import os
+import random
+
+import numpy as np
+
+from .errors import UserError
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def set_cpu_threads(num_threads):
+    """Export the thread count for OpenMP/MKL; call before ``import paddle``."""
+    num_threads = int(num_threads)
+    if num_threads < 1:
+        raise UserError(f"--cpu_threads must be >= 1, got {num_threads}")
+    for var in _THREAD_VARS:
+        os.environ[var] = str(num_threads)
+    return num_threads
+
+
+def cpu_threads_from_argv(argv, default=2):
+    """Peek at ``--cpu_threads N`` before argparse runs (it must act before paddle loads)."""
+    for i, arg in enumerate(argv):
+        if arg == "--cpu_threads" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--cpu_threads="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"--cpu_threads expects an integer, got {value!r}") from None
+    return default
+
+
+def set_device(device):
+    """Select 'cpu' or 'gpu' for dygraph; a clear error if no GPU build/device is present."""
+    import paddle
+
+    if device == "gpu":
+        if not paddle.device.is_compiled_with_cuda() or paddle.device.cuda.device_count() < 1:
+            raise UserError("--device gpu: this Paddle build has no usable CUDA device; "
+                            "install paddlepaddle-gpu on a machine with a GPU, or use --device cpu")
+        paddle.set_device("gpu")
+    elif device == "cpu":
+        paddle.set_device("cpu")
+    else:
+        raise UserError(f"--device must be 'cpu' or 'gpu', got {device!r}")
+
+
+def seed_everything(seed):
+    import paddle
+
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)

@@ -1,0 +1,86 @@
+"""Reading images and masks from disk, and the one preprocessing step every mode shares."""
+import os
+
+import cv2
+import numpy as np
+
+from adkit.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder):
+    """Sorted image files directly inside ``folder`` (hidden files skipped)."""
+    names = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
+    return [os.path.join(folder, n) for n in names]
+
+
+def _read_raw(path):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    # imdecode over np.fromfile also copes with non-ASCII paths, unlike cv2.imread on Windows
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise UserError(f"{path}: cannot decode image (expected PNG/JPEG/BMP/TIFF)")
+    return image
+
+
+def _to_uint8(image):
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:  # 16-bit industrial cameras: keep the full range, scaled
+        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    raise UserError(f"unsupported image pixel type {image.dtype}")
+
+
+def read_rgb(path):
+    """Any readable image as uint8 RGB HxWx3 (grayscale, RGBA and 16-bit are converted)."""
+    image = _read_raw(path)
+    try:
+        image = _to_uint8(image)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise UserError(f"{path}: expected 1, 3 or 4 channels, found {channels}")
+
+
+def read_mask(path, expected_hw):
+    """A ground-truth mask as a {0,1} uint8 HxW array; must match its image's size."""
+    mask = _read_raw(path)
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if mask.shape[:2] != tuple(expected_hw):
+        raise UserError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{expected_hw[1]}x{expected_hw[0]} (width x height)")
+    return (mask > 0).astype(np.uint8)
+
+
+def resize_rgb(image, size):
+    """Resize to size x size: area averaging when shrinking (no aliasing), bilinear otherwise."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    shrinking = h > size or w > size
+    return cv2.resize(image, (size, size),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask, size):
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def to_chw_float(image):
+    """uint8 HxWx3 RGB -> float32 3xHxW in [0,1], the input every exported model takes."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Export a trained model to a Paddle static inference graph (and optionally ONNX).
+
+    python export_model.py --model efficientad_s --checkpoint_dir output/efficientad_s/brick \
+        --save_dir inference/efficientad_s_brick
+
+The graph takes float32 [N,3,H,W] RGB in [0,1] at the training image size (N dynamic) and returns
+(anomaly map [N,1,H,W], image score [N]). Input normalisation, teacher normalisation, map
+quantiles and RD4AD's Gaussian blur are all inside the graph.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+from adkit.errors import UserError, exit_on_user_error
+from adkit.runtime import cpu_threads_from_argv, set_cpu_threads
+
+
+def parse_args(argv):
+    from adkit.config import OneLineParser
+
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, choices=("rd4ad", "efficientad_s", "efficientad_m"))
+    parser.add_argument("--checkpoint_dir", required=True, help="<output_dir>/<model>/<cls> of a training run")
+    parser.add_argument("--save_dir", required=True, help="folder for inference.json/.pdiparams + deploy_config.json")
+    parser.add_argument("--to_onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
+    parser.add_argument("--opset", type=int, default=13, help="ONNX opset for --to_onnx")
+    parser.add_argument("--cpu_threads", type=int, default=2, help="CPU threads while exporting")
+    return parser.parse_args(argv)
+
+
+def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13):
+    import paddle
+
+    from adkit import __version__
+    from adkit.deploy import DEPLOY_CONFIG, INPUT_DESCRIPTION, INPUT_NAME, MODEL_PREFIX
+    from adkit.io_utils import write_json
+    from adkit.predictions import resolve_threshold
+    from models import load_trained
+
+    cfg, method = load_trained(checkpoint_dir, runtime_cfg={"device": "cpu"}, expected_model=model)
+    net = method.inference_net()
+    net.eval()
+    size = int(cfg["image_size"])
+    spec = [paddle.static.InputSpec([None, 3, size, size], "float32", INPUT_NAME)]
+    threshold, source = resolve_threshold(None, checkpoint_dir)
+
+    # Write into a sibling temp folder and swap it in: an existing export survives any failure.
+    parent = os.path.dirname(os.path.abspath(save_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".export_")
+    try:
+        static_net = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+        paddle.jit.save(static_net, os.path.join(staging, MODEL_PREFIX))
+        if to_onnx:
+            export_onnx(staging, opset)
+        write_json(os.path.join(staging, DEPLOY_CONFIG), {
+            "model": model, "image_size": size, "threshold": threshold,
+            "threshold_source": source, "input": INPUT_DESCRIPTION,
+            "outputs": ["anomaly map float32 [N,1,H,W]", "image score float32 [N]"],
+            "checkpoint_dir": os.path.abspath(checkpoint_dir), "project_version": __version__,
+            "paddle_version": paddle.__version__})
+        _swap_in(staging, save_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return save_dir
+
+
+def export_onnx(folder, opset):
+    from adkit.deploy import model_files
+
+    try:
+        import paddle2onnx
+    except ImportError:
+        raise UserError("--to_onnx needs paddle2onnx: pip install paddle2onnx onnxruntime") from None
+    graph, params = model_files(folder)
+    # enable_optimize=False: paddle2onnx's optimiser may try to pip-install packages at run time.
+    paddle2onnx.export(graph, params, os.path.join(folder, "model.onnx"), opset_version=opset,
+                       enable_onnx_checker=True, enable_optimize=False)
+
+
+def _swap_in(staging, save_dir):
+    old = None
+    if os.path.exists(save_dir):
+        old = save_dir.rstrip("/\\") + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(save_dir, old)
+    os.replace(staging, save_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@exit_on_user_error
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    set_cpu_threads(cpu_threads_from_argv(argv))
+    args = parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    out = export(args.model, args.checkpoint_dir, args.save_dir, args.to_onnx, args.opset)
+    logging.getLogger("adkit").info("exported %s to %s", args.model, out)
+
+
+if __name__ == "__main__":
+    main()

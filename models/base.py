@@ -1,0 +1,32 @@
+"""The contract every anomaly-detection method in models/ fulfils.
+
+Data flows one way: dataset -> method.fit -> checkpoint -> method.load -> inference_net.
+``inference_net`` is the single implementation of the anomaly map: dygraph eval/infer call it
+directly and export_model.py saves it with paddle.jit, so the three can never disagree.
+"""
+
+
+class AnomalyMethod:
+    """Base class. ``cfg`` is the flat dict of resolved options (configs/<model>.yaml + CLI)."""
+
+    name = "base"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def fit(self, train_set, val_set, ckpt_dir, resume=False):
+        """Train on ``train_set`` (good images); ``val_set`` is held-out good images.
+
+        Both are ``datasets.ImageDataset``: ``len()``, ``[i] -> float32 [3,H,W] RGB in [0,1]``.
+        Writes checkpoints atomically into ``ckpt_dir`` (a pathlib.Path that exists).
+        """
+        raise NotImplementedError
+
+    def load(self, ckpt_dir):
+        """Load the trained state written by ``fit`` (raises UserError if absent)."""
+        raise NotImplementedError
+
+    def inference_net(self):
+        """An eval-mode paddle.nn.Layer: x [B,3,H,W] float32 RGB in [0,1] at the model size
+        -> (anomaly map [B,1,H,W] float32 at the input size, image score [B] = max of the map)."""
+        raise NotImplementedError

@@ -1,0 +1,111 @@
+"""Frozen, pretrained feature extractors: ``build_encoder(name, weights)`` -> a Layer mapping an
+RGB image in [0,1] to three feature maps at strides 4, 8 and 16 (``.channels`` gives their
+widths). Used as RD4AD's teacher; never trained, so it must never leave eval mode.
+"""
+import hashlib
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from adkit.errors import UserError
+from adkit.training import log
+from adkit.weights import load_into_layer, resolve_backbone_weights
+
+from . import resnet
+
+EFFICIENTNET_VARIANTS = {"efficientnet_lite0": "lite0", "efficientnet_lite2": "lite2"}
+ENCODER_NAMES = tuple(resnet.RESNETS) + tuple(EFFICIENTNET_VARIANTS)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Random-init encoders ('none' weights) are drawn from this seed, so the same untrained encoder
+# is rebuilt when a model trained on it is loaded again.
+RANDOM_INIT_SEED = 0
+
+
+class FrozenEncoder(nn.Layer):
+    """``net`` with gradients off and eval mode pinned; optionally ImageNet-normalises the input.
+
+    ``paddle.nn.Layer.train()`` on a parent sets ``training`` on every sublayer directly instead
+    of calling their ``train()``, so overriding ``train`` alone is not enough: ``forward`` also
+    puts the network back into eval mode if a parent switched it.
+    """
+
+    def __init__(self, net, imagenet_normalize):
+        super().__init__()
+        self.net = net
+        self.channels = tuple(int(c) for c in net.channels)
+        self.imagenet_normalize = imagenet_normalize
+        if imagenet_normalize:
+            shape = [1, 3, 1, 1]
+            self.register_buffer("mean", paddle.to_tensor(IMAGENET_MEAN).reshape(shape),
+                                 persistable=False)
+            self.register_buffer("std", paddle.to_tensor(IMAGENET_STD).reshape(shape),
+                                 persistable=False)
+        for param in self.parameters():
+            param.stop_gradient = True
+        self._pin_eval()
+
+    def _pin_eval(self):
+        self.training = False
+        for layer in self.sublayers():
+            layer.training = False
+        return self
+
+    def train(self, mode=True):
+        """Frozen: stays in eval mode (BatchNorm keeps its ImageNet statistics)."""
+        return self._pin_eval()
+
+    def forward(self, x01):
+        if self.training:
+            self._pin_eval()
+        x = (x01 - self.mean) / self.std if self.imagenet_normalize else x01
+        return self.net(x)
+
+
+def _build_network(name):
+    """The bare network, randomly initialised from RANDOM_INIT_SEED without disturbing the
+    caller's random state."""
+    if name not in ENCODER_NAMES:
+        raise UserError(f"--backbone {name}: unknown (choose {', '.join(ENCODER_NAMES)})")
+    rng_state = paddle.get_rng_state()
+    paddle.seed(RANDOM_INIT_SEED)
+    try:
+        if name in resnet.RESNETS:
+            return resnet.RESNETS[name]()
+        from .efficientnet_lite import EfficientNetLiteEncoder  # heavy; only when asked for
+
+        return EfficientNetLiteEncoder(EFFICIENTNET_VARIANTS[name])
+    finally:
+        paddle.set_rng_state(rng_state)
+
+
+def build_encoder(name, weights):
+    """A frozen, eval-mode encoder ``forward(x01) -> [f1, f2, f3]`` with ``.channels``.
+
+    ``weights``: see adkit.weights.resolve_backbone_weights (path, 'none', or None/'auto').
+    """
+    net = _build_network(name)
+    found = resolve_backbone_weights(name, weights)
+    if found is None:
+        log.warning("backbone %s has RANDOM weights (--backbone_weights none): its features know "
+                    "nothing of natural images, so anomaly maps will be poor; use this only for "
+                    "tests and smoke runs", name)
+    else:
+        state = found.state
+        if name in resnet.RESNETS:
+            # ImageNet checkpoints carry layer4 and the classifier, which this trunk omits.
+            state = {k: v for k, v in state.items() if not k.startswith(resnet.UNUSED_PREFIXES)}
+        load_into_layer(net, state, found.source, torch_layout=found.torch_layout)
+        log.info("backbone %s: weights from %s", name, found.source)
+    return FrozenEncoder(net, imagenet_normalize=name in resnet.RESNETS)
+
+
+def encoder_fingerprint(encoder):
+    """SHA-256 over the encoder's weights and BN statistics: tells whether a model is being
+    reloaded with the very teacher it was trained against."""
+    digest = hashlib.sha256()
+    for name, value in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(value.numpy()).tobytes())
+    return digest.hexdigest()

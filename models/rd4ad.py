@@ -1,0 +1,169 @@
+"""RD4AD: anomaly detection by reverse distillation (Deng & Li, CVPR 2022).
+
+A frozen ImageNet encoder (teacher) gives features at strides 4/8/16. The one-class bottleneck
+embedding (OCBE) fuses them into one compact code, and a decoder that mirrors the encoder
+(student) must rebuild the teacher's three feature maps from that code. Trained on good images
+only, the student fails where the image is anomalous: the anomaly map is 1 - cosine similarity
+between teacher and student features, summed over the three scales, blurred (sigma 4).
+
+Architecture follows the official code (hq-deng/RD4AD): for ResNet encoders the OCBE and
+decoder use the encoder's block type and depths; for other encoders (EfficientNet-Lite) the
+same structure is built from BasicBlocks at the encoder's channel widths.
+"""
+import math
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from adkit.errors import UserError
+
+from .base import AnomalyMethod
+from .encoders import build_encoder, encoder_fingerprint
+from .resnet import BasicBlock, Bottleneck, conv3x3, init_like_torchvision, make_stage
+
+BLUR_SIGMA = 4.0
+BLUR_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: radius = round(4 * sigma)
+CHECKPOINT_NAME = "last.pdparams"
+
+# backbone -> (block type, OCBE residual blocks, decoder blocks per stage, width_per_group),
+# as the official wide_resnet50_2/de_wide_resnet50_2, resnet18/de_resnet18 pairs.
+ARCHITECTURES = {
+    "resnet18": (BasicBlock, 2, (2, 2, 2), 64),
+    "wide_resnet50_2": (Bottleneck, 3, (3, 4, 6), 128),
+    "wide_resnet101_2": (Bottleneck, 3, (3, 4, 23), 128),
+}
+GENERIC_ARCHITECTURE = (BasicBlock, 2, (2, 2, 2), 64)
+
+
+class OCBE(nn.Layer):
+    """One-class bottleneck embedding: [f1, f2, f3] (strides 4/8/16) -> one code at stride 32
+    with 2*c3 channels (2048 for WRN50-2).
+
+    f1 goes through two stride-2 conv3x3-BN-ReLU (c1->c2->c3), f2 through one (c2->c3); both are
+    concatenated with f3 and passed through a residual stage whose first block has stride 2.
+    """
+
+    def __init__(self, channels, block, num_blocks, width_per_group=64):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = conv3x3(c1, c2, stride=2)
+        self.bn1 = nn.BatchNorm2D(c2)
+        self.conv2 = conv3x3(c2, c3, stride=2)
+        self.bn2 = nn.BatchNorm2D(c3)
+        self.conv3 = conv3x3(c2, c3, stride=2)
+        self.bn3 = nn.BatchNorm2D(c3)
+        self.relu = nn.ReLU()
+        self.out_channels = 2 * c3
+        self.bn_layer = make_stage(block, 3 * c3, self.out_channels // block.expansion,
+                                   num_blocks, stride=2, width_per_group=width_per_group)
+        init_like_torchvision(self)
+
+    def forward(self, feats):
+        f1, f2, f3 = feats
+        a = self.relu(self.bn1(self.conv1(f1)))
+        a = self.relu(self.bn2(self.conv2(a)))
+        b = self.relu(self.bn3(self.conv3(f2)))
+        return self.bn_layer(paddle.concat([a, b, f3], axis=1))
+
+
+class ReverseDecoder(nn.Layer):
+    """The encoder run backwards: three residual stages whose first block upsamples x2 with a
+    2x2 transposed conv; outputs [d1, d2, d3] shaped like the encoder's [f1, f2, f3]."""
+
+    def __init__(self, channels, block, layers, width_per_group=64):
+        super().__init__()
+        inplanes = 2 * channels[2]
+        # layer1 rebuilds f3, layer2 f2, layer3 f1 (names as in the official decoder)
+        for index, (out_ch, num_blocks) in enumerate(zip(channels[::-1], layers), start=1):
+            stage = make_stage(block, inplanes, out_ch // block.expansion, num_blocks, stride=2,
+                               width_per_group=width_per_group, transposed=True)
+            setattr(self, f"layer{index}", stage)
+            inplanes = out_ch
+        init_like_torchvision(self)
+
+    def forward(self, code):
+        d3 = self.layer1(code)
+        d2 = self.layer2(d3)
+        d1 = self.layer3(d2)
+        return [d1, d2, d3]
+
+
+def build_student(backbone, channels):
+    """(OCBE, ReverseDecoder) sized for an encoder named ``backbone`` with ``channels``."""
+    block, ocbe_blocks, decoder_layers, width = ARCHITECTURES.get(backbone, GENERIC_ARCHITECTURE)
+    return (OCBE(channels, block, ocbe_blocks, width),
+            ReverseDecoder(channels, block, decoder_layers, width))
+
+
+def rd4ad_loss(enc_feats, dec_feats, per_image=False):
+    """Sum over scales of mean(1 - cos(teacher, student)).
+
+    Default: cosine along channels at every position, averaged (the paper's Eq. 2).
+    ``per_image=True``: cosine between whole flattened feature maps, one per image, as the
+    official training script computes it.
+    """
+    total = 0.0
+    for enc, dec in zip(enc_feats, dec_feats):
+        if per_image:
+            enc, dec = enc.flatten(1), dec.flatten(1)
+        total = total + (1.0 - F.cosine_similarity(enc, dec, axis=1)).mean()
+    return total
+
+
+def gaussian_kernel1d(sigma, truncate):
+    """Normalised 1-D Gaussian taps over [-r, r], r = int(truncate * sigma + 0.5) (as scipy)."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (x / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def _blur_last_axis(x, taps):
+    """Convolve [B,1,H,W] along W with ``taps``; borders extended half-sample symmetrically
+    (d c b a | a b c d), which is scipy's mode='reflect' (paddle's 'reflect' pad is scipy's
+    'mirror', so the padding is built from flipped slices)."""
+    radius = (taps.shape[0] - 1) // 2
+    left = paddle.flip(x[:, :, :, :radius], axis=[3])
+    right = paddle.flip(x[:, :, :, -radius:], axis=[3])
+    padded = paddle.concat([left, x, right], axis=3)
+    kernel = paddle.to_tensor(taps).reshape([1, 1, 1, -1])
+    return F.conv2d(padded, kernel)
+
+
+def gaussian_blur(x, sigma):
+    """scipy.ndimage.gaussian_filter(x, sigma, mode='reflect', truncate=4) on each [B,1,H,W]
+    map, as paddle ops (it exports with the graph). H and W must be at least the radius."""
+    taps = gaussian_kernel1d(sigma, BLUR_TRUNCATE)
+    x = _blur_last_axis(x, taps)
+    x = _blur_last_axis(x.transpose([0, 1, 3, 2]), taps)
+    return x.transpose([0, 1, 3, 2])
+
+
+def anomaly_map(enc_feats, dec_feats, out_size):
+    """[B,1,H,W] map: per scale 1 - cos along channels, bilinear (align_corners, as official)
+    up to ``out_size`` (int or (H, W)), summed over scales, then Gaussian-blurred."""
+    size = [out_size, out_size] if isinstance(out_size, int) else list(out_size)
+    total = 0.0
+    for enc, dec in zip(enc_feats, dec_feats):
+        distance = 1.0 - F.cosine_similarity(enc, dec, axis=1).unsqueeze(1)
+        total = total + F.interpolate(distance, size=size, mode="bilinear", align_corners=True)
+    return gaussian_blur(total, BLUR_SIGMA)
+
+
+class RD4ADInference(nn.Layer):
+    """x [B,3,H,W] RGB in [0,1] at ``image_size`` -> (map [B,1,H,W], score [B] = map max)."""
+
+    def __init__(self, encoder, bottleneck, decoder, image_size):
+        super().__init__()
+        self.encoder = encoder
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.image_size = int(image_size)
+
+    def forward(self, x):
+        enc = self.encoder(x)
+        dec = self.decoder(self.bottleneck(enc))
+        amap = anomaly_map(enc, dec, self.image_size)
+        return amap, amap.flatten(1).max(axis=1)
