@@ -1,25 +1,39 @@
 """Process set-up shared by every entry point: CPU threads, device and seeds.
 
-``import paddle`` pins OMP_NUM_THREADS to 1 when it is unset, so the thread count has to be
-exported before paddle is imported anywhere; entry points call ``set_cpu_threads`` first.
+``import paddle`` pins OMP_NUM_THREADS to 1 when it is unset (and prints a warning when it is
+set higher), so entry points call ``set_cpu_threads`` first: it imports Paddle quietly and then
+raises its OpenMP thread count explicitly.
 """
 import os
 import random
+import warnings
 
 import numpy as np
 
 from .errors import UserError
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_LIBRARY_THREAD_VARS = ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def import_paddle_quietly():
+    """``import paddle`` without its ccache warning (irrelevant: we build no C++ extensions)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ccache.*")
+        import paddle
+    return paddle
 
 
 def set_cpu_threads(num_threads):
-    """Export the thread count for OpenMP/MKL; call before ``import paddle``."""
+    """Use ``num_threads`` CPU threads in Paddle (dygraph) and the math libraries."""
     num_threads = int(num_threads)
     if num_threads < 1:
         raise UserError(f"--cpu_threads must be >= 1, got {num_threads}")
-    for var in _THREAD_VARS:
+    for var in _LIBRARY_THREAD_VARS:
         os.environ[var] = str(num_threads)
+    import_paddle_quietly()
+    from paddle.base import core
+
+    core.set_num_threads(num_threads)
     return num_threads
 
 

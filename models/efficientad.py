@@ -400,6 +400,16 @@ class PenaltyImages:
 
 # ---------------------------------------------------------------------------------- method
 
+def _rename_accumulators(optimizer_state, names):
+    """Rename optimizer entries '<param name>_<accumulator>' by ``names`` {old: new}."""
+    renamed = {}
+    for key, value in optimizer_state.items():
+        owner = max((name for name in names if key.startswith(name + "_")), key=len,
+                    default=None)
+        renamed[key if owner is None else names[owner] + key[len(owner):]] = value
+    return renamed
+
+
 def _nets_state(layer):
     from adkit.training import state_to_numpy
 
@@ -450,7 +460,7 @@ class EfficientADMethod(AnomalyMethod):
             if cfg.get("penalty_dir") else None
         optimizer, scheduler = self._make_optimizer(steps)
         if resume:
-            start_step = self._restore(ckpt_dir, optimizer)
+            start_step = self._restore(ckpt_dir, optimizer, scheduler)
             log.info("resuming %s at step %d of %d", self.name, start_step, steps)
         else:
             start_step = 0
@@ -580,11 +590,22 @@ class EfficientADMethod(AnomalyMethod):
 
         for role in self.ROLES:
             self._save(ckpt_dir / f"{role}_tmp.pdparams", _nets_state(getattr(self, role)))
+        optimizer_state = _rename_accumulators(state_to_numpy(optimizer.state_dict()),
+                                               self._parameter_names())
         save_train_state(ckpt_dir / "train_state.pdparams",
-                         {"step": step, "optimizer": state_to_numpy(optimizer.state_dict()),
+                         {"step": step, "optimizer": optimizer_state,
                           "scheduler": scheduler.state_dict()})
 
-    def _restore(self, ckpt_dir, optimizer):
+    def _parameter_names(self):
+        """{unique paddle name (e.g. conv2d_214.w_0): stable name (student.conv1.weight)}.
+
+        The optimizer keys its moments by the unique names, which depend on how many layers
+        the process created before; checkpoints store the stable names instead.
+        """
+        return {param.name: f"{role}.{name}" for role in ("student", "autoencoder")
+                for name, param in getattr(self, role).named_parameters()}
+
+    def _restore(self, ckpt_dir, optimizer, scheduler):
         """Load the last tmp checkpoint for --resume; returns the number of steps done."""
         from adkit.training import load_train_state, set_state
 
@@ -595,8 +616,9 @@ class EfficientADMethod(AnomalyMethod):
         self._load_weights(ckpt_dir, "tmp")
         self.normalization = self._read_normalization(ckpt_dir)
         train_state = load_train_state(state_path)
-        set_state(optimizer, train_state["optimizer"])
-        optimizer._learning_rate.set_state_dict(train_state["scheduler"])
+        current = {stable: unique for unique, stable in self._parameter_names().items()}
+        set_state(optimizer, _rename_accumulators(train_state["optimizer"], current))
+        scheduler.set_state_dict(train_state["scheduler"])
         return int(train_state["step"])
 
     def _load_weights(self, ckpt_dir, kind):

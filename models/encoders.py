@@ -2,6 +2,7 @@
 RGB image in [0,1] to three feature maps at strides 4, 8 and 16 (``.channels`` gives their
 widths). Used as RD4AD's teacher; never trained, so it must never leave eval mode.
 """
+import contextlib
 import hashlib
 
 import numpy as np
@@ -63,21 +64,28 @@ class FrozenEncoder(nn.Layer):
         return self.net(x)
 
 
-def _build_network(name):
-    """The bare network, randomly initialised from RANDOM_INIT_SEED without disturbing the
-    caller's random state."""
-    if name not in ENCODER_NAMES:
-        raise UserError(f"--backbone {name}: unknown (choose {', '.join(ENCODER_NAMES)})")
+@contextlib.contextmanager
+def _fixed_init_seed():
+    """Draw random initial weights from RANDOM_INIT_SEED, leaving the caller's RNG untouched."""
     rng_state = paddle.get_rng_state()
     paddle.seed(RANDOM_INIT_SEED)
     try:
-        if name in resnet.RESNETS:
-            return resnet.RESNETS[name]()
-        from .efficientnet_lite import EfficientNetLiteEncoder  # heavy; only when asked for
-
-        return EfficientNetLiteEncoder(EFFICIENTNET_VARIANTS[name])
+        yield
     finally:
         paddle.set_rng_state(rng_state)
+
+
+def _load_resnet_weights(net, name, weights):
+    found = resolve_backbone_weights(name, weights)
+    if found is None:
+        log.warning("backbone %s has RANDOM weights (--backbone_weights none): its features know "
+                    "nothing of natural images, so anomaly maps will be poor; use this only for "
+                    "tests and smoke runs", name)
+        return
+    # ImageNet checkpoints carry layer4 and the classifier, which this trunk omits.
+    state = {k: v for k, v in found.state.items() if not k.startswith(resnet.UNUSED_PREFIXES)}
+    load_into_layer(net, state, found.source, torch_layout=found.torch_layout)
+    log.info("backbone %s: weights from %s", name, found.source)
 
 
 def build_encoder(name, weights):
@@ -85,19 +93,16 @@ def build_encoder(name, weights):
 
     ``weights``: see adkit.weights.resolve_backbone_weights (path, 'none', or None/'auto').
     """
-    net = _build_network(name)
-    found = resolve_backbone_weights(name, weights)
-    if found is None:
-        log.warning("backbone %s has RANDOM weights (--backbone_weights none): its features know "
-                    "nothing of natural images, so anomaly maps will be poor; use this only for "
-                    "tests and smoke runs", name)
-    else:
-        state = found.state
+    if name not in ENCODER_NAMES:
+        raise UserError(f"--backbone {name}: unknown (choose {', '.join(ENCODER_NAMES)})")
+    with _fixed_init_seed():
         if name in resnet.RESNETS:
-            # ImageNet checkpoints carry layer4 and the classifier, which this trunk omits.
-            state = {k: v for k, v in state.items() if not k.startswith(resnet.UNUSED_PREFIXES)}
-        load_into_layer(net, state, found.source, torch_layout=found.torch_layout)
-        log.info("backbone %s: weights from %s", name, found.source)
+            net = resnet.RESNETS[name]()
+            _load_resnet_weights(net, name, weights)
+        else:
+            from .efficientnet_lite import EfficientNetLiteEncoder  # only when asked for
+
+            net = EfficientNetLiteEncoder(EFFICIENTNET_VARIANTS[name], weights)
     return FrozenEncoder(net, imagenet_normalize=name in resnet.RESNETS)
 
 

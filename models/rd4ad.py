@@ -10,7 +10,8 @@ Architecture follows the official code (hq-deng/RD4AD): for ResNet encoders the 
 decoder use the encoder's block type and depths; for other encoders (EfficientNet-Lite) the
 same structure is built from BasicBlocks at the encoder's channel widths.
 """
-import math
+import itertools
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -18,6 +19,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from adkit.errors import UserError
+from adkit.training import (batch_stream, load_train_state, log, make_adam, progress,
+                            save_train_state, seed_step, set_state, state_to_numpy)
 
 from .base import AnomalyMethod
 from .encoders import build_encoder, encoder_fingerprint
@@ -141,6 +144,30 @@ def gaussian_blur(x, sigma):
     return x.transpose([0, 1, 3, 2])
 
 
+def _linear_interp_matrix(n_out, n_in):
+    """[n_out, n_in] weights of 1-D linear interpolation with align_corners=True: output i
+    samples input position i * (n_in - 1) / (n_out - 1)."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    pos = np.arange(n_out) * scale
+    lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = pos - lo
+    weights = np.zeros((n_out, n_in), np.float64)
+    np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(n_out), hi), frac)
+    return weights.astype(np.float32)
+
+
+def upsample_bilinear(x, size):
+    """F.interpolate(x, size, mode='bilinear', align_corners=True) as two matmuls with constant
+    matrices: Paddle Inference 3.3.1 with oneDNN (its CPU default) cannot run the interpolate
+    ops ("ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>"),
+    and bilinear resizing is separable, so this is exact."""
+    rows = paddle.to_tensor(_linear_interp_matrix(size[0], x.shape[2]))
+    cols = paddle.to_tensor(_linear_interp_matrix(size[1], x.shape[3]))
+    return paddle.matmul(paddle.matmul(rows, x), cols, transpose_y=True)
+
+
 def anomaly_map(enc_feats, dec_feats, out_size):
     """[B,1,H,W] map: per scale 1 - cos along channels, bilinear (align_corners, as official)
     up to ``out_size`` (int or (H, W)), summed over scales, then Gaussian-blurred."""
@@ -148,7 +175,7 @@ def anomaly_map(enc_feats, dec_feats, out_size):
     total = 0.0
     for enc, dec in zip(enc_feats, dec_feats):
         distance = 1.0 - F.cosine_similarity(enc, dec, axis=1).unsqueeze(1)
-        total = total + F.interpolate(distance, size=size, mode="bilinear", align_corners=True)
+        total = total + upsample_bilinear(distance, size)
     return gaussian_blur(total, BLUR_SIGMA)
 
 
@@ -167,3 +194,202 @@ class RD4ADInference(nn.Layer):
         dec = self.decoder(self.bottleneck(enc))
         amap = anomaly_map(enc, dec, self.image_size)
         return amap, amap.flatten(1).max(axis=1)
+
+
+# ---------------------------------------------------------------------------------- method
+
+# cfg keys that define the trained model; stored in the checkpoint so it can be rebuilt.
+MODEL_KEYS = ("backbone", "backbone_weights", "image_size", "loss_per_image", "lr", "beta1",
+              "beta2", "batch_size", "steps", "epochs", "seed")
+
+
+def _portable_optimizer_state(opt_state, layers):
+    """Optimizer state keyed by structured parameter names ('decoder.layer1.0.conv1.weight')
+    instead of Paddle's generated ones ('conv2d_57.w_0'), which depend on how many layers the
+    process created before: a resumed run in a new process, or after building other models,
+    would otherwise silently drop Adam's moments."""
+    generated = {param.name: f"{prefix}.{name}" for prefix, layer in layers.items()
+                 for name, param in layer.named_parameters()}
+    return {_rename_accumulator(key, generated): value for key, value in opt_state.items()}
+
+
+def _restore_optimizer_state(portable_state, layers):
+    structured = {f"{prefix}.{name}": param.name for prefix, layer in layers.items()
+                  for name, param in layer.named_parameters()}
+    return {_rename_accumulator(key, structured): value for key, value in portable_state.items()}
+
+
+def _rename_accumulator(key, names):
+    """'<param name>_moment1_0' -> '<new name>_moment1_0' (longest matching parameter name);
+    keys that belong to no parameter (e.g. 'LR_Scheduler') are kept."""
+    matches = [name for name in names if key.startswith(name + "_")]
+    if not matches:
+        return key
+    old = max(matches, key=len)
+    return names[old] + key[len(old):]
+
+
+class RD4ADMethod(AnomalyMethod):
+    """The official recipe: Adam(lr 0.005, betas 0.5/0.999) on OCBE + decoder, batch 16; the
+    encoder stays frozen. Checkpoint: ``<ckpt_dir>/last.pdparams`` (student weights, optimizer,
+    step, backbone name/weights source/fingerprint, validation image scores)."""
+
+    name = "rd4ad"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.encoder = self.bottleneck = self.decoder = None
+        self.encoder_sha256 = None  # identifies the teacher weights the student was fit to
+        self.image_size = int(cfg["image_size"])
+        self.val_scores = None  # image scores of the held-out good images, for a threshold
+
+    # -- building ------------------------------------------------------------------------
+
+    def _build(self, backbone, weights, image_size):
+        self.encoder = build_encoder(backbone, weights)
+        self.encoder_sha256 = encoder_fingerprint(self.encoder)
+        paddle.seed(int(self.cfg["seed"]))  # the student's initial weights depend on the seed
+        self.bottleneck, self.decoder = build_student(backbone, self.encoder.channels)
+        self.image_size = int(image_size)
+
+    def _student(self):
+        return {"bottleneck": self.bottleneck, "decoder": self.decoder}
+
+    # -- training ------------------------------------------------------------------------
+
+    def fit(self, train_set, val_set, ckpt_dir, resume=False):
+        cfg = self.cfg
+        path = Path(ckpt_dir) / CHECKPOINT_NAME
+        saved = self._checkpoint_to_resume(path) if resume else None
+        self._build(cfg["backbone"], cfg["backbone_weights"], cfg["image_size"])
+        optimizer = make_adam(self.bottleneck.parameters() + self.decoder.parameters(),
+                              float(cfg.get("lr") or 0.005), beta1=float(cfg.get("beta1", 0.5)),
+                              beta2=float(cfg.get("beta2", 0.999)))
+        total = self._total_steps(len(train_set))
+        start = 0
+        if saved is not None:
+            self._check_same_encoder(saved, path, cfg["backbone_weights"])
+            set_state(self.bottleneck, saved["bottleneck"])
+            set_state(self.decoder, saved["decoder"])
+            set_state(optimizer, _restore_optimizer_state(saved["optimizer"], self._student()))
+            start = int(saved["step"])
+            log.info("rd4ad: resuming at step %d of %d", start, total)
+        self._train(train_set, optimizer, start, total, path)
+        self.val_scores = self.image_scores(val_set)
+        if len(self.val_scores) == 0:
+            log.warning("rd4ad: no validation images, so no default threshold can be derived "
+                        "(use --val_ratio > 0)")
+        self._write_checkpoint(path, max(start, total), optimizer)
+
+    def _checkpoint_to_resume(self, path):
+        if not path.is_file():
+            raise UserError(f"--resume: no rd4ad checkpoint {path} to resume from")
+        saved = load_train_state(path)
+        for key in ("backbone", "image_size"):
+            if saved[key] != self.cfg[key]:
+                raise UserError(f"{path}: trained with --{key} {saved[key]}, cannot resume with "
+                                f"--{key} {self.cfg[key]}")
+        return saved
+
+    def _total_steps(self, n_train):
+        if self.cfg.get("steps"):
+            return int(self.cfg["steps"])
+        if self.cfg.get("epochs"):
+            # one epoch = one pass of adkit.training.batch_stream (last partial batch dropped)
+            return int(self.cfg["epochs"]) * max(n_train // int(self.cfg["batch_size"]), 1)
+        raise UserError("rd4ad needs --steps or --epochs (paper: 200 epochs)")
+
+    def _train(self, train_set, optimizer, start, total, path):
+        cfg = self.cfg
+        seed, batch_size = int(cfg["seed"]), int(cfg["batch_size"])
+        per_image = bool(cfg.get("loss_per_image", False))
+        log_interval, save_interval = int(cfg["log_interval"]), int(cfg["save_interval"])
+        self.bottleneck.train()
+        self.decoder.train()
+        stream = batch_stream(train_set, batch_size, seed, start_step=start)
+        bar = progress(total=total, initial=start, desc="rd4ad train")
+        for step, images in itertools.islice(stream, max(total - start, 0)):
+            seed_step(seed, step)
+            x = paddle.to_tensor(images)
+            with paddle.no_grad():
+                enc = self.encoder(x)
+            loss = rd4ad_loss(enc, self.decoder(self.bottleneck(enc)), per_image)
+            optimizer.clear_grad()
+            loss.backward()
+            optimizer.step()
+            done, loss_value = step + 1, float(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if done % log_interval == 0 or done == total:
+                log.info("rd4ad step %d/%d loss %.5f", done, total, loss_value)
+            if done % save_interval == 0 and done < total:
+                self._write_checkpoint(path, done, optimizer)
+        bar.close()
+        self.bottleneck.eval()
+        self.decoder.eval()
+
+    def image_scores(self, dataset):
+        """Image scores (max of the blurred map) of every image in ``dataset``."""
+        if dataset is None or len(dataset) == 0:
+            return np.zeros(0, np.float32)
+        net = self.inference_net()
+        size = int(self.cfg.get("eval_batch_size") or 8)
+        scores = []
+        with paddle.no_grad():
+            for begin in range(0, len(dataset), size):
+                end = min(begin + size, len(dataset))
+                batch = np.stack([dataset[i] for i in range(begin, end)])
+                scores.append(net(paddle.to_tensor(batch))[1].numpy())
+        return np.concatenate(scores)
+
+    # -- checkpoint ----------------------------------------------------------------------
+
+    def _write_checkpoint(self, path, step, optimizer):
+        state = {
+            "step": int(step),
+            "bottleneck": state_to_numpy(self.bottleneck.state_dict()),
+            "decoder": state_to_numpy(self.decoder.state_dict()),
+            "optimizer": _portable_optimizer_state(state_to_numpy(optimizer.state_dict()),
+                                                   self._student()),
+            "backbone": self.cfg["backbone"],
+            "backbone_weights": self.cfg["backbone_weights"] or "auto",
+            "encoder_sha256": self.encoder_sha256,
+            "image_size": self.image_size,
+            "config": {key: self.cfg.get(key) for key in MODEL_KEYS},
+        }
+        if self.val_scores is not None:
+            state["val_scores"] = np.asarray(self.val_scores, np.float32)
+        save_train_state(path, state)
+
+    @staticmethod
+    def _read_checkpoint(path):
+        if not path.is_file():
+            raise UserError(f"no trained rd4ad checkpoint in {path.parent}: "
+                            "run --mode train first")
+        return load_train_state(path)
+
+    def _check_same_encoder(self, saved, path, weights):
+        if self.encoder_sha256 != saved["encoder_sha256"]:
+            raise UserError(f"{path}: the {saved['backbone']} weights from {weights or 'auto'!r} "
+                            "differ from the ones this model was trained with "
+                            f"({saved['backbone_weights']!r}); pass that file with "
+                            "--backbone_weights")
+
+    def load(self, ckpt_dir):
+        path = Path(ckpt_dir) / CHECKPOINT_NAME
+        saved = self._read_checkpoint(path)
+        # the encoder is not stored: rebuild it from the same source (or the one given now)
+        weights = self.cfg.get("backbone_weights") or saved["backbone_weights"]
+        self._build(saved["backbone"], weights, saved["image_size"])
+        self._check_same_encoder(saved, path, weights)
+        set_state(self.bottleneck, saved["bottleneck"])
+        set_state(self.decoder, saved["decoder"])
+        self.bottleneck.eval()
+        self.decoder.eval()
+        self.val_scores = saved.get("val_scores")
+
+    def inference_net(self):
+        if self.decoder is None:
+            raise RuntimeError("RD4ADMethod: call fit() or load() before inference_net()")
+        return RD4ADInference(self.encoder, self.bottleneck, self.decoder,
+                              self.image_size).eval()

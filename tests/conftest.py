@@ -1,7 +1,10 @@
 import os
 import sys
 
-# Paddle pins one thread unless told otherwise; the tests use the machine's two cores.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from adkit.runtime import set_cpu_threads  # noqa: E402
+
+# Paddle pins one thread unless told otherwise; the tests use the machine's two cores.
+set_cpu_threads(int(os.environ.get("TEST_CPU_THREADS", "2")))

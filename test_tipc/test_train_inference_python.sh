@@ -1,0 +1,280 @@
+#!/bin/bash
+# TIPC (train-inference pipeline certification) for one model: train -> eval -> export ->
+# Paddle Inference over a grid of settings, each step's status recorded in results_python.log.
+#
+#   bash test_tipc/test_train_inference_python.sh test_tipc/configs/rd4ad/train_infer_python.txt \
+#        lite_train_lite_infer [OUTPUT_ROOT]
+#
+# Logs and artefacts go to OUTPUT_ROOT/<model_name>/<mode>/ (default OUTPUT_ROOT: test_tipc/output).
+# Modes: lite_train_lite_infer | lite_train_whole_infer | whole_infer | whole_train_whole_infer.
+# Config format and the meaning of each mode: test_tipc/docs/test_train_inference_python.md.
+# Exit code: 0 when every step ran successfully, 1 when any failed, 2 for a bad config or usage.
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "${SCRIPT_DIR}")
+source "${SCRIPT_DIR}/common_func.sh"
+
+SECTIONS="common_params train_params eval_params export_params infer_params"
+# The non-flag key each section allows; every other key must be a --flag of the section's command.
+declare -A SECTION_KEYS=([common_params]="model_name python" [train_params]="train"
+                         [eval_params]="eval" [export_params]="export" [infer_params]="inference")
+# Flags the script sets itself (paths inside the output folder), so a config must not.
+declare -A SCRIPT_FLAGS=([common_params]="--output_dir --model" [train_params]="--output_dir --model"
+                         [eval_params]="--output_dir --model" [export_params]="--save_dir --model"
+                         [infer_params]="--output_dir")
+CPU_ONLY_FLAGS="--enable_mkldnn --cpu_threads"
+GPU_ONLY_FLAGS="--use_tensorrt"
+
+function die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+function word_in() {  # word_in WORD "LIST OF WORDS"
+    local item
+    for item in $2; do
+        [[ $1 == "${item}" ]] && return 0
+    done
+    return 1
+}
+
+if [[ $# -lt 2 || $# -gt 3 ]]; then
+    die "usage: bash test_tipc/test_train_inference_python.sh CONFIG MODE [OUTPUT_ROOT] (MODE: ${TIPC_MODES// / | })"
+fi
+CONFIG=$1
+MODE=$2
+OUTPUT_ROOT=${3:-test_tipc/output}  # the default is relative to the repository root
+[[ $# -eq 3 && ${OUTPUT_ROOT} != /* ]] && OUTPUT_ROOT=${PWD}/${OUTPUT_ROOT}
+[[ -f ${CONFIG} ]] || die "${CONFIG}: config file not found"
+func_is_mode "${MODE}" || die "mode ${MODE}: unknown (choose ${TIPC_MODES// / | })"
+CONFIG=$(cd "$(dirname "${CONFIG}")" && pwd)/$(basename "${CONFIG}")
+# Relative paths in the config are relative to the repository root, where everything runs.
+cd "${ROOT}" || die "cannot enter ${ROOT}"
+
+# ---- read the config: one entry per `key:value` line, remembered with its section --------------
+ENTRY_SECTION=()
+ENTRY_KEY=()
+ENTRY_VALUE=()
+section=""
+line_number=0
+while IFS= read -r line || [[ -n ${line} ]]; do
+    line_number=$((line_number + 1))
+    line=${line%$'\r'}
+    [[ -z ${line//[[:space:]]/} || ${line} == \#* ]] && continue
+    where="${CONFIG}:${line_number}"
+    if [[ ${line} =~ ^=+([a-z_]+)=+$ ]]; then
+        section=${BASH_REMATCH[1]}
+        word_in "${section}" "${SECTIONS}" || die "${where}: unknown section ${section} (expected one of: ${SECTIONS})"
+        continue
+    fi
+    [[ -n ${section} ]] || die "${where}: key before the first ===section=== line"
+    [[ ${line} == *:* ]] || die "${where}: expected key:value, got '${line}'"
+    key=$(func_parser_key "${line}")
+    value=$(func_parser_value "${line}")
+    if [[ ${key} != --* ]]; then
+        word_in "${key}" "${SECTION_KEYS[${section}]}" \
+            || die "${where}: unknown key '${key}' in ${section} (allowed: ${SECTION_KEYS[${section}]} and --flags)"
+    fi
+    word_in "${key}" "${SCRIPT_FLAGS[${section}]}" && die "${where}: ${key} is set by the script; remove it"
+    for ((i = 0; i < ${#ENTRY_KEY[@]}; i++)); do
+        [[ ${ENTRY_SECTION[i]} == "${section}" && ${ENTRY_KEY[i]} == "${key}" ]] \
+            && die "${where}: ${key} appears twice in ${section}"
+    done
+    ENTRY_SECTION+=("${section}")
+    ENTRY_KEY+=("${key}")
+    ENTRY_VALUE+=("${value}")
+done < "${CONFIG}"
+
+# The raw value of KEY in SECTION; returns 1 when absent.
+function config_raw() {
+    local i
+    for ((i = 0; i < ${#ENTRY_KEY[@]}; i++)); do
+        if [[ ${ENTRY_SECTION[i]} == "$1" && ${ENTRY_KEY[i]} == "$2" ]]; then
+            echo "${ENTRY_VALUE[i]}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The value of KEY in SECTION for the current mode (REQUIRED_KEYS are checked up front, so a
+# missing key cannot go unnoticed inside a $(...) subshell).
+function config_value() {
+    func_pick_value "$(config_raw "$1" "$2")" "${MODE}"
+}
+
+# FLAG_ARGS=(--flag value ...) for every --flag of SECTION that has a value in this mode,
+# except those named in SKIP. Outside the inference grid a flag takes a single value.
+function collect_flags() {
+    local section=$1 skip=$2 i value
+    FLAG_ARGS=()
+    for ((i = 0; i < ${#ENTRY_KEY[@]}; i++)); do
+        [[ ${ENTRY_SECTION[i]} == "${section}" && ${ENTRY_KEY[i]} == --* ]] || continue
+        word_in "${ENTRY_KEY[i]}" "${skip}" && continue
+        value=$(func_pick_value "${ENTRY_VALUE[i]}" "${MODE}")
+        [[ -z ${value} ]] && continue
+        [[ ${value} == *"|"* ]] && die "${CONFIG}: ${ENTRY_KEY[i]} in ${section} takes one value per mode, got '${value}'"
+        FLAG_ARGS+=("${ENTRY_KEY[i]}" "${value}")
+    done
+}
+
+REQUIRED_KEYS="common_params:model_name common_params:python train_params:train eval_params:eval
+               export_params:export infer_params:inference infer_params:--device
+               infer_params:--model_dir infer_params:--img_path"
+for required in ${REQUIRED_KEYS}; do
+    config_raw "${required%%:*}" "${required#*:}" > /dev/null \
+        || die "${CONFIG}: missing '${required#*:}:' in ${required%%:*}"
+done
+MODEL_NAME=$(config_value common_params model_name)
+[[ -n ${MODEL_NAME} ]] || die "${CONFIG}: model_name is empty"
+read -ra PYTHON <<< "$(config_value common_params python)"
+[[ ${#PYTHON[@]} -gt 0 ]] || die "${CONFIG}: python is empty"
+command -v "${PYTHON[0]}" > /dev/null || die "${CONFIG}: python '${PYTHON[0]}' not found on PATH"
+read -ra TRAIN_CMD <<< "$(config_value train_params train)"
+read -ra EVAL_CMD <<< "$(config_value eval_params eval)"
+read -ra EXPORT_CMD <<< "$(config_value export_params export)"
+read -ra INFER_CMD <<< "$(config_value infer_params inference)"
+[[ -z $(config_raw infer_params --model_dir) ]] \
+    || die "${CONFIG}: leave --model_dir empty: the script passes the folder it exported"
+IMG_PATH=$(config_value infer_params --img_path)
+[[ -n ${IMG_PATH} ]] || die "${CONFIG}: --img_path in infer_params has no value for ${MODE}"
+GIVEN_CHECKPOINT=$(func_pick_value "$(config_raw export_params --checkpoint_dir)" "${MODE}")
+if [[ ${MODE} == whole_infer ]]; then
+    [[ -n ${GIVEN_CHECKPOINT} ]] || die "${CONFIG}: whole_infer needs --checkpoint_dir:whole_infer=DIR in export_params"
+else
+    [[ -z ${GIVEN_CHECKPOINT} ]] || die "${CONFIG}: --checkpoint_dir in export_params is for whole_infer only (${MODE} exports what it trains)"
+fi
+
+LOG_DIR=${OUTPUT_ROOT}/${MODEL_NAME}/${MODE}
+RESULTS=${LOG_DIR}/results_python.log
+TRAIN_OUTPUT=${LOG_DIR}/train
+EXPORT_DIR=${LOG_DIR}/inference_model
+rm -rf "${LOG_DIR}"
+mkdir -p "${LOG_DIR}"
+
+# ---- running and recording steps ----------------------------------------------------------------
+STEP_NAMES=()
+STEP_STATUS=()
+STEP_SECONDS=()
+FAILED=0
+
+function now_ms() {
+    echo $(($(date +%s%N) / 1000000))
+}
+
+# run_step NAME COMMAND...: output to LOG_DIR/NAME.log, status line to the results log.
+function run_step() {
+    local name=$1 start rc
+    shift
+    local log=${LOG_DIR}/${name}.log
+    start=$(now_ms)
+    "$@" > "${log}" 2>&1
+    rc=$?
+    status_check "${rc}" "$(printf '%q ' "$@")> ${log} 2>&1" "${RESULTS}"
+    STEP_NAMES+=("${name}")
+    STEP_STATUS+=("$([[ ${rc} -eq 0 ]] && echo ok || echo FAILED)")
+    STEP_SECONDS+=("$(awk -v ms=$(($(now_ms) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')")
+    [[ ${rc} -eq 0 ]] || FAILED=$((FAILED + 1))
+    return "${rc}"
+}
+
+function skip() {
+    echo "skip $*" | tee -a "${RESULTS}"
+}
+
+function has_cuda() {
+    [[ $("${PYTHON[@]}" -c 'import paddle; print(paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0)' 2> /dev/null) == True ]]
+}
+
+# ---- inference grid --------------------------------------------------------------------------------
+# One infer.py run per combination of the infer_params flags that list alternatives (a|b); flags
+# that only concern the other device are left out (no --enable_mkldnn on gpu, no --use_tensorrt on cpu).
+function run_inference_grid() {
+    local i j key device ignored alternatives value combo devices
+    IFS="|" read -ra devices <<< "$(config_value infer_params --device)"
+    [[ ${#devices[@]} -gt 0 ]] || die "${CONFIG}: --device in infer_params has no value for ${MODE}"
+    for device in "${devices[@]}"; do
+        case ${device} in
+            cpu) ignored=${GPU_ONLY_FLAGS} ;;
+            gpu) ignored=${CPU_ONLY_FLAGS} ;;
+            *) die "${CONFIG}: --device in infer_params: expected cpu or gpu, got '${device}'" ;;
+        esac
+        if [[ ${device} == gpu ]] && ! has_cuda; then
+            skip "gpu: no CUDA device (every --device gpu inference run)"
+            continue
+        fi
+        # combos[j] holds "--flag value --flag value ..."; names[j] the matching log name
+        local combos=("") names=("infer_${device}")
+        for ((i = 0; i < ${#ENTRY_KEY[@]}; i++)); do
+            key=${ENTRY_KEY[i]}
+            [[ ${ENTRY_SECTION[i]} == infer_params && ${key} == --* ]] || continue
+            word_in "${key}" "--device --model_dir --img_path ${ignored}" && continue
+            value=$(func_pick_value "${ENTRY_VALUE[i]}" "${MODE}")
+            [[ -z ${value} ]] && continue
+            IFS="|" read -ra alternatives <<< "${value}"
+            local new_combos=() new_names=()
+            for ((j = 0; j < ${#combos[@]}; j++)); do
+                for value in "${alternatives[@]}"; do
+                    new_combos+=("${combos[j]} ${key} ${value}")
+                    if [[ ${#alternatives[@]} -gt 1 ]]; then
+                        new_names+=("${names[j]}_${key#--}_${value}")
+                    else
+                        new_names+=("${names[j]}")
+                    fi
+                done
+            done
+            combos=("${new_combos[@]}")
+            names=("${new_names[@]}")
+        done
+        for ((j = 0; j < ${#combos[@]}; j++)); do
+            read -ra combo <<< "${combos[j]}"
+            if [[ ${device} == cpu && ${combos[j]} =~ --precision\ ([a-z0-9]+) && ${BASH_REMATCH[1]} != fp32 ]]; then
+                skip "${names[j]}: Paddle Inference on CPU runs fp32 only"
+                continue
+            fi
+            run_step "${names[j]}" "${PYTHON[@]}" "${INFER_CMD[@]}" --device "${device}" "${combo[@]}" \
+                --model_dir "${EXPORT_DIR}" --img_path "${IMG_PATH}" --output_dir "${LOG_DIR}/${names[j]}"
+        done
+    done
+}
+
+# ---- the pipeline ----------------------------------------------------------------------------------
+echo "TIPC ${MODEL_NAME} ${MODE}: logs in ${LOG_DIR}"
+if [[ ${MODE} == whole_infer ]]; then
+    CHECKPOINT=${GIVEN_CHECKPOINT}
+    trained=true
+else
+    collect_flags common_params ""
+    COMMON_FLAGS=("${FLAG_ARGS[@]}")
+    CLS=$(config_value common_params --cls)
+    [[ -n ${CLS} && ${CLS} != all ]] || die "${CONFIG}: --cls in common_params must name one category for ${MODE}"
+    CHECKPOINT=${TRAIN_OUTPUT}/${MODEL_NAME}/${CLS}
+    collect_flags train_params ""
+    trained=false
+    if run_step train "${PYTHON[@]}" "${TRAIN_CMD[@]}" --model "${MODEL_NAME}" "${COMMON_FLAGS[@]}" \
+        "${FLAG_ARGS[@]}" --output_dir "${TRAIN_OUTPUT}"; then
+        trained=true
+        collect_flags eval_params ""
+        run_step eval "${PYTHON[@]}" "${EVAL_CMD[@]}" --model "${MODEL_NAME}" "${COMMON_FLAGS[@]}" \
+            "${FLAG_ARGS[@]}" --output_dir "${TRAIN_OUTPUT}"
+    else
+        skip "eval, export and inference: training failed"
+    fi
+fi
+if [[ ${trained} == true ]]; then
+    collect_flags export_params "--checkpoint_dir"
+    if run_step export "${PYTHON[@]}" "${EXPORT_CMD[@]}" --model "${MODEL_NAME}" "${FLAG_ARGS[@]}" \
+        --checkpoint_dir "${CHECKPOINT}" --save_dir "${EXPORT_DIR}"; then
+        run_inference_grid
+    else
+        skip "inference: export failed"
+    fi
+fi
+
+echo
+echo "summary (${MODEL_NAME} ${MODE}):"
+for ((i = 0; i < ${#STEP_NAMES[@]}; i++)); do
+    printf "  %-7s %7ss  %s\n" "${STEP_STATUS[i]}" "${STEP_SECONDS[i]}" "${STEP_NAMES[i]}"
+done
+echo "  ${#STEP_NAMES[@]} steps run, ${FAILED} failed; results: ${RESULTS}"
+[[ ${FAILED} -eq 0 ]] || exit 1
