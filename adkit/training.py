@@ -101,3 +101,34 @@ def progress(iterable=None, total=None, initial=0, desc=""):
 
     return tqdm(iterable, total=total, initial=initial, desc=desc, file=sys.stderr,
                 mininterval=1.0, dynamic_ncols=True, leave=False)
+
+
+def _rename_accumulators(optimizer_state, names):
+    """Rename entries '<param name>_<accumulator>' by ``names`` {old: new}; others unchanged."""
+    renamed = {}
+    for key, value in optimizer_state.items():
+        owner = max((name for name in names if key.startswith(name + "_")), key=len, default=None)
+        renamed[key if owner is None else names[owner] + key[len(owner):]] = value
+    return renamed
+
+
+def _generated_to_structured(named_layers):
+    return {param.name: f"{prefix}.{name}" for prefix, layer in named_layers.items()
+            for name, param in layer.named_parameters()}
+
+
+def optimizer_state(optimizer, named_layers):
+    """The optimizer's state as numpy, keyed by structured names ('student.conv1.weight_moment1_0').
+
+    Paddle keys Adam's moments by generated parameter names ('conv2d_57.w_0') that depend on how
+    many layers the process built before, so a resumed run would silently drop them otherwise.
+    ``named_layers``: {prefix: layer} for every layer the optimizer updates.
+    """
+    return _rename_accumulators(state_to_numpy(optimizer.state_dict()),
+                                _generated_to_structured(named_layers))
+
+
+def restore_optimizer(optimizer, saved_state, named_layers):
+    """Inverse of ``optimizer_state`` for the layers of this process."""
+    structured = {v: k for k, v in _generated_to_structured(named_layers).items()}
+    set_state(optimizer, _rename_accumulators(saved_state, structured))

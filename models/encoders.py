@@ -14,11 +14,10 @@ from adkit.training import log
 from adkit.weights import load_into_layer, resolve_backbone_weights
 
 from . import resnet
+from .graph_ops import IMAGENET_MEAN, IMAGENET_STD
 
 EFFICIENTNET_VARIANTS = {"efficientnet_lite0": "lite0", "efficientnet_lite2": "lite2"}
 ENCODER_NAMES = tuple(resnet.RESNETS) + tuple(EFFICIENTNET_VARIANTS)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Random-init encoders ('none' weights) are drawn from this seed, so the same untrained encoder
 # is rebuilt when a model trained on it is loaded again.
 RANDOM_INIT_SEED = 0

@@ -19,11 +19,13 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from adkit.errors import UserError
-from adkit.training import (batch_stream, load_train_state, log, make_adam, progress,
-                            save_train_state, seed_step, set_state, state_to_numpy)
+from adkit.training import (batch_stream, load_train_state, log, make_adam, optimizer_state,
+                            progress, restore_optimizer, save_train_state, seed_step, set_state,
+                            state_to_numpy)
 
 from .base import AnomalyMethod
 from .encoders import build_encoder, encoder_fingerprint
+from .graph_ops import bilinear_resize
 from .resnet import BasicBlock, Bottleneck, conv3x3, init_like_torchvision, make_stage
 
 BLUR_SIGMA = 4.0
@@ -144,30 +146,6 @@ def gaussian_blur(x, sigma):
     return x.transpose([0, 1, 3, 2])
 
 
-def _linear_interp_matrix(n_out, n_in):
-    """[n_out, n_in] weights of 1-D linear interpolation with align_corners=True: output i
-    samples input position i * (n_in - 1) / (n_out - 1)."""
-    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-    pos = np.arange(n_out) * scale
-    lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = pos - lo
-    weights = np.zeros((n_out, n_in), np.float64)
-    np.add.at(weights, (np.arange(n_out), lo), 1.0 - frac)
-    np.add.at(weights, (np.arange(n_out), hi), frac)
-    return weights.astype(np.float32)
-
-
-def upsample_bilinear(x, size):
-    """F.interpolate(x, size, mode='bilinear', align_corners=True) as two matmuls with constant
-    matrices: Paddle Inference 3.3.1 with oneDNN (its CPU default) cannot run the interpolate
-    ops ("ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>"),
-    and bilinear resizing is separable, so this is exact."""
-    rows = paddle.to_tensor(_linear_interp_matrix(size[0], x.shape[2]))
-    cols = paddle.to_tensor(_linear_interp_matrix(size[1], x.shape[3]))
-    return paddle.matmul(paddle.matmul(rows, x), cols, transpose_y=True)
-
-
 def anomaly_map(enc_feats, dec_feats, out_size):
     """[B,1,H,W] map: per scale 1 - cos along channels, bilinear (align_corners, as official)
     up to ``out_size`` (int or (H, W)), summed over scales, then Gaussian-blurred."""
@@ -175,7 +153,7 @@ def anomaly_map(enc_feats, dec_feats, out_size):
     total = 0.0
     for enc, dec in zip(enc_feats, dec_feats):
         distance = 1.0 - F.cosine_similarity(enc, dec, axis=1).unsqueeze(1)
-        total = total + upsample_bilinear(distance, size)
+        total = total + bilinear_resize(distance, size, align_corners=True)
     return gaussian_blur(total, BLUR_SIGMA)
 
 
@@ -203,32 +181,6 @@ MODEL_KEYS = ("backbone", "backbone_weights", "image_size", "loss_per_image", "l
               "beta2", "batch_size", "steps", "epochs", "seed")
 
 
-def _portable_optimizer_state(opt_state, layers):
-    """Optimizer state keyed by structured parameter names ('decoder.layer1.0.conv1.weight')
-    instead of Paddle's generated ones ('conv2d_57.w_0'), which depend on how many layers the
-    process created before: a resumed run in a new process, or after building other models,
-    would otherwise silently drop Adam's moments."""
-    generated = {param.name: f"{prefix}.{name}" for prefix, layer in layers.items()
-                 for name, param in layer.named_parameters()}
-    return {_rename_accumulator(key, generated): value for key, value in opt_state.items()}
-
-
-def _restore_optimizer_state(portable_state, layers):
-    structured = {f"{prefix}.{name}": param.name for prefix, layer in layers.items()
-                  for name, param in layer.named_parameters()}
-    return {_rename_accumulator(key, structured): value for key, value in portable_state.items()}
-
-
-def _rename_accumulator(key, names):
-    """'<param name>_moment1_0' -> '<new name>_moment1_0' (longest matching parameter name);
-    keys that belong to no parameter (e.g. 'LR_Scheduler') are kept."""
-    matches = [name for name in names if key.startswith(name + "_")]
-    if not matches:
-        return key
-    old = max(matches, key=len)
-    return names[old] + key[len(old):]
-
-
 class RD4ADMethod(AnomalyMethod):
     """The official recipe: Adam(lr 0.005, betas 0.5/0.999) on OCBE + decoder, batch 16; the
     encoder stays frozen. Checkpoint: ``<ckpt_dir>/last.pdparams`` (student weights, optimizer,
@@ -241,7 +193,6 @@ class RD4ADMethod(AnomalyMethod):
         self.encoder = self.bottleneck = self.decoder = None
         self.encoder_sha256 = None  # identifies the teacher weights the student was fit to
         self.image_size = int(cfg["image_size"])
-        self.val_scores = None  # image scores of the held-out good images, for a threshold
 
     # -- building ------------------------------------------------------------------------
 
@@ -271,14 +222,10 @@ class RD4ADMethod(AnomalyMethod):
             self._check_same_encoder(saved, path, cfg["backbone_weights"])
             set_state(self.bottleneck, saved["bottleneck"])
             set_state(self.decoder, saved["decoder"])
-            set_state(optimizer, _restore_optimizer_state(saved["optimizer"], self._student()))
+            restore_optimizer(optimizer, saved["optimizer"], self._student())
             start = int(saved["step"])
             log.info("rd4ad: resuming at step %d of %d", start, total)
         self._train(train_set, optimizer, start, total, path)
-        self.val_scores = self.image_scores(val_set)
-        if len(self.val_scores) == 0:
-            log.warning("rd4ad: no validation images, so no default threshold can be derived "
-                        "(use --val_ratio > 0)")
         self._write_checkpoint(path, max(start, total), optimizer)
 
     def _checkpoint_to_resume(self, path):
@@ -328,20 +275,6 @@ class RD4ADMethod(AnomalyMethod):
         self.bottleneck.eval()
         self.decoder.eval()
 
-    def image_scores(self, dataset):
-        """Image scores (max of the blurred map) of every image in ``dataset``."""
-        if dataset is None or len(dataset) == 0:
-            return np.zeros(0, np.float32)
-        net = self.inference_net()
-        size = int(self.cfg.get("eval_batch_size") or 8)
-        scores = []
-        with paddle.no_grad():
-            for begin in range(0, len(dataset), size):
-                end = min(begin + size, len(dataset))
-                batch = np.stack([dataset[i] for i in range(begin, end)])
-                scores.append(net(paddle.to_tensor(batch))[1].numpy())
-        return np.concatenate(scores)
-
     # -- checkpoint ----------------------------------------------------------------------
 
     def _write_checkpoint(self, path, step, optimizer):
@@ -349,16 +282,13 @@ class RD4ADMethod(AnomalyMethod):
             "step": int(step),
             "bottleneck": state_to_numpy(self.bottleneck.state_dict()),
             "decoder": state_to_numpy(self.decoder.state_dict()),
-            "optimizer": _portable_optimizer_state(state_to_numpy(optimizer.state_dict()),
-                                                   self._student()),
+            "optimizer": optimizer_state(optimizer, self._student()),
             "backbone": self.cfg["backbone"],
             "backbone_weights": self.cfg["backbone_weights"] or "auto",
             "encoder_sha256": self.encoder_sha256,
             "image_size": self.image_size,
             "config": {key: self.cfg.get(key) for key in MODEL_KEYS},
         }
-        if self.val_scores is not None:
-            state["val_scores"] = np.asarray(self.val_scores, np.float32)
         save_train_state(path, state)
 
     @staticmethod
@@ -386,7 +316,6 @@ class RD4ADMethod(AnomalyMethod):
         set_state(self.decoder, saved["decoder"])
         self.bottleneck.eval()
         self.decoder.eval()
-        self.val_scores = saved.get("val_scores")
 
     def inference_net(self):
         if self.decoder is None:

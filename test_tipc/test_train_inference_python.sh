@@ -143,8 +143,24 @@ if [[ ${MODE} == whole_infer ]]; then
     [[ -n ${GIVEN_CHECKPOINT} ]] || die "${CONFIG}: whole_infer needs --checkpoint_dir:whole_infer=DIR in export_params"
 else
     [[ -z ${GIVEN_CHECKPOINT} ]] || die "${CONFIG}: --checkpoint_dir in export_params is for whole_infer only (${MODE} exports what it trains)"
+    CLS=$(config_value common_params --cls)
+    [[ -n ${CLS} && ${CLS} != all ]] || die "${CONFIG}: --cls in common_params must name one category for ${MODE}"
 fi
+IFS="|" read -ra DEVICES <<< "$(config_value infer_params --device)"
+[[ ${#DEVICES[@]} -gt 0 ]] || die "${CONFIG}: --device in infer_params has no value for ${MODE}"
+for device in "${DEVICES[@]}"; do
+    word_in "${device}" "cpu gpu" || die "${CONFIG}: --device in infer_params: expected cpu or gpu, got '${device}'"
+done
+collect_flags common_params ""
+COMMON_FLAGS=("${FLAG_ARGS[@]}")
+collect_flags train_params ""
+TRAIN_FLAGS=("${FLAG_ARGS[@]}")
+collect_flags eval_params ""
+EVAL_FLAGS=("${FLAG_ARGS[@]}")
+collect_flags export_params "--checkpoint_dir"
+EXPORT_FLAGS=("${FLAG_ARGS[@]}")
 
+# The config is valid: only now touch the output folder.
 LOG_DIR=${OUTPUT_ROOT}/${MODEL_NAME}/${MODE}
 RESULTS=${LOG_DIR}/results_python.log
 TRAIN_OUTPUT=${LOG_DIR}/train
@@ -190,15 +206,9 @@ function has_cuda() {
 # One infer.py run per combination of the infer_params flags that list alternatives (a|b); flags
 # that only concern the other device are left out (no --enable_mkldnn on gpu, no --use_tensorrt on cpu).
 function run_inference_grid() {
-    local i j key device ignored alternatives value combo devices
-    IFS="|" read -ra devices <<< "$(config_value infer_params --device)"
-    [[ ${#devices[@]} -gt 0 ]] || die "${CONFIG}: --device in infer_params has no value for ${MODE}"
-    for device in "${devices[@]}"; do
-        case ${device} in
-            cpu) ignored=${GPU_ONLY_FLAGS} ;;
-            gpu) ignored=${CPU_ONLY_FLAGS} ;;
-            *) die "${CONFIG}: --device in infer_params: expected cpu or gpu, got '${device}'" ;;
-        esac
+    local i j key device ignored alternatives value combo
+    for device in "${DEVICES[@]}"; do
+        [[ ${device} == cpu ]] && ignored=${GPU_ONLY_FLAGS} || ignored=${CPU_ONLY_FLAGS}
         if [[ ${device} == gpu ]] && ! has_cuda; then
             skip "gpu: no CUDA device (every --device gpu inference run)"
             continue
@@ -242,28 +252,21 @@ function run_inference_grid() {
 echo "TIPC ${MODEL_NAME} ${MODE}: logs in ${LOG_DIR}"
 if [[ ${MODE} == whole_infer ]]; then
     CHECKPOINT=${GIVEN_CHECKPOINT}
-    trained=true
+    have_checkpoint=true
 else
-    collect_flags common_params ""
-    COMMON_FLAGS=("${FLAG_ARGS[@]}")
-    CLS=$(config_value common_params --cls)
-    [[ -n ${CLS} && ${CLS} != all ]] || die "${CONFIG}: --cls in common_params must name one category for ${MODE}"
     CHECKPOINT=${TRAIN_OUTPUT}/${MODEL_NAME}/${CLS}
-    collect_flags train_params ""
-    trained=false
+    have_checkpoint=false
     if run_step train "${PYTHON[@]}" "${TRAIN_CMD[@]}" --model "${MODEL_NAME}" "${COMMON_FLAGS[@]}" \
-        "${FLAG_ARGS[@]}" --output_dir "${TRAIN_OUTPUT}"; then
-        trained=true
-        collect_flags eval_params ""
+        "${TRAIN_FLAGS[@]}" --output_dir "${TRAIN_OUTPUT}"; then
+        have_checkpoint=true
         run_step eval "${PYTHON[@]}" "${EVAL_CMD[@]}" --model "${MODEL_NAME}" "${COMMON_FLAGS[@]}" \
-            "${FLAG_ARGS[@]}" --output_dir "${TRAIN_OUTPUT}"
+            "${EVAL_FLAGS[@]}" --output_dir "${TRAIN_OUTPUT}"
     else
         skip "eval, export and inference: training failed"
     fi
 fi
-if [[ ${trained} == true ]]; then
-    collect_flags export_params "--checkpoint_dir"
-    if run_step export "${PYTHON[@]}" "${EXPORT_CMD[@]}" --model "${MODEL_NAME}" "${FLAG_ARGS[@]}" \
+if [[ ${have_checkpoint} == true ]]; then
+    if run_step export "${PYTHON[@]}" "${EXPORT_CMD[@]}" --model "${MODEL_NAME}" "${EXPORT_FLAGS[@]}" \
         --checkpoint_dir "${CHECKPOINT}" --save_dir "${EXPORT_DIR}"; then
         run_inference_grid
     else

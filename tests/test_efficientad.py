@@ -1,6 +1,5 @@
 """EfficientAD: networks against numpy re-implementations, losses and maps against numpy and
 hand-computed values, teacher weight layouts, export, and training/resume determinism."""
-import os
 
 import cv2
 import numpy as np
@@ -8,6 +7,7 @@ import paddle
 import pytest
 
 from adkit.errors import UserError
+from models.graph_ops import bilinear_resize
 from models.efficientad import (PDN, AutoEncoder, EfficientADInference, EfficientADMethod,
                                 PenaltyImages, autoencoder_loss, color_jitter,
                                 hard_feature_loss, map_normalization_quantiles, pdn_out_size,
@@ -34,17 +34,21 @@ def np_pool2(x):
     return x[:, :h // 2 * 2, :w // 2 * 2].reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
 
 
-def np_resize(x, size):
+def np_resize_hw(x, out_hw):
     """Bilinear, align_corners=False (half-pixel centres, negative sources clamped to 0)."""
     def axis_weights(n_in, n_out):
         src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
         i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
         return i0, np.minimum(i0 + 1, n_in - 1), src - i0
 
-    r0, r1, rl = axis_weights(x.shape[1], size)
+    r0, r1, rl = axis_weights(x.shape[1], out_hw[0])
     x = x[:, r0] * (1 - rl)[None, :, None] + x[:, r1] * rl[None, :, None]
-    c0, c1, cl = axis_weights(x.shape[2], size)
+    c0, c1, cl = axis_weights(x.shape[2], out_hw[1])
     return x[:, :, c0] * (1 - cl) + x[:, :, c1] * cl
+
+
+def np_resize(x, size):
+    return np_resize_hw(x, (size, size))
 
 
 def relu(x):
@@ -60,6 +64,15 @@ def conv(w, name, x, **kw):
 
 
 # --- networks -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("in_hw, out_hw", [((1, 1), (3, 3)), ((4, 4), (8, 8)),
+                                           ((5, 7), (13, 4)), ((16, 16), (5, 5))])
+def test_bilinear_resize_matches_numpy_reference(in_hw, out_hw):
+    x = RNG.standard_normal((2, 3) + in_hw)
+    expected = np.stack([np_resize_hw(image, out_hw) for image in x])
+    got = bilinear_resize(paddle.to_tensor(x, dtype="float32"), list(out_hw)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
 
 @pytest.mark.parametrize("size", ["small", "medium"])
 def test_paper_shapes_at_256(size):
@@ -285,17 +298,32 @@ def _trained_like_inference_net(size=64):
     return net
 
 
-def test_jit_export_with_dynamic_batch(tmp_path):
+def test_export_runs_in_paddle_inference_with_dynamic_batch(tmp_path):
+    from paddle import inference
+
     net = _trained_like_inference_net()
     spec = [paddle.static.InputSpec([None, 3, 64, 64], "float32", "x")]
     paddle.jit.save(paddle.jit.to_static(net, input_spec=spec, full_graph=True),
                     str(tmp_path / "model"))
-    loaded = paddle.jit.load(str(tmp_path / "model"))
-    for batch in (1, 3):
-        x = paddle.rand([batch, 3, 64, 64])
-        for got, want in zip(loaded(x), net(x)):
-            assert got.shape == want.shape
-            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    graph = next(p for p in tmp_path.iterdir() if p.suffix in (".json", ".pdmodel"))
+    for onednn in (True, False):  # oneDNN is Paddle Inference's CPU default
+        config = inference.Config(str(graph), str(tmp_path / "model.pdiparams"))
+        config.disable_gpu()
+        config.enable_mkldnn() if onednn else config.disable_mkldnn()
+        predictor = inference.create_predictor(config)
+        feed = predictor.get_input_handle(predictor.get_input_names()[0])
+        for batch in (1, 3):
+            x = RNG.random((batch, 3, 64, 64)).astype(np.float32)
+            feed.reshape(list(x.shape))
+            feed.copy_from_cpu(x)
+            predictor.run()
+            got = [predictor.get_output_handle(n).copy_to_cpu()
+                   for n in predictor.get_output_names()]
+            with paddle.no_grad():
+                want = [t.numpy() for t in net(paddle.to_tensor(x))]
+            for g, w in zip(got, want):
+                assert g.shape == w.shape
+                np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
 # --- augmentation -------------------------------------------------------------------------
@@ -442,3 +470,27 @@ def test_resume_without_train_state_is_a_user_error(tmp_path):
     train, val = _data()
     with pytest.raises(UserError, match="--resume"):
         EfficientADMethod(_cfg(tmp_path)).fit(train, val, tmp_path, resume=True)
+
+
+def test_training_moves_only_student_and_autoencoder_and_lowers_the_loss(tmp_path,
+                                                                         monkeypatch):
+    train, val = _data()
+    one_image = _Images(train.images[:1])
+    recorded = []
+    original_step = EfficientADMethod._train_step
+
+    def recording_step(self, *args):
+        recorded.append(original_step(self, *args))
+        return recorded[-1]
+
+    monkeypatch.setattr(EfficientADMethod, "_train_step", recording_step)
+    method = EfficientADMethod(_cfg(tmp_path, steps=12, lr=1e-3, penalty_dir=None))
+    teacher_before = {k: v.numpy().copy() for k, v in method.teacher.state_dict().items()}
+    student_before = method.student.conv1.weight.numpy().copy()
+    method.fit(one_image, val, tmp_path)
+    for name, value in method.teacher.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), teacher_before[name])
+    assert not np.allclose(method.student.conv1.weight.numpy(), student_before)
+    assert set(recorded[0]) == {"hard", "ae", "stae", "total"}
+    assert recorded[-1]["hard"] < 0.85 * recorded[0]["hard"]
+    assert recorded[-1]["ae"] < recorded[0]["ae"]
