@@ -4,6 +4,7 @@
     python main.py --model rd4ad --mode train --data_dir sample_data --cls brick
     python main.py --model rd4ad --mode eval  --data_dir sample_data --cls brick
     python main.py --model rd4ad --mode infer --cls brick --img_path some/image.png
+    python main.py --model efficientad_s --mode distill --data_dir IMAGES --output_dir weights
 """
 import logging
 import os
@@ -40,11 +41,12 @@ def train(cfg, cls):
     os.makedirs(ckpt_dir, exist_ok=True)
     log.info("[%s] training %s on %d images (%d held out for validation) -> %s",
              cls, cfg["model"], len(train_paths), len(val_paths), ckpt_dir)
-    method = build_method(cfg)
     size = cfg["image_size"]
-    val_set = ImageDataset(val_paths, size)
-    method.fit(ImageDataset(train_paths, size), val_set, ckpt_dir, resume=cfg["resume"])
-    save_training_config(cfg, ckpt_dir)
+    train_set = ImageDataset(train_paths, size).preload()
+    val_set = ImageDataset(val_paths, size).preload()
+    method = build_method(cfg)
+    save_training_config(cfg, ckpt_dir)  # first: eval/export can use interim checkpoints
+    method.fit(train_set, val_set, ckpt_dir, resume=cfg["resume"])
     if len(val_set):
         _, scores = run_inference(method.inference_net(), val_set, cfg["eval_batch_size"], "validation")
         write_json(os.path.join(ckpt_dir, VAL_SCORES_FILE),
@@ -64,7 +66,7 @@ def load_trained(cfg, cls):
 def evaluate(cfg, cls):
     from adkit.evaluation import evaluate_dataset
     from adkit.io_utils import write_csv, write_json
-    from adkit.predictions import EVAL_METRICS_FILE, label_of
+    from adkit.predictions import EVAL_METRICS_FILE, format_score, label_of
     from datasets import MVTecCategory, TestDataset
 
     items = MVTecCategory(cfg["data_dir"], cls).test_items()
@@ -73,7 +75,7 @@ def evaluate(cfg, cls):
     result, scores = evaluate_dataset(method.inference_net(), test_set, cfg["eval_batch_size"])
     write_json(os.path.join(ckpt_dir, EVAL_METRICS_FILE), result)
     threshold = result["threshold"]
-    rows = [[item.path, item.defect_type, f"{score:.6f}", label_of(score, threshold), item.label]
+    rows = [[item.path, item.defect_type, format_score(score), label_of(score, threshold), item.label]
             for item, score in zip(items, scores.tolist())]
     write_csv(os.path.join(ckpt_dir, "eval_predictions.csv"),
               ["path", "defect_type", "score", "predicted", "ground_truth"], rows)
@@ -147,6 +149,11 @@ def main(argv=None):
 
     set_device(cfg["device"])
     seed_everything(cfg["seed"])
+    if cfg["mode"] == "distill":
+        from models.distill import run_distill
+
+        run_distill(cfg)
+        return
     if cfg["mode"] == "infer":
         if cfg["cls"] == "all":
             raise UserError("--mode infer needs --cls NAME: the category whose model to use")

@@ -11,12 +11,14 @@ import yaml
 from .errors import UserError
 
 MODELS = ("rd4ad", "efficientad_s", "efficientad_m")
-MODES = ("train", "eval", "infer")
+MODES = ("train", "eval", "infer", "distill")
+# --mode distill reads its own defaults (distill_<key>) for these generic options.
+DISTILL_KEYS = ("steps", "batch_size", "lr", "backbone", "backbone_weights")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 # name: (type, help). Defaults come from the model's YAML, so argparse defaults are None.
 OPTIONS = {
-    "data_dir": (str, "dataset root in MVTec AD layout"),
+    "data_dir": (str, "dataset root in MVTec AD layout (distill: any folder of images)"),
     "cls": (str, "category folder under --data_dir, or 'all' for every category"),
     "output_dir": (str, "where checkpoints, metrics and pictures go"),
     "steps": (int, "optimisation steps (EfficientAD default 70000; RD4AD: overrides --epochs)"),
@@ -39,6 +41,7 @@ OPTIONS = {
     "save_interval": (int, "write a checkpoint every N steps"),
     "log_interval": (int, "log the loss every N steps"),
     "val_ratio": (float, "fraction of train/good held out as validation (never the test set)"),
+    "crop_size": (int, "distill: train the PDN on random crops of this size (pixels)"),
     "threshold": (float, "score threshold for predicted labels (default: eval's F1-max "
                          "threshold, else the highest validation score)"),
 }
@@ -89,6 +92,11 @@ def resolve_config(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     cfg = dict(DEFAULTS)
     cfg.update(model_defaults(args.model))
+    if args.mode == "distill":
+        if args.model == "rd4ad":
+            raise UserError("--mode distill pretrains an EfficientAD teacher: use --model "
+                            "efficientad_s or efficientad_m")
+        cfg.update({key: cfg[f"distill_{key}"] for key in DISTILL_KEYS if f"distill_{key}" in cfg})
     if args.config:
         overrides = _read_yaml(args.config)
         unknown = sorted(set(overrides) - set(cfg) - set(OPTIONS))

@@ -32,6 +32,11 @@ def resolve_threshold(explicit, ckpt_dir):
     return None, "none"
 
 
+def format_score(score):
+    """Shortest text that reads back as the same float32: CSV labels can be re-derived exactly."""
+    return np.format_float_positional(np.float32(score), unique=True, trim="-")
+
+
 def label_of(score, threshold):
     if threshold is None:
         return ""
@@ -66,7 +71,7 @@ def write_image_outputs(out_dir, paths, maps, scores, threshold, save_format="pn
             _write_map(os.path.join(out_dir, f"{stem}_map.npy"), full_map)
         if save_format == "tiff":
             _write_tiff(os.path.join(out_dir, f"{stem}_map.tiff"), full_map)
-        rows.append([path, f"{float(score):.6f}", label_of(float(score), threshold)])
+        rows.append([path, format_score(score), label_of(float(score), threshold)])
         seconds.append(time.perf_counter() - start)
     write_csv(os.path.join(out_dir, "predictions.csv"), ["path", "score", "label"], rows)
     return rows, seconds

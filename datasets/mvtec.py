@@ -111,6 +111,12 @@ class ImageDataset:
     def __getitem__(self, i):
         return to_chw_float(self.load_uint8(i))
 
+    def preload(self):
+        """Read every image now: a broken file stops the run before training, not hours in."""
+        for i in range(len(self)):
+            self.load_uint8(i)
+        return self
+
 
 class TestDataset(ImageDataset):
     """Test images with labels, defect types and masks at the model size (nearest neighbour)."""

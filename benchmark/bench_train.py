@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Training steps/s and eval images/s in dygraph, per model, on sample_data.
+
+Speed does not depend on the weights, so encoders/teachers are random ('none'). Training speed
+is the difference between a run of S+N steps and one of S steps (set-up and the per-run teacher
+statistics / validation cancel out), divided by N.
+
+    python benchmark/bench_train.py --cpu_threads 2 --steps 10
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CASES = {
+    "efficientad_s": {"teacher_weights": "none"},
+    "efficientad_m": {"teacher_weights": "none"},
+    "rd4ad": {"backbone": "wide_resnet50_2", "backbone_weights": "none"},
+    "rd4ad_lite0": {"backbone": "efficientnet_lite0", "backbone_weights": "none"},
+}
+
+
+def config(case, steps, image_size):
+    from adkit.config import model_defaults
+
+    model = case.split("_lite0")[0]
+    cfg = model_defaults(model)
+    cfg.update(model=model, mode="train", steps=steps, epochs=None, image_size=image_size,
+               save_interval=10**9, log_interval=10**9, device="cpu", resume=False)
+    cfg.update(CASES[case])
+    return cfg
+
+
+def fit_seconds(case, steps, image_size, data):
+    from models import build_method
+
+    method = build_method(config(case, steps, image_size))
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        method.fit(data["train"], data["val"], __import__("pathlib").Path(folder))
+        return time.perf_counter() - start, method
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu_threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    parser.add_argument("--image_size", type=int, default=256)
+    parser.add_argument("--models", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
+    args = parser.parse_args()
+
+    from adkit.runtime import set_cpu_threads
+
+    set_cpu_threads(args.cpu_threads)
+    import logging
+
+    logging.getLogger("adkit").setLevel(logging.WARNING)
+    from adkit.evaluation import run_inference
+    from datasets import ImageDataset, MVTecCategory, TestDataset, split_train_val
+
+    category = MVTecCategory(os.path.join(ROOT, "sample_data"), "gravel")
+    train, val = split_train_val(category.train_paths(), 0.1, 0)
+    data = {"train": ImageDataset(train, args.image_size), "val": ImageDataset(val, args.image_size)}
+    test_set = TestDataset(category.test_items(), args.image_size)
+    print(f"{'model':<16}{'train s/step':>14}{'steps/s':>10}{'eval img/s':>12}   "
+          f"({args.cpu_threads} threads, {args.image_size}px, dygraph)")
+    for case in args.models.split(","):
+        warm = 2
+        short, _ = fit_seconds(case, warm, args.image_size, data)
+        long, method = fit_seconds(case, warm + args.steps, args.image_size, data)
+        per_step = max(long - short, 1e-9) / args.steps
+        batch = config(case, 1, args.image_size)["eval_batch_size"]
+        net = method.inference_net()
+        run_inference(net, test_set, batch)  # warm-up
+        start = time.perf_counter()
+        run_inference(net, test_set, batch)
+        images_per_s = len(test_set) / (time.perf_counter() - start)
+        print(f"{case:<16}{per_step:>14.3f}{1 / per_step:>10.3f}{images_per_s:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
