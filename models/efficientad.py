@@ -45,6 +45,14 @@ _PDN_LAYERS = {
                ("conv", None, 1, 0)),
 }
 MODEL_SIZES = {"efficientad_s": "small", "efficientad_m": "medium"}
+# Teachers shipped with the project (made by --mode distill, see weights/README.md).
+DEFAULT_TEACHER_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def default_teacher_path(size):
+    """weights/teacher_<size>.pdparams if the project ships one for this PDN size, else None."""
+    path = DEFAULT_TEACHER_DIR / f"teacher_{size}.pdparams"
+    return path if path.is_file() else None
 
 
 def _conv(in_channels, out_channels, kernel, stride=1, padding=0):
@@ -490,15 +498,24 @@ class EfficientADMethod(AnomalyMethod):
         return optimizer, scheduler
 
     def _load_teacher(self):
-        path = self.cfg.get("teacher_weights")
-        if not path:
-            log.warning("!!! EfficientAD: no --teacher_weights given: the teacher is RANDOMLY "
-                        "initialised, so anomaly detection will be far below the paper. Pass "
-                        "a pretrained teacher (nelson1425 teacher_%s.pth, anomalib, or "
-                        ".pdparams) with --teacher_weights. !!!", self.size)
+        """--teacher_weights PATH, or 'none' for random init, or unset: the shipped default."""
+        choice = self.cfg.get("teacher_weights")
+        if choice is None:
+            choice = default_teacher_path(self.size)
+            if choice is None:
+                log.warning("!!! EfficientAD: no default %s teacher is shipped and no "
+                            "--teacher_weights was given: the teacher is RANDOM, so detection "
+                            "will be far below the paper. Make one with --mode distill, or pass "
+                            "nelson1425's teacher_%s.pth / an anomalib or .pdparams teacher. !!!",
+                            self.size, self.size)
+                return
+            log.info("EfficientAD: default teacher %s", choice)
+        elif str(choice).lower() == "none":
+            log.warning("!!! EfficientAD: --teacher_weights none: the teacher is RANDOM; use "
+                        "this only for tests and smoke runs. !!!")
             return
-        state = teacher_state_from_torch(read_state_dict(path), self.size, source=path)
-        load_into_layer(self.teacher, state, path)
+        state = teacher_state_from_torch(read_state_dict(choice), self.size, source=str(choice))
+        load_into_layer(self.teacher, state, str(choice))
 
     def _train_step(self, images, penalty, optimizer):
         """One optimisation step; returns the losses as floats. Separate forward passes (as
