@@ -395,6 +395,7 @@ def resolve_backbone_weights(name, weights_arg):
     except Exception as err:  # no network, unknown name, bad download: all mean "not here"
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"no pretrained weights for {name} available offline ({reason}): pass "
-                        "--backbone_weights PATH (a .pdparams or torchvision .pth), or "
-                        "--backbone_weights none to start from random weights") from None
+                        "--backbone_weights PATH (a .pdparams or torchvision .pth), use "
+                        "--backbone efficientnet_lite0 (ImageNet weights installed with "
+                        "requirements.txt), or --backbone_weights none for random weights") from None
     return _weights_from_file(paddle_file)

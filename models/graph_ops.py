@@ -34,12 +34,19 @@ def interpolation_matrix(n_in, n_out, align_corners):
 
 
 def bilinear_resize(x, size, align_corners=False):
-    """F.interpolate(x, size, mode='bilinear') on [B,C,H,W] as two matmuls with constant matrices.
+    """F.interpolate(x, size, mode='bilinear') on [B,C,H,W] as plain 2-D matmuls with constant
+    interpolation matrices (bilinear resizing is separable, so this is exact).
 
-    Paddle Inference 3.3.1 with oneDNN (its CPU default) cannot run the interpolate ops
-    ("ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>");
-    bilinear resizing is separable, so this gives the same numbers and exports everywhere.
+    Two Paddle Inference 3.3.1 + oneDNN (the CPU default) faults shape this: the interpolate ops
+    do not run at all ("ConvertPirAttribute2RuntimeAttribute not support
+    ArrayAttribute<DoubleAttribute>"), and broadcast batched matmuls crash or return NaN at
+    batch >= 2, as does transpose_y with an inner dimension of 1. Hence 2-D matmuls only.
     """
-    rows = paddle.to_tensor(interpolation_matrix(x.shape[2], int(size[0]), align_corners))
-    cols = paddle.to_tensor(interpolation_matrix(x.shape[3], int(size[1]), align_corners))
-    return paddle.matmul(paddle.matmul(rows, x), cols, transpose_y=True)
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w = int(size[0]), int(size[1])
+    rows_t = paddle.to_tensor(np.ascontiguousarray(interpolation_matrix(height, out_h, align_corners).T))
+    cols_t = paddle.to_tensor(np.ascontiguousarray(interpolation_matrix(width, out_w, align_corners).T))
+    y = paddle.matmul(x.reshape([-1, width]), cols_t)                     # [B*C*H, W']
+    y = y.reshape([-1, channels, height, out_w]).transpose([0, 1, 3, 2])  # [B,C,W',H]
+    y = paddle.matmul(y.reshape([-1, height]), rows_t)                    # [B*C*W', H']
+    return y.reshape([-1, channels, out_w, out_h]).transpose([0, 1, 3, 2])

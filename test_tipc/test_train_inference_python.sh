@@ -16,8 +16,9 @@ source "${SCRIPT_DIR}/common_func.sh"
 
 SECTIONS="common_params train_params eval_params export_params infer_params"
 # The non-flag key each section allows; every other key must be a --flag of the section's command.
-declare -A SECTION_KEYS=([common_params]="model_name python" [train_params]="train"
-                         [eval_params]="eval" [export_params]="export" [infer_params]="inference")
+declare -A SECTION_KEYS=([common_params]="model_name python step_timeout" [train_params]="train"
+                         [eval_params]="eval" [export_params]="export"
+                         [infer_params]="inference reference")
 # Flags the script sets itself (paths inside the output folder), so a config must not.
 declare -A SCRIPT_FLAGS=([common_params]="--output_dir --model" [train_params]="--output_dir --model"
                          [eval_params]="--output_dir --model" [export_params]="--save_dir --model"
@@ -119,7 +120,7 @@ function collect_flags() {
 }
 
 REQUIRED_KEYS="common_params:model_name common_params:python train_params:train eval_params:eval
-               export_params:export infer_params:inference infer_params:--device
+               export_params:export infer_params:inference infer_params:reference infer_params:--device
                infer_params:--model_dir infer_params:--img_path"
 for required in ${REQUIRED_KEYS}; do
     config_raw "${required%%:*}" "${required#*:}" > /dev/null \
@@ -130,10 +131,15 @@ MODEL_NAME=$(config_value common_params model_name)
 read -ra PYTHON <<< "$(config_value common_params python)"
 [[ ${#PYTHON[@]} -gt 0 ]] || die "${CONFIG}: python is empty"
 command -v "${PYTHON[0]}" > /dev/null || die "${CONFIG}: python '${PYTHON[0]}' not found on PATH"
+# Seconds any one step may take in this mode (empty: no limit): a hung step becomes a failure.
+STEP_TIMEOUT=$(config_value common_params step_timeout)
+[[ -z ${STEP_TIMEOUT} || ${STEP_TIMEOUT} =~ ^[1-9][0-9]*$ ]] \
+    || die "${CONFIG}: step_timeout must be a whole number of seconds, got '${STEP_TIMEOUT}'"
 read -ra TRAIN_CMD <<< "$(config_value train_params train)"
 read -ra EVAL_CMD <<< "$(config_value eval_params eval)"
 read -ra EXPORT_CMD <<< "$(config_value export_params export)"
 read -ra INFER_CMD <<< "$(config_value infer_params inference)"
+read -ra REFERENCE_CMD <<< "$(config_value infer_params reference)"
 [[ -z $(config_raw infer_params --model_dir) ]] \
     || die "${CONFIG}: leave --model_dir empty: the script passes the folder it exported"
 IMG_PATH=$(config_value infer_params --img_path)
@@ -141,6 +147,11 @@ IMG_PATH=$(config_value infer_params --img_path)
 GIVEN_CHECKPOINT=$(func_pick_value "$(config_raw export_params --checkpoint_dir)" "${MODE}")
 if [[ ${MODE} == whole_infer ]]; then
     [[ -n ${GIVEN_CHECKPOINT} ]] || die "${CONFIG}: whole_infer needs --checkpoint_dir:whole_infer=DIR in export_params"
+    # main.py (the dygraph reference) finds a checkpoint as <output_dir>/<model>/<cls>.
+    GIVEN_CHECKPOINT=${GIVEN_CHECKPOINT%/}
+    [[ $(basename "$(dirname "${GIVEN_CHECKPOINT}")") == "${MODEL_NAME}" ]] \
+        || die "${CONFIG}: --checkpoint_dir must be <output_dir>/${MODEL_NAME}/<cls>, as main.py writes it; got ${GIVEN_CHECKPOINT}"
+    CLS=$(basename "${GIVEN_CHECKPOINT}")
 else
     [[ -z ${GIVEN_CHECKPOINT} ]] || die "${CONFIG}: --checkpoint_dir in export_params is for whole_infer only (${MODE} exports what it trains)"
     CLS=$(config_value common_params --cls)
@@ -159,6 +170,8 @@ collect_flags eval_params ""
 EVAL_FLAGS=("${FLAG_ARGS[@]}")
 collect_flags export_params "--checkpoint_dir"
 EXPORT_FLAGS=("${FLAG_ARGS[@]}")
+collect_flags common_params "--cls --data_dir"
+REFERENCE_FLAGS=("${FLAG_ARGS[@]}")
 
 # The config is valid: only now touch the output folder.
 LOG_DIR=${OUTPUT_ROOT}/${MODEL_NAME}/${MODE}
@@ -180,15 +193,25 @@ function now_ms() {
 
 # run_step NAME COMMAND...: output to LOG_DIR/NAME.log, status line to the results log.
 function run_step() {
-    local name=$1 start rc
+    local name=$1 start rc status=ok
     shift
     local log=${LOG_DIR}/${name}.log
     start=$(now_ms)
-    "$@" > "${log}" 2>&1
+    if [[ -n ${STEP_TIMEOUT} ]]; then
+        timeout --kill-after=10 "${STEP_TIMEOUT}" "$@" > "${log}" 2>&1
+    else
+        "$@" > "${log}" 2>&1
+    fi
     rc=$?
+    if [[ -n ${STEP_TIMEOUT} ]] && [[ ${rc} -eq 124 || ${rc} -eq 137 ]]; then
+        echo "tipc: stopped after the step_timeout of ${STEP_TIMEOUT} s" >> "${log}"
+        status=TIMEOUT
+    elif [[ ${rc} -ne 0 ]]; then
+        status=FAILED
+    fi
     status_check "${rc}" "$(printf '%q ' "$@")> ${log} 2>&1" "${RESULTS}"
     STEP_NAMES+=("${name}")
-    STEP_STATUS+=("$([[ ${rc} -eq 0 ]] && echo ok || echo FAILED)")
+    STEP_STATUS+=("${status}")
     STEP_SECONDS+=("$(awk -v ms=$(($(now_ms) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')")
     [[ ${rc} -eq 0 ]] || FAILED=$((FAILED + 1))
     return "${rc}"
@@ -243,13 +266,31 @@ function run_inference_grid() {
                 continue
             fi
             run_step "${names[j]}" "${PYTHON[@]}" "${INFER_CMD[@]}" --device "${device}" "${combo[@]}" \
-                --model_dir "${EXPORT_DIR}" --img_path "${IMG_PATH}" --output_dir "${LOG_DIR}/${names[j]}"
+                --model_dir "${EXPORT_DIR}" --img_path "${IMG_PATH}" --output_dir "${LOG_DIR}/${names[j]}" \
+                && GRID_PREDICTIONS+=("${LOG_DIR}/${names[j]}/predictions.csv")
         done
     done
 }
 
+# Every grid run must score the images as the dygraph model does (main.py --mode infer on the
+# same checkpoint): an inference runtime can exit 0 and still return wrong numbers.
+function compare_with_dygraph() {
+    local reference=${CHECKPOINT}/infer/predictions.csv
+    if ! run_step infer_dygraph "${PYTHON[@]}" "${REFERENCE_CMD[@]}" --model "${MODEL_NAME}" \
+        "${REFERENCE_FLAGS[@]}" --cls "${CLS}" --output_dir "$(dirname "$(dirname "${CHECKPOINT}")")" \
+        --img_path "${IMG_PATH}"; then
+        skip "compare: the dygraph reference failed"
+    elif [[ ${#GRID_PREDICTIONS[@]} -eq 0 ]]; then
+        skip "compare: no inference run produced predictions"
+    else
+        run_step compare "${PYTHON[@]}" test_tipc/compare_predictions.py --reference "${reference}" \
+            "${GRID_PREDICTIONS[@]}"
+    fi
+}
+
 # ---- the pipeline ----------------------------------------------------------------------------------
 echo "TIPC ${MODEL_NAME} ${MODE}: logs in ${LOG_DIR}"
+GRID_PREDICTIONS=()
 if [[ ${MODE} == whole_infer ]]; then
     CHECKPOINT=${GIVEN_CHECKPOINT}
     have_checkpoint=true
@@ -269,6 +310,7 @@ if [[ ${have_checkpoint} == true ]]; then
     if run_step export "${PYTHON[@]}" "${EXPORT_CMD[@]}" --model "${MODEL_NAME}" "${EXPORT_FLAGS[@]}" \
         --checkpoint_dir "${CHECKPOINT}" --save_dir "${EXPORT_DIR}"; then
         run_inference_grid
+        compare_with_dygraph
     else
         skip "inference: export failed"
     fi

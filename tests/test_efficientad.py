@@ -388,7 +388,7 @@ def _cfg(tmp_path, **overrides):
     cv2.imwrite(str(penalty_dir / "a.png"), picture)
     cfg = dict(model="efficientad_s", image_size=64, batch_size=1, lr=1e-4, weight_decay=1e-5,
                steps=6, epochs=None, seed=3, save_interval=3, log_interval=2,
-               teacher_weights=None, penalty_dir=str(penalty_dir), eval_batch_size=2)
+               teacher_weights="none", penalty_dir=str(penalty_dir), eval_batch_size=2)
     cfg.update(overrides)
     return cfg
 

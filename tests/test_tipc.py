@@ -10,8 +10,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "test_tipc", "test_train_inference_python.sh")
-RD4AD_CONFIG = os.path.join(ROOT, "test_tipc", "configs", "rd4ad", "train_infer_python.txt")
+TIPC = os.path.join(ROOT, "test_tipc")
+SCRIPT = os.path.join(TIPC, "test_train_inference_python.sh")
+COMPARE = os.path.join(TIPC, "compare_predictions.py")
+RD4AD_CONFIG = os.path.join(TIPC, "configs", "rd4ad", "train_infer_python.txt")
 MODE = "lite_train_lite_infer"
 # The CPU half of the rd4ad inference grid: enable_mkldnn x cpu_threads x batch_size (x fp32).
 CPU_GRID_RUNS = 2 * 2 * 2
@@ -25,15 +27,15 @@ def has_cuda():
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
-def run_tipc(config, output_root, mode=MODE, timeout=300):
+def run_tipc(config, output_root, timeout=300):
     # The config's `python:python` must be this interpreter.
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    return subprocess.run(["bash", SCRIPT, str(config), mode, str(output_root)], cwd=ROOT, env=env,
+    return subprocess.run(["bash", SCRIPT, str(config), MODE, str(output_root)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def results_lines(output_root, model="rd4ad", mode=MODE):
-    with open(os.path.join(output_root, model, mode, "results_python.log"), encoding="utf-8") as f:
+def results_lines(output_root):
+    with open(os.path.join(output_root, "rd4ad", MODE, "results_python.log"), encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
@@ -44,6 +46,12 @@ def config_with(tmp_path, old, new):
     path = tmp_path / "train_infer_python.txt"
     path.write_text(text.replace(old, new), encoding="utf-8")
     return path
+
+
+def read_scores(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [os.path.abspath(os.path.join(ROOT, r["path"])) for r in rows], [float(r["score"]) for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -59,30 +67,30 @@ def test_lite_pipeline_runs_every_step_successfully(lite_run):
     runs = [line for line in lines if line.startswith("Run ")]
     assert all(line.startswith("Run successfully with command - ") for line in runs), runs
     gpu = has_cuda()
-    assert len(runs) == 3 + CPU_GRID_RUNS + (GPU_GRID_RUNS if gpu else 0)
-    steps = [re.search(r" - \S+ (\S+)", line).group(1) for line in runs]
-    assert steps[:3] == ["main.py", "main.py", "export_model.py"]
-    assert "--mode train" in runs[0] and "--mode eval" in runs[1]
-    assert steps[3:] == ["infer.py"] * (len(runs) - 3)
+    grid = CPU_GRID_RUNS + (GPU_GRID_RUNS if gpu else 0)
+    # train, eval, export, the grid, the dygraph reference, the comparison
+    assert len(runs) == 3 + grid + 2
+    scripts = [re.search(r" - \S+ (\S+)", line).group(1) for line in runs]
+    assert scripts == (["main.py", "main.py", "export_model.py"] + ["infer.py"] * grid
+                       + ["main.py", "test_tipc/compare_predictions.py"])
+    assert "--mode train" in runs[0] and "--mode eval" in runs[1] and "--mode infer" in runs[-2]
     others = [line for line in lines if not line.startswith("Run ")]
     assert others == ([] if gpu else ["skip gpu: no CUDA device (every --device gpu inference run)"])
 
 
-def test_every_grid_setting_scores_the_same_images_alike(lite_run):
+def test_every_grid_run_scores_the_images_as_the_dygraph_model(lite_run):
     # oneDNN on/off, 1 or 2 threads and batch 1 or 2 must not change the model's answer.
     _, output_root = lite_run
-    tables = sorted(glob.glob(os.path.join(output_root, "rd4ad", MODE, "infer_cpu_*", "predictions.csv")))
+    mode_dir = os.path.join(output_root, "rd4ad", MODE)
+    images, reference = read_scores(os.path.join(mode_dir, "train", "rd4ad", "brick", "infer",
+                                                 "predictions.csv"))
+    assert images == INFER_IMAGES and all(math.isfinite(s) for s in reference)
+    tables = sorted(glob.glob(os.path.join(mode_dir, "infer_cpu_*", "predictions.csv")))
     assert len(tables) == CPU_GRID_RUNS
-    scores = []
     for table in tables:
-        with open(table, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        assert [os.path.abspath(os.path.join(ROOT, r["path"])) for r in rows] == INFER_IMAGES
-        scores.append([float(r["score"]) for r in rows])
-    reference = scores[0]
-    assert all(math.isfinite(s) for s in reference)
-    for table, other in zip(tables[1:], scores[1:]):
-        assert other == pytest.approx(reference, rel=1e-3, abs=1e-4), table
+        run_images, scores = read_scores(table)
+        assert run_images == INFER_IMAGES
+        assert scores == pytest.approx(reference, rel=1e-3, abs=1e-4), table
 
 
 def test_failing_training_makes_the_pipeline_fail(tmp_path):
@@ -97,9 +105,56 @@ def test_failing_training_makes_the_pipeline_fail(tmp_path):
     assert "1 failed" in proc.stdout
 
 
+def test_a_step_past_its_timeout_is_stopped_and_fails(tmp_path):
+    config = config_with(tmp_path, "step_timeout:lite_train_lite_infer=120|",
+                         "step_timeout:lite_train_lite_infer=1|")
+    proc = run_tipc(config, tmp_path / "out", timeout=60)
+    assert proc.returncode == 1
+    assert results_lines(tmp_path / "out")[0].startswith("Run failed with command - python main.py")
+    assert re.search(r"TIMEOUT +[0-9.]+s  train", proc.stdout)
+    with open(tmp_path / "out" / "rd4ad" / MODE / "train.log", encoding="utf-8") as f:
+        assert f.read().endswith("tipc: stopped after the step_timeout of 1 s\n")
+
+
 def test_unknown_config_key_is_rejected_before_anything_runs(tmp_path):
     config = config_with(tmp_path, "python:python\n", "python:python\namp:null\n")
     proc = run_tipc(config, tmp_path / "out", timeout=30)
     assert proc.returncode == 2
     assert "unknown key 'amp'" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def write_predictions(folder, rows):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "predictions.csv")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["path", "score", "label"]] + [[p, s, "good"] for p, s in rows])
+    return path
+
+
+@pytest.mark.parametrize("run_rows, agrees", [
+    ([("a.png", "1.0005"), ("b.png", "2.0")], True),      # within rtol 1e-3
+    ([("a.png", "1.002"), ("b.png", "2.0")], False),      # 2e-3 off
+    ([("a.png", "1.0"), ("b.png", "nan")], False),        # not finite
+    ([("b.png", "2.0"), ("a.png", "1.0")], False),        # other order
+    ([("a.png", "1.0")], False),                          # an image missing
+])
+def test_compare_predictions_flags_runs_that_disagree(tmp_path, run_rows, agrees):
+    reference = write_predictions(tmp_path / "ref", [("a.png", "1.0"), ("b.png", "2.0")])
+    good = write_predictions(tmp_path / "good_run", [("a.png", "1.0"), ("b.png", "2.0")])
+    other = write_predictions(tmp_path / "other_run", run_rows)
+    proc = subprocess.run([sys.executable, COMPARE, "--reference", reference, good, other],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == (0 if agrees else 1)
+    assert "agrees   good_run" in proc.stdout
+    assert ("agrees   other_run" if agrees else "DIFFERS  other_run") in proc.stdout
+
+
+def test_compare_predictions_rejects_a_malformed_file(tmp_path):
+    reference = write_predictions(tmp_path / "ref", [("a.png", "1.0")])
+    broken = tmp_path / "broken.csv"
+    broken.write_text("path,value\na.png,1.0\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, COMPARE, "--reference", reference, str(broken)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "not a readable predictions.csv" in proc.stderr
