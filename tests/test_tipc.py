@@ -158,3 +158,15 @@ def test_compare_predictions_rejects_a_malformed_file(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "not a readable predictions.csv" in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["efficientad_s", "efficientad_m"])
+def test_lite_pipeline_passes_for_efficientad(tmp_path, model):
+    config = os.path.join(TIPC, "configs", model, "train_infer_python.txt")
+    proc = run_tipc(config, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(os.path.join(tmp_path, model, MODE, "results_python.log"), encoding="utf-8") as f:
+        runs = [line for line in f if line.startswith("Run ")]
+    grid = CPU_GRID_RUNS + (GPU_GRID_RUNS if has_cuda() else 0)
+    assert len(runs) == 3 + grid + 2
+    assert all(line.startswith("Run successfully with command - ") for line in runs), runs
