@@ -5,6 +5,13 @@ import os
 import tempfile
 
 
+def default_file_mode():
+    """What open() would give a new file (mkstemp's temp files are 0600, owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path, write_fn, mode="w"):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -12,6 +19,7 @@ def _atomic_write(path, write_fn, mode="w"):
     try:
         with os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as f:
             write_fn(f)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

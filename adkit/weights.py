@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import UserError
+from .io_utils import default_file_mode
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _TORCH_LEGACY_PROTOCOL = 1001
@@ -291,6 +292,7 @@ def save_atomic(obj, path):
         paddle.save(obj, tmp)
         with open(tmp, "rb") as file:
             os.fsync(file.fileno())  # the data must be on disk before the rename is
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -505,11 +505,15 @@ class EfficientADMethod(AnomalyMethod):
             if choice is None:
                 log.warning("!!! EfficientAD: no default %s teacher is shipped and no "
                             "--teacher_weights was given: the teacher is RANDOM, so detection "
-                            "will be far below the paper. Make one with --mode distill, or pass "
-                            "nelson1425's teacher_%s.pth / an anomalib or .pdparams teacher. !!!",
-                            self.size, self.size)
+                            "will be far below the paper. Make one with `python main.py "
+                            "--model %s --mode distill --data_dir FOLDER_OF_PHOTOS "
+                            "--output_dir DIR` and pass DIR/teacher_%s.pdparams (or copy it to "
+                            "%s; see weights/README.md), or pass nelson1425's teacher_%s.pth / "
+                            "an anomalib teacher. !!!", self.size, self.name, self.size,
+                            DEFAULT_TEACHER_DIR, self.size)
                 return
-            log.info("EfficientAD: default teacher %s", choice)
+            log.info("EfficientAD: default teacher %s (a small offline stand-in, below the "
+                     "paper's teacher: see weights/README.md)", choice)
         elif str(choice).lower() == "none":
             log.warning("!!! EfficientAD: --teacher_weights none: the teacher is RANDOM; use "
                         "this only for tests and smoke runs. !!!")
