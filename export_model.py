@@ -9,6 +9,7 @@ The graph takes float32 [N,3,H,W] RGB in [0,1] at the training image size (N dyn
 quantiles and RD4AD's Gaussian blur are all inside the graph.
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -25,7 +26,9 @@ def parse_args(argv):
     parser.add_argument("--model", required=True, choices=("rd4ad", "efficientad_s", "efficientad_m"))
     parser.add_argument("--checkpoint_dir", required=True, help="<output_dir>/<model>/<cls> of a training run")
     parser.add_argument("--save_dir", required=True, help="folder for inference.json/.pdiparams + deploy_config.json")
-    parser.add_argument("--to_onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
+    parser.add_argument("--to_onnx", action="store_true",
+                        help="also write model.onnx, checked against the Paddle graph "
+                             "(needs paddle2onnx and onnxruntime)")
     parser.add_argument("--opset", type=int, default=13, help="ONNX opset for --to_onnx")
     parser.add_argument("--cpu_threads", type=int, default=2, help="CPU threads while exporting")
     return parser.parse_args(argv)
@@ -54,14 +57,14 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13):
     try:
         static_net = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
         paddle.jit.save(static_net, os.path.join(staging, MODEL_PREFIX))
-        if to_onnx:
-            export_onnx(staging, opset)
         write_json(os.path.join(staging, DEPLOY_CONFIG), {
             "model": model, "image_size": size, "threshold": threshold,
             "threshold_source": source, "input": INPUT_DESCRIPTION,
             "outputs": ["anomaly map float32 [N,1,H,W]", "image score float32 [N]"],
             "checkpoint_dir": os.path.abspath(checkpoint_dir), "project_version": __version__,
             "paddle_version": paddle.__version__})
+        if to_onnx:
+            export_onnx(staging, opset)
         _swap_in(staging, save_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -76,9 +79,67 @@ def export_onnx(folder, opset):
     except ImportError:
         raise UserError("--to_onnx needs paddle2onnx: pip install paddle2onnx onnxruntime") from None
     graph, params = model_files(folder)
-    # enable_optimize=False: paddle2onnx's optimiser may try to pip-install packages at run time.
-    paddle2onnx.export(graph, params, os.path.join(folder, "model.onnx"), opset_version=opset,
-                       enable_onnx_checker=True, enable_optimize=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        # enable_optimize=False: paddle2onnx's optimiser may try to pip-install packages at run time.
+        paddle2onnx.export(_graph_for_paddle2onnx(graph, scratch), params,
+                           os.path.join(folder, "model.onnx"), opset_version=opset,
+                           enable_onnx_checker=True, enable_optimize=False)
+    check_onnx_matches_paddle(folder)
+
+
+def _graph_for_paddle2onnx(graph, scratch):
+    """Paddle >= 3.3 stores pad3d's pad_value as float64; paddle2onnx 2.1 reads it as float32
+    and so writes whatever bytes it finds as the Pad constant (seen: 0.027 instead of 0). A copy
+    of the graph with that attribute typed float32 converts correctly."""
+    if not graph.endswith(".json"):
+        return graph
+    with open(graph, encoding="utf-8") as f:
+        program = json.load(f)
+    if not _retype_pad_values(program):
+        return graph
+    path = os.path.join(scratch, os.path.basename(graph))
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(program, f)
+    return path
+
+
+def _retype_pad_values(node):
+    """Retype every pad3d pad_value attribute in a PIR JSON program in place; returns the count."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get("#") == "1.pad3d":
+            for attr in node.get("A", []):
+                if attr.get("N") == "pad_value" and attr["AT"].get("#") == "0.a_f64":
+                    attr["AT"]["#"] = "0.a_f32"
+                    count += 1
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return 0
+    return count + sum(_retype_pad_values(child) for child in children)
+
+
+def check_onnx_matches_paddle(folder, tolerance=1e-4):
+    """Run model.onnx and the Paddle graph (plain CPU kernels) on one seeded batch: a converter
+    bug must fail the export, not ship wrong maps. ``tolerance`` is relative to the largest
+    |output| (tests/test_deploy.py measured < 1e-5 for float32 reordering)."""
+    import numpy as np
+    import paddle2onnx
+
+    from adkit.deploy import read_deploy_config
+    from adkit.engines import OnnxEngine, PaddleEngine
+
+    size = int(read_deploy_config(folder)["image_size"])
+    batch = np.random.default_rng(0).random((2, 3, size, size), dtype=np.float32)
+    expected = PaddleEngine(folder, enable_mkldnn=False, image_size=size).run(batch)
+    actual = OnnxEngine(folder).run(batch)
+    for name, want, got in zip(("map", "score"), expected, actual):
+        diff = float(np.max(np.abs(want - got)))
+        if not diff <= tolerance * float(np.max(np.abs(want))):  # also catches NaN
+            raise UserError(f"--to_onnx: ONNX Runtime's {name} differs from the Paddle graph's by "
+                            f"{diff:.3g}: paddle2onnx {paddle2onnx.__version__} converted this model "
+                            "wrongly; nothing was written (deploy the Paddle graph instead)")
 
 
 def _swap_in(staging, save_dir):

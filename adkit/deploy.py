@@ -24,6 +24,8 @@ def model_files(model_dir):
 
 
 def read_deploy_config(model_dir):
+    if not os.path.isdir(model_dir):
+        raise UserError(f"--model_dir {model_dir}: folder not found")
     path = os.path.join(model_dir, DEPLOY_CONFIG)
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing (export_model.py writes it beside the model)")

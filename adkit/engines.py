@@ -62,7 +62,11 @@ class PaddleEngine:
 
 
 class OnnxEngine:
-    def __init__(self, model_dir, device="cpu", cpu_threads=2, **_unused):
+    def __init__(self, model_dir, device="cpu", cpu_threads=2, use_tensorrt=False, precision="fp32",
+                 **_unused):
+        if use_tensorrt or precision != "fp32":
+            raise UserError("--backend onnxruntime runs the fp32 graph only: drop --use_tensorrt "
+                            "and --precision fp16, or use --backend paddle")
         try:
             import onnxruntime as ort
         except ImportError:

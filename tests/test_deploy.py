@@ -1,0 +1,346 @@
+"""Static-graph deployment: export_model.py -> infer.py (Paddle Inference with oneDNN on and off,
+ONNX Runtime) against the dygraph network the graph was exported from; file lookup; CLI errors."""
+import argparse
+import csv
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 64
+CLS = "brick"
+MODELS = ("rd4ad", "efficientad_s", "efficientad_m")
+# Each model trains for 2 steps only: the graph must reproduce whatever weights it holds.
+TRAIN_ARGS = {
+    # efficientnet_lite0 pads explicitly (TF "SAME"), which the ONNX conversion once got wrong
+    "rd4ad": ["--backbone", "efficientnet_lite0", "--backbone_weights", "none", "--batch_size", "2"],
+    # EfficientAD needs validation images (for its quantiles); a random teacher is enough here
+    "efficientad_s": ["--val_ratio", "0.2", "--teacher_weights", "none"],
+    "efficientad_m": ["--val_ratio", "0.2", "--teacher_weights", "none"],
+}
+# Tolerance, as a fraction of the largest |value| of the dygraph map, for maps and scores.
+# oneDNN and ONNX Runtime reorder float32 sums (blocked/fused convolutions, other GEMM kernels),
+# so outputs drift by a few float32 ulps times the number of accumulated terms; EfficientAD's
+# quantile normalisation then scales that drift with the map. Measured max |engine - dygraph| /
+# max|dygraph map| on these 2-step models (64 px, 19 images, batches of 2-4; worst of two runs):
+#   Paddle Inference oneDNN on : rd4ad 5.0e-7, efficientad_s 7.3e-7, efficientad_m 3.4e-6
+#   Paddle Inference oneDNN off: rd4ad 0 (bit-identical), efficientad_s 4.7e-7, efficientad_m 2.5e-6
+#   ONNX Runtime               : rd4ad 4.1e-7, efficientad_s 6.8e-7, efficientad_m 7.4e-6
+# 1e-4 leaves a margin of more than 13x; a real graph difference (a missing normalisation, a
+# wrong quantile, a skipped blur) moves maps by percents. Element-wise relative error is not
+# used: EfficientAD maps cross zero, where it means nothing.
+TOLERANCE = 1e-4
+CSV_ROUNDING = 1e-6  # predictions.csv keeps 6 decimals
+# (backend, --enable_mkldnn, --batch_size, --save_format). Batches of 4 and 3 over 19 images
+# end with a partial batch, so each predictor also sees its input shape change.
+ENGINE_RUNS = {
+    "paddle-onednn": ("paddle", "true", 4, "tiff"),
+    "paddle-plain": ("paddle", "false", 3, "npy"),
+    "onnxruntime": ("onnxruntime", "false", 2, "npy"),
+}
+
+
+def cli(script, *args):
+    # Without OMP_NUM_THREADS `import paddle` prints nothing; the scripts set threads themselves.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def folder_digest(folder):
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            for name in sorted(os.listdir(folder))}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """All brick test images in one flat folder, plus a grayscale gravel image and a 200x150
+    one, so maps must come back at each image's own size."""
+    folder = tmp_path_factory.mktemp("images")
+    for path in glob.glob(os.path.join(ROOT, "sample_data", CLS, "test", "*", "*.png")):
+        defect = os.path.basename(os.path.dirname(path))
+        shutil.copy(path, folder / f"{defect}_{os.path.basename(path)}")
+    shutil.copy(os.path.join(ROOT, "sample_data", "gravel", "test", "good", "000.png"),
+                folder / "gravel_gray.png")
+    wide = cv2.resize(cv2.imread(str(folder / "good_000.png")), (200, 150), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(folder / "wide_brick.png"), wide)
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def model_input(path):
+    """The documented graph input, built with OpenCV alone: RGB, area-shrunk to SIZE, /255, CHW."""
+    image = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    if image.shape[:2] != (SIZE, SIZE):
+        image = cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    return image.transpose(2, 0, 1).astype(np.float32) / 255.0
+
+
+def dygraph_outputs(ckpt_dir, paths):
+    """The reference: models.load_trained + inference_net -> (maps [N,S,S], scores [N])."""
+    import paddle
+
+    from models import load_trained
+
+    _, method = load_trained(str(ckpt_dir))
+    batch = paddle.to_tensor(np.stack([model_input(p) for p in paths]))
+    with paddle.no_grad():
+        amap, score = method.inference_net()(batch)
+    return amap.numpy()[:, 0], score.numpy().reshape(-1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, images):
+    """model -> its 2-step training run, evaluated and exported with ONNX (built on first use)."""
+    import main
+    from adkit.config import resolve_config
+    from export_model import export
+
+    cache = {}
+
+    def get(model):
+        if model not in cache:
+            out = tmp_path_factory.mktemp(model)
+            base = ["--model", model, "--data_dir", os.path.join(ROOT, "sample_data"), "--cls", CLS,
+                    "--output_dir", str(out), "--image_size", str(SIZE), "--steps", "2"]
+            main.train(resolve_config(base + ["--mode", "train"] + TRAIN_ARGS[model]), CLS)
+            main.evaluate(resolve_config(base + ["--mode", "eval"]), CLS)
+            ckpt_dir, save_dir = out / model / CLS, out / "export"
+            export(model, str(ckpt_dir), str(save_dir), to_onnx=True)
+            maps, scores = dygraph_outputs(ckpt_dir, images)
+            cache[model] = {"model": model, "ckpt_dir": ckpt_dir, "save_dir": save_dir,
+                            "maps": maps, "scores": scores}
+        return cache[model]
+
+    return get
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_export_writes_graph_onnx_and_deploy_config(trained, model):
+    run = trained(model)
+    assert sorted(os.listdir(run["save_dir"])) == [
+        "deploy_config.json", "inference.json", "inference.pdiparams", "model.onnx"]
+    deploy = read_json(run["save_dir"] / "deploy_config.json")
+    assert deploy["model"] == model
+    assert deploy["image_size"] == SIZE
+    assert deploy["threshold"] == read_json(run["ckpt_dir"] / "eval_metrics.json")["threshold"]
+    # Every padding in these models is with zeros (paddle2onnx 2.1 misread Paddle 3.3's pad value).
+    assert all(value == 0 for value in onnx_pad_values(run["save_dir"] / "model.onnx"))
+
+
+def onnx_pad_values(path):
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return [float(constants[node.input[2]]) for node in graph.node
+            if node.op_type == "Pad" and len(node.input) > 2]
+
+
+def test_export_refuses_an_onnx_model_that_disagrees_with_paddle(trained, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from adkit.errors import UserError
+    from export_model import check_onnx_matches_paddle
+
+    folder = tmp_path / "export"
+    shutil.copytree(trained("efficientad_s")["save_dir"], folder)
+    check_onnx_matches_paddle(str(folder))  # the real export passes
+    model = onnx.load(str(folder / "model.onnx"))
+    pad = next(node for node in model.graph.node if node.op_type == "Pad")
+    value = next(t for t in model.graph.initializer if t.name == pad.input[2])
+    value.CopyFrom(numpy_helper.from_array(np.array(0.03, np.float32), value.name))  # the bug seen
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(UserError, match="differs from the Paddle graph"):
+        check_onnx_matches_paddle(str(folder))
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINE_RUNS))
+@pytest.mark.parametrize("model", MODELS)
+def test_infer_cli_outputs_match_dygraph(trained, images, tmp_path, model, engine):
+    run = trained(model)
+    backend, mkldnn, batch_size, save_format = ENGINE_RUNS[engine]
+    proc = cli("infer.py", "--model_dir", run["save_dir"], "--img_path", os.path.dirname(images[0]),
+               "--output_dir", tmp_path, "--backend", backend, "--enable_mkldnn", mkldnn,
+               "--batch_size", batch_size, "--save_format", save_format, "--cpu_threads", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    atol = TOLERANCE * float(np.abs(run["maps"]).max())
+
+    rows = read_csv(tmp_path / "predictions.csv")
+    assert [r["path"] for r in rows] == images
+    scores = np.array([float(r["score"]) for r in rows])
+    np.testing.assert_allclose(scores, run["scores"], rtol=0, atol=atol + CSV_ROUNDING)
+    # eval's F1 threshold equals one of the test scores: that image may flip within the
+    # tolerance, every other label must be score >= threshold.
+    threshold = read_json(run["save_dir"] / "deploy_config.json")["threshold"]
+    clear = np.abs(run["scores"] - threshold) > atol + CSV_ROUNDING
+    expected = np.where(run["scores"] >= threshold, "defect", "good")
+    assert [r["label"] for r, keep in zip(rows, clear) if keep] == list(expected[clear])
+
+    for path, ref_map in zip(images, run["maps"]):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        h, w = cv2.imread(path, cv2.IMREAD_UNCHANGED).shape[:2]
+        assert cv2.imread(str(tmp_path / f"{stem}_overlay.png")).shape[:2] == (h, w)
+        full_map = np.load(tmp_path / f"{stem}_map.npy")
+        assert full_map.shape == (h, w) and full_map.dtype == np.float32
+        # Bilinear resizing is a convex combination: it cannot enlarge the difference.
+        expected_map = cv2.resize(ref_map, (w, h), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(full_map, expected_map, rtol=0, atol=atol)
+        if save_format == "tiff":
+            np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{stem}_map.tiff"), full_map)
+        else:
+            assert not (tmp_path / f"{stem}_map.tiff").exists()
+
+
+def test_benchmark_reports_the_three_stages_and_png_writes_overlays_only(trained, images, tmp_path):
+    proc = cli("infer.py", "--model_dir", trained("efficientad_s")["save_dir"], "--img_path",
+               images[0], "--output_dir", tmp_path, "--benchmark", "true", "--warmup", 0,
+               "--save_format", "png")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = [line for line in proc.stdout.splitlines() if line.startswith("benchmark ")]
+    assert len(report) == 1
+    for key in ("preprocess_time", "inference_time", "postprocess_time"):
+        assert f"{key}: " in report[0]
+    assert sorted(os.listdir(tmp_path)) == [
+        os.path.splitext(os.path.basename(images[0]))[0] + "_overlay.png", "predictions.csv"]
+
+
+def write_files(folder, names):
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    return str(folder)
+
+
+def test_model_files_finds_paddle3_and_paddle26_graphs(tmp_path):
+    from adkit.deploy import model_files
+
+    folder = write_files(tmp_path / "paddle26", ["inference.pdmodel", "inference.pdiparams"])
+    assert model_files(folder) == (os.path.join(folder, "inference.pdmodel"),
+                                   os.path.join(folder, "inference.pdiparams"))
+    folder = write_files(tmp_path / "paddle3", ["inference.json", "inference.pdiparams"])
+    assert model_files(folder)[0] == os.path.join(folder, "inference.json")
+
+
+@pytest.mark.parametrize("names", [[], ["inference.pdiparams"], ["inference.pdmodel"],
+                                   ["inference.json", "model.onnx"]])
+def test_model_files_without_a_graph_and_params_pair_is_a_user_error(tmp_path, names):
+    from adkit.deploy import model_files
+    from adkit.errors import UserError
+
+    folder = write_files(tmp_path / "export", names)
+    with pytest.raises(UserError) as err:
+        model_files(folder)
+    message = str(err.value)
+    assert folder in message and "inference.json" in message and "inference.pdmodel" in message
+    with pytest.raises(UserError, match="not found"):
+        model_files(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("text, value", [("TRUE", True), ("False", False), ("1", True), ("0", False),
+                                         (" true ", True), ("off", False)])
+def test_str2bool_accepts_common_spellings(text, value):
+    from infer import str2bool
+
+    assert str2bool(text) is value
+
+
+def test_str2bool_rejects_anything_else():
+    from infer import str2bool
+
+    with pytest.raises(argparse.ArgumentTypeError, match="maybe"):
+        str2bool("maybe")
+
+
+def infer_error_cases(save_dir, images, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(images[0], broken / "a.png")
+    (broken / "notes.png").write_text("not an image")
+    out = ["--output_dir", tmp_path / "out"]
+    base = ["--model_dir", save_dir, "--img_path", images[0]] + out
+    return {
+        "bad model_dir": (["--model_dir", tmp_path / "nowhere", "--img_path", images[0]] + out, "nowhere"),
+        "non-image file": (["--model_dir", save_dir, "--img_path", broken] + out, "notes.png"),
+        "batch larger than images": (base + ["--batch_size", 2], "--batch_size"),
+        "fp16 on cpu": (base + ["--precision", "fp16"], "--precision"),
+        "tensorrt on cpu": (base + ["--use_tensorrt", "true"], "--use_tensorrt"),
+        "not a boolean": (base + ["--enable_mkldnn", "maybe"], "maybe"),
+        "fp16 with onnxruntime": (base + ["--backend", "onnxruntime", "--precision", "fp16"],
+                                  "--precision"),
+    }
+
+
+@pytest.mark.parametrize("case", ["bad model_dir", "non-image file", "batch larger than images",
+                                  "fp16 on cpu", "tensorrt on cpu", "not a boolean",
+                                  "fp16 with onnxruntime"])
+def test_infer_user_errors_exit_2_with_one_line(trained, images, tmp_path, case):
+    args, named = infer_error_cases(trained("efficientad_s")["save_dir"], images, tmp_path)[case]
+    proc = cli("infer.py", *args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert named in lines[0]
+
+
+def test_failed_export_leaves_the_existing_export_intact(trained, tmp_path, monkeypatch):
+    import export_model
+    from adkit.errors import UserError
+
+    run = trained("efficientad_s")
+    save_dir = tmp_path / "deployed"
+    shutil.copytree(run["save_dir"], save_dir)
+    before = folder_digest(save_dir)
+
+    with pytest.raises(UserError):  # no training run in that folder
+        export_model.export("efficientad_s", str(tmp_path / "no_checkpoint"), str(save_dir))
+
+    def onnx_fails(folder, opset):  # fail after the graph is written into the staging folder
+        raise RuntimeError("simulated paddle2onnx failure")
+
+    monkeypatch.setattr(export_model, "export_onnx", onnx_fails)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_model.export("efficientad_s", str(run["ckpt_dir"]), str(save_dir), to_onnx=True)
+    assert folder_digest(save_dir) == before
+    assert sorted(os.listdir(tmp_path)) == ["deployed"]  # no staging or backup folder left over
+
+
+def test_successful_export_replaces_the_whole_folder(trained, tmp_path):
+    from export_model import export
+
+    run = trained("efficientad_s")
+    save_dir = tmp_path / "deployed"
+    shutil.copytree(run["save_dir"], save_dir)
+    (save_dir / "stale.txt").write_text("from an older export")
+    export("efficientad_s", str(run["ckpt_dir"]), str(save_dir))
+    assert sorted(os.listdir(save_dir)) == ["deploy_config.json", "inference.json", "inference.pdiparams"]
+    assert sorted(os.listdir(tmp_path)) == ["deployed"]
+
+
+def test_export_cli_bad_checkpoint_is_one_line_error(tmp_path):
+    proc = cli("export_model.py", "--model", "rd4ad", "--checkpoint_dir", tmp_path / "none",
+               "--save_dir", tmp_path / "out")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "none" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
