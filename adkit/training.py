@@ -132,3 +132,14 @@ def restore_optimizer(optimizer, saved_state, named_layers):
     """Inverse of ``optimizer_state`` for the layers of this process."""
     structured = {v: k for k, v in _generated_to_structured(named_layers).items()}
     set_state(optimizer, _rename_accumulators(saved_state, structured))
+
+
+def total_steps(cfg, n_train, paper_hint):
+    """--steps, else --epochs passes of ``batch_stream`` (whose last partial batch is dropped)."""
+    from .errors import UserError
+
+    if cfg.get("steps"):
+        return int(cfg["steps"])
+    if cfg.get("epochs"):
+        return int(cfg["epochs"]) * max(n_train // int(cfg["batch_size"]), 1)
+    raise UserError(f"{cfg['model']} needs --steps or --epochs ({paper_hint})")

@@ -24,7 +24,8 @@ import paddle.nn.functional as F
 from adkit.errors import UserError
 from adkit.runtime import seed_everything
 from adkit.training import (batch_stream, load_train_state, log, make_adam, optimizer_state,
-                            progress, restore_optimizer, save_train_state, seed_step, state_to_numpy)
+                            progress, restore_optimizer, save_train_state, seed_step, state_to_numpy,
+                            total_steps)
 from adkit.weights import load_into_layer, read_state_dict, safe_load, save_atomic
 from datasets.image_io import IMAGE_EXTENSIONS, read_rgb, resize_rgb, to_chw_float
 
@@ -438,7 +439,7 @@ class EfficientADMethod(AnomalyMethod):
         if len(val_set) == 0:
             raise UserError("EfficientAD needs validation images to normalise its maps: use "
                             "--val_ratio > 0 with at least 2 training images")
-        steps = self._total_steps(len(train_set))
+        steps = total_steps(self.cfg, len(train_set), "paper: 70000 steps")
         penalty = PenaltyImages(cfg["penalty_dir"], int(cfg["image_size"])) \
             if cfg.get("penalty_dir") else None
         optimizer, scheduler = self._make_optimizer(steps)
@@ -479,13 +480,6 @@ class EfficientADMethod(AnomalyMethod):
             save_atomic(_nets_state(getattr(self, role)), ckpt_dir / f"{role}_final.pdparams")
         self.normalization.update(self._validation_quantiles(val_set))
         save_atomic(self.normalization, ckpt_dir / "normalization.pdparams")
-
-    def _total_steps(self, n_train):
-        if self.cfg.get("steps"):
-            return int(self.cfg["steps"])
-        if self.cfg.get("epochs"):
-            return int(self.cfg["epochs"]) * max(n_train // int(self.cfg["batch_size"]), 1)
-        raise UserError("EfficientAD needs --steps (paper: 70000) or --epochs")
 
     def _make_optimizer(self, steps):
         # nelson1425: StepLR(step_size=int(0.95 * steps), gamma=0.1), stepped once per step

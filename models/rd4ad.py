@@ -21,7 +21,7 @@ import paddle.nn.functional as F
 from adkit.errors import UserError
 from adkit.training import (batch_stream, load_train_state, log, make_adam, optimizer_state,
                             progress, restore_optimizer, save_train_state, seed_step, set_state,
-                            state_to_numpy)
+                            state_to_numpy, total_steps)
 
 from .base import AnomalyMethod
 from .encoders import build_encoder, encoder_fingerprint
@@ -216,7 +216,7 @@ class RD4ADMethod(AnomalyMethod):
         optimizer = make_adam(self.bottleneck.parameters() + self.decoder.parameters(),
                               float(cfg.get("lr") or 0.005), beta1=float(cfg.get("beta1", 0.5)),
                               beta2=float(cfg.get("beta2", 0.999)))
-        total = self._total_steps(len(train_set))
+        total = total_steps(self.cfg, len(train_set), "paper: 200 epochs")
         start = 0
         if saved is not None:
             self._check_same_encoder(saved, path, cfg["backbone_weights"])
@@ -237,14 +237,6 @@ class RD4ADMethod(AnomalyMethod):
                 raise UserError(f"{path}: trained with --{key} {saved[key]}, cannot resume with "
                                 f"--{key} {self.cfg[key]}")
         return saved
-
-    def _total_steps(self, n_train):
-        if self.cfg.get("steps"):
-            return int(self.cfg["steps"])
-        if self.cfg.get("epochs"):
-            # one epoch = one pass of adkit.training.batch_stream (last partial batch dropped)
-            return int(self.cfg["epochs"]) * max(n_train // int(self.cfg["batch_size"]), 1)
-        raise UserError("rd4ad needs --steps or --epochs (paper: 200 epochs)")
 
     def _train(self, train_set, optimizer, start, total, path):
         cfg = self.cfg
