@@ -20,6 +20,8 @@ def import_paddle_quietly():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ccache.*")
         import paddle
+    # Printed by every BatchNorm forward in training mode; says nothing the user can act on.
+    warnings.filterwarnings("ignore", message="When training, we now always track global mean")
     return paddle
 
 
