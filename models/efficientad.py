@@ -327,9 +327,10 @@ class EfficientADInference(nn.Layer):
         student_out = self.student(x)
         ae_out = self.autoencoder(x)
         channels = teacher_out.shape[1]
-        local_map = paddle.mean((teacher_out - student_out[:, :channels]) ** 2, axis=1,
+        # paddle.square, not ** 2: the pow op has no oneDNN kernel (~8% of EfficientAD-S time)
+        local_map = paddle.mean(paddle.square(teacher_out - student_out[:, :channels]), axis=1,
                                 keepdim=True)
-        global_map = paddle.mean((ae_out - student_out[:, channels:]) ** 2, axis=1,
+        global_map = paddle.mean(paddle.square(ae_out - student_out[:, channels:]), axis=1,
                                  keepdim=True)
         return local_map, global_map
 
