@@ -65,7 +65,7 @@ def run(args):
     from adkit.deploy import read_deploy_config
     from adkit.engines import create_engine
     from adkit.predictions import write_image_outputs
-    from main import collect_images
+    from datasets import collect_images
 
     deploy = read_deploy_config(args.model_dir)
     size = int(deploy["image_size"])
@@ -110,7 +110,7 @@ def report_timings(args, deploy, engine, timings, num_images):
         return
     median_ms = {k: 1000.0 * statistics.median(v) for k, v in timings.items()}
     print(f"benchmark model={deploy['model']} backend={args.backend} device={args.device} "
-          f"mkldnn={args.enable_mkldnn} threads={args.cpu_threads} batch={args.batch_size} "
+          f"mkldnn={args.enable_mkldnn and args.backend == 'paddle'} threads={args.cpu_threads} batch={args.batch_size} "
           f"precision={args.precision} images={num_images} | per image (median, ms): "
           + ", ".join(f"{k}: {v:.2f}" for k, v in median_ms.items()))
     try:

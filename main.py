@@ -85,7 +85,7 @@ def evaluate(cfg, cls):
 def infer(cfg, cls):
     from adkit.evaluation import run_inference
     from adkit.predictions import resolve_threshold, write_image_outputs
-    from datasets import ImageDataset
+    from datasets import ImageDataset, collect_images
 
     cfg, method, ckpt_dir = load_trained(cfg, cls)
     paths = collect_images(cfg["img_path"])
@@ -98,19 +98,6 @@ def infer(cfg, cls):
     for path, score, label in rows:
         print(f"{score}\t{label or '-'}\t{path}")
     log.info("[%s] overlays and predictions.csv written to %s", cls, out_dir)
-
-
-def collect_images(img_path):
-    from datasets import list_images
-
-    if os.path.isdir(img_path):
-        paths = list_images(img_path)
-        if not paths:
-            raise UserError(f"--img_path {img_path}: no images in this folder")
-        return paths
-    if os.path.isfile(img_path):
-        return [img_path]
-    raise UserError(f"--img_path {img_path}: no such file or folder")
 
 
 def report(cfg, results):

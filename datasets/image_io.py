@@ -16,6 +16,18 @@ def list_images(folder):
     return [os.path.join(folder, n) for n in names]
 
 
+def collect_images(img_path):
+    """--img_path: one image file, or the images directly inside a folder."""
+    if os.path.isdir(img_path):
+        paths = list_images(img_path)
+        if not paths:
+            raise UserError(f"--img_path {img_path}: no images in this folder")
+        return paths
+    if os.path.isfile(img_path):
+        return [img_path]
+    raise UserError(f"--img_path {img_path}: no such file or folder")
+
+
 def _read_raw(path):
     if not os.path.isfile(path):
         raise UserError(f"{path}: file not found")
