@@ -9,7 +9,6 @@ The graph takes float32 [N,3,H,W] RGB in [0,1] at the training image size (N dyn
 quantiles and RD4AD's Gaussian blur are all inside the graph.
 """
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -79,45 +78,10 @@ def export_onnx(folder, opset):
     except ImportError:
         raise UserError("--to_onnx needs paddle2onnx: pip install paddle2onnx onnxruntime") from None
     graph, params = model_files(folder)
-    with tempfile.TemporaryDirectory() as scratch:
-        # enable_optimize=False: paddle2onnx's optimiser may try to pip-install packages at run time.
-        paddle2onnx.export(_graph_for_paddle2onnx(graph, scratch), params,
-                           os.path.join(folder, "model.onnx"), opset_version=opset,
-                           enable_onnx_checker=True, enable_optimize=False)
+    # enable_optimize=False: paddle2onnx's optimiser may try to pip-install packages at run time.
+    paddle2onnx.export(graph, params, os.path.join(folder, "model.onnx"), opset_version=opset,
+                       enable_onnx_checker=True, enable_optimize=False)
     check_onnx_matches_paddle(folder)
-
-
-def _graph_for_paddle2onnx(graph, scratch):
-    """Paddle >= 3.3 stores pad3d's pad_value as float64; paddle2onnx 2.1 reads it as float32
-    and so writes whatever bytes it finds as the Pad constant (seen: 0.027 instead of 0). A copy
-    of the graph with that attribute typed float32 converts correctly."""
-    if not graph.endswith(".json"):
-        return graph
-    with open(graph, encoding="utf-8") as f:
-        program = json.load(f)
-    if not _retype_pad_values(program):
-        return graph
-    path = os.path.join(scratch, os.path.basename(graph))
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(program, f)
-    return path
-
-
-def _retype_pad_values(node):
-    """Retype every pad3d pad_value attribute in a PIR JSON program in place; returns the count."""
-    count = 0
-    if isinstance(node, dict):
-        if node.get("#") == "1.pad3d":
-            for attr in node.get("A", []):
-                if attr.get("N") == "pad_value" and attr["AT"].get("#") == "0.a_f64":
-                    attr["AT"]["#"] = "0.a_f32"
-                    count += 1
-        children = node.values()
-    elif isinstance(node, list):
-        children = node
-    else:
-        return 0
-    return count + sum(_retype_pad_values(child) for child in children)
 
 
 def check_onnx_matches_paddle(folder, tolerance=1e-4):

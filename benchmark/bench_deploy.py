@@ -144,6 +144,9 @@ def worker(job):
 
     paths, size, batch_size = job["images"], job["image_size"], job["batch_size"]
     if job["engine"] == "onnxruntime":
+        from adkit.runtime import keep_freed_memory
+
+        keep_freed_memory()  # as infer.py does for every backend
         import onnxruntime  # noqa: F401  (imported here only to measure its memory)
     else:
         from adkit.runtime import set_cpu_threads

@@ -30,7 +30,8 @@ from adkit.weights import load_into_layer, read_state_dict, safe_load, save_atom
 from datasets.image_io import IMAGE_EXTENSIONS, read_rgb, resize_rgb, to_chw_float
 
 from .base import AnomalyMethod
-from .graph_ops import bilinear_resize, imagenet_normalize
+from .graph_ops import (bilinear_resize, imagenet_normalize, interpolation_matrix,
+                        separable_map)
 
 TEACHER_CHANNELS = 384
 MAP_PADDING = 4  # the unpadded PDN loses this many pixels per side (in map units) at 256 px
@@ -294,6 +295,13 @@ def map_normalization_quantiles(local_maps, global_maps):
             "q_ae_end": float(np.quantile(global_maps, 0.995))}
 
 
+def _padded_resize_matrix(n_in, n_out):
+    """[n_out, n_in]: zero-pad by MAP_PADDING on both sides, then resize bilinearly. The
+    padded entries are zeros, so the padding is just the interpolation matrix without its
+    first and last MAP_PADDING columns (one op fewer in the exported graph)."""
+    return interpolation_matrix(n_in + 2 * MAP_PADDING, n_out, False)[:, MAP_PADDING:-MAP_PADDING]
+
+
 class EfficientADInference(nn.Layer):
     """The anomaly map, for every mode: x [B,3,H,W] RGB in [0,1] -> (map [B,1,H,W], score [B]).
 
@@ -338,8 +346,9 @@ class EfficientADInference(nn.Layer):
         local_map, global_map = self.raw_maps(x)
         local_map = 0.1 * (local_map - self.q_st_start) / (self.q_st_end - self.q_st_start)
         global_map = 0.1 * (global_map - self.q_ae_start) / (self.q_ae_end - self.q_ae_start)
-        combined = F.pad(0.5 * local_map + 0.5 * global_map, [MAP_PADDING] * 4)
-        anomaly_map = bilinear_resize(combined, x.shape[2:])
+        anomaly_map = separable_map(0.5 * local_map + 0.5 * global_map,
+                                    _padded_resize_matrix(local_map.shape[2], x.shape[2]),
+                                    _padded_resize_matrix(local_map.shape[3], x.shape[3]))
         return anomaly_map, paddle.max(anomaly_map.flatten(1), axis=1)
 
 

@@ -33,20 +33,44 @@ def interpolation_matrix(n_in, n_out, align_corners):
     return weights.astype(np.float32)
 
 
-def bilinear_resize(x, size, align_corners=False):
-    """F.interpolate(x, size, mode='bilinear') on [B,C,H,W] as plain 2-D matmuls with constant
-    interpolation matrices (bilinear resizing is separable, so this is exact).
+def summed_separable_maps(xs, rows, cols):
+    """sum_i rows[i] @ xs[i][b, c] @ cols[i].T for [B,C,H_i,W_i] tensors and constant numpy
+    matrices rows[i] [H',H_i], cols[i] [W',W_i]: any separable linear maps (bilinear resizing,
+    zero padding, a reflect-bordered blur, or products of them) applied and summed.
 
-    Two Paddle Inference 3.3.1 + oneDNN (the CPU default) faults shape this: the interpolate ops
-    do not run at all ("ConvertPirAttribute2RuntimeAttribute not support
-    ArrayAttribute<DoubleAttribute>"), and broadcast batched matmuls crash or return NaN at
-    batch >= 2, as does transpose_y with an inner dimension of 1. Hence 2-D matmuls only.
+    Each input is first mapped along W; the results are stacked along H, so one matmul with
+    the stacked row matrices [H', sum H_i] maps and sums them all (fewer ops in the exported
+    graph than one map per input plus adds). Only plain 2-D matmuls, because of two Paddle
+    Inference 3.3.1 + oneDNN (the CPU default) faults: the interpolate ops do not run at all
+    ("ConvertPirAttribute2RuntimeAttribute not support ArrayAttribute<DoubleAttribute>"), and
+    broadcast batched matmuls crash or return NaN at batch >= 2, as does transpose_y with an
+    inner dimension of 1.
     """
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    out_h, out_w = int(size[0]), int(size[1])
-    rows_t = paddle.to_tensor(np.ascontiguousarray(interpolation_matrix(height, out_h, align_corners).T))
-    cols_t = paddle.to_tensor(np.ascontiguousarray(interpolation_matrix(width, out_w, align_corners).T))
-    y = paddle.matmul(x.reshape([-1, width]), cols_t)                     # [B*C*H, W']
-    y = y.reshape([-1, channels, height, out_w]).transpose([0, 1, 3, 2])  # [B,C,W',H]
-    y = paddle.matmul(y.reshape([-1, height]), rows_t)                    # [B*C*W', H']
+    channels = xs[0].shape[1]
+    out_h, out_w = rows[0].shape[0], cols[0].shape[0]
+    mapped_w = []
+    for x, col in zip(xs, cols):
+        height, width = x.shape[2], x.shape[3]
+        y = paddle.matmul(x.reshape([-1, width]), _constant(col.T))          # [B*C*H_i, W']
+        mapped_w.append(y.reshape([-1, channels, height, out_w]))
+    y = mapped_w[0] if len(mapped_w) == 1 else paddle.concat(mapped_w, axis=2)
+    stacked_rows = np.concatenate(rows, axis=1)                              # [H', sum H_i]
+    y = y.transpose([0, 1, 3, 2]).reshape([-1, stacked_rows.shape[1]])      # [B*C*W', sum H_i]
+    y = paddle.matmul(y, _constant(stacked_rows.T))                          # [B*C*W', H']
     return y.reshape([-1, channels, out_w, out_h]).transpose([0, 1, 3, 2])
+
+
+def separable_map(x, rows, cols):
+    """rows @ x[b, c] @ cols.T on [B,C,H,W] (see ``summed_separable_maps``)."""
+    return summed_separable_maps([x], [rows], [cols])
+
+
+def _constant(matrix):
+    return paddle.to_tensor(np.ascontiguousarray(matrix, dtype=np.float32))
+
+
+def bilinear_resize(x, size, align_corners=False):
+    """F.interpolate(x, size, mode='bilinear') on [B,C,H,W], exactly (it is separable)."""
+    rows = interpolation_matrix(x.shape[2], int(size[0]), align_corners)
+    cols = interpolation_matrix(x.shape[3], int(size[1]), align_corners)
+    return separable_map(x, rows, cols)

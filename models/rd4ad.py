@@ -10,6 +10,7 @@ Architecture follows the official code (hq-deng/RD4AD): for ResNet encoders the 
 decoder use the encoder's block type and depths; for other encoders (EfficientNet-Lite) the
 same structure is built from BasicBlocks at the encoder's channel widths.
 """
+import functools
 import itertools
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from adkit.training import (batch_stream, load_train_state, log, make_adam, opti
 
 from .base import AnomalyMethod
 from .encoders import build_encoder, encoder_fingerprint
-from .graph_ops import bilinear_resize
+from .graph_ops import interpolation_matrix, summed_separable_maps
 from .resnet import BasicBlock, Bottleneck, conv3x3, init_like_torchvision, make_stage
 
 BLUR_SIGMA = 4.0
@@ -122,39 +123,42 @@ def gaussian_kernel1d(sigma, truncate):
     radius = int(truncate * sigma + 0.5)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     taps = np.exp(-0.5 * (x / sigma) ** 2)
-    return (taps / taps.sum()).astype(np.float32)
+    return taps / taps.sum()
 
 
-def _blur_last_axis(x, taps):
-    """Convolve [B,1,H,W] along W with ``taps``; borders extended half-sample symmetrically
-    (d c b a | a b c d), which is scipy's mode='reflect' (paddle's 'reflect' pad is scipy's
-    'mirror', so the padding is built from flipped slices)."""
-    radius = (taps.shape[0] - 1) // 2
-    left = paddle.flip(x[:, :, :, :radius], axis=[3])
-    right = paddle.flip(x[:, :, :, -radius:], axis=[3])
-    padded = paddle.concat([left, x, right], axis=3)
-    kernel = paddle.to_tensor(taps).reshape([1, 1, 1, -1])
-    return F.conv2d(padded, kernel)
-
-
-def gaussian_blur(x, sigma):
-    """scipy.ndimage.gaussian_filter(x, sigma, mode='reflect', truncate=4) on each [B,1,H,W]
-    map, as paddle ops (it exports with the graph). H and W must be at least the radius."""
+def gaussian_blur_matrix(n, sigma):
+    """[n, n] matrix B with B @ v == scipy.ndimage.gaussian_filter1d(v, sigma, mode='reflect',
+    truncate=4): borders extended half-sample symmetrically (d c b a | a b c d), reflected
+    again as often as the radius needs (paddle's own 'reflect' pad is scipy's 'mirror')."""
     taps = gaussian_kernel1d(sigma, BLUR_TRUNCATE)
-    x = _blur_last_axis(x, taps)
-    x = _blur_last_axis(x.transpose([0, 1, 3, 2]), taps)
-    return x.transpose([0, 1, 3, 2])
+    radius = (len(taps) - 1) // 2
+    source = np.arange(n)[:, None] + np.arange(-radius, radius + 1)[None, :]  # [n, taps]
+    source = np.mod(source, 2 * n)
+    source = np.where(source >= n, 2 * n - 1 - source, source)
+    matrix = np.zeros((n, n), dtype=np.float64)
+    np.add.at(matrix, (np.repeat(np.arange(n), len(taps)), source.ravel()), np.tile(taps, n))
+    return matrix
 
 
 def anomaly_map(enc_feats, dec_feats, out_size):
     """[B,1,H,W] map: per scale 1 - cos along channels, bilinear (align_corners, as official)
-    up to ``out_size`` (int or (H, W)), summed over scales, then Gaussian-blurred."""
-    size = [out_size, out_size] if isinstance(out_size, int) else list(out_size)
-    total = 0.0
-    for enc, dec in zip(enc_feats, dec_feats):
-        distance = 1.0 - F.cosine_similarity(enc, dec, axis=1).unsqueeze(1)
-        total = total + bilinear_resize(distance, size, align_corners=True)
-    return gaussian_blur(total, BLUR_SIGMA)
+    up to ``out_size`` (int or (H, W)), summed over scales, then Gaussian-blurred (sigma 4,
+    scipy's reflect borders). Resizing and blurring are both separable linear maps, so each
+    scale is resized and blurred at once by a product of the two matrices, and the scales are
+    summed inside the same matmul: exact, and the blur costs no op in the exported graph."""
+    out_h, out_w = [out_size, out_size] if isinstance(out_size, int) else list(out_size)
+    distances = [1.0 - F.cosine_similarity(enc, dec, axis=1).unsqueeze(1)
+                 for enc, dec in zip(enc_feats, dec_feats)]
+    return summed_separable_maps(distances,
+                                 [_resize_and_blur(d.shape[2], out_h) for d in distances],
+                                 [_resize_and_blur(d.shape[3], out_w) for d in distances])
+
+
+@functools.lru_cache(maxsize=None)
+def _resize_and_blur(n_in, n_out):
+    """[n_out, n_in]: align-corners linear resize, then the sigma-4 blur. Cached: numpy's
+    threads would compete with Paddle's spinning OpenMP threads on every forward pass."""
+    return gaussian_blur_matrix(n_out, BLUR_SIGMA) @ interpolation_matrix(n_in, n_out, True)
 
 
 class RD4ADInference(nn.Layer):

@@ -7,13 +7,13 @@ from scipy import ndimage
 
 from adkit.deploy import model_files
 from adkit.errors import UserError
-from models.graph_ops import bilinear_resize
+from models.graph_ops import bilinear_resize, summed_separable_maps
 from adkit.training import load_train_state
 from adkit.weights import Weights
 from models import encoders
 from models.encoders import build_encoder
 from models.rd4ad import (RD4ADInference, RD4ADMethod, anomaly_map, build_student,
-                          gaussian_blur, rd4ad_loss)
+                          gaussian_blur_matrix, rd4ad_loss)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
@@ -211,19 +211,29 @@ def test_upsample_matches_scipy_and_paddle_interpolate():
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-def test_blur_matches_scipy_reflect_at_the_borders():
+def test_summed_separable_maps_match_numpy():
+    rng = np.random.default_rng(8)
+    xs = [rng.normal(size=(3, 2, h, w)) for h, w in ((7, 5), (4, 9), (2, 2))]
+    rows = [rng.normal(size=(6, x.shape[2])) for x in xs]
+    cols = [rng.normal(size=(11, x.shape[3])) for x in xs]
+    got = summed_separable_maps([paddle.to_tensor(x, dtype="float32") for x in xs], rows, cols)
+    ref = sum(np.einsum("ph,bchw,qw->bcpq", r, x, c) for x, r, c in zip(xs, rows, cols))
+    assert got.shape == [3, 2, 6, 11]
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(40, 57), (9, 12)])  # 9 and 12 < radius 16: reflected twice
+def test_blur_matrices_match_scipy_reflect_at_the_borders(shape):
     rng = np.random.default_rng(3)
-    x = (rng.uniform(size=(2, 1, 40, 57)) > 0.9).astype(np.float32)  # sparse spikes
-    x[:, :, :, :3] += 2.0  # strong edges where the boundary rule matters
-    x[:, :, -2:, :] += 1.0
-    out = gaussian_blur(paddle.to_tensor(x), 4.0).numpy()
-    for b in range(2):
-        ref = ndimage.gaussian_filter(x[b, 0].astype(np.float64), sigma=4, mode="reflect",
-                                      truncate=4.0)
-        np.testing.assert_allclose(out[b, 0], ref, atol=1e-5)
+    x = (rng.uniform(size=shape) > 0.9).astype(np.float64)  # sparse spikes
+    x[:, :3] += 2.0  # strong edges where the boundary rule matters
+    x[-2:, :] += 1.0
+    out = gaussian_blur_matrix(shape[0], 4.0) @ x @ gaussian_blur_matrix(shape[1], 4.0).T
+    ref = ndimage.gaussian_filter(x, sigma=4, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(out, ref, atol=1e-12)
     # paddle's own 'reflect' padding is scipy's 'mirror': the result must not match that
-    mirror = ndimage.gaussian_filter(x[0, 0].astype(np.float64), sigma=4, mode="mirror")
-    assert np.abs(out[0, 0] - mirror).max() > 1e-3
+    mirror = ndimage.gaussian_filter(x, sigma=4, mode="mirror")
+    assert np.abs(out - mirror).max() > 1e-3
 
 
 def test_anomaly_map_matches_numpy_scipy():
