@@ -1,0 +1,45 @@
+"""adkit.runtime: freed memory is reused without page faults (each case in a fresh process, since
+the malloc settings last for the whole process)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# malloc, write and free a 64 MB block twice, as Paddle's CPU allocator does with a tensor on
+# every run (numpy would ask for huge pages, which hides the faults); print the page faults of
+# the second round.
+SCRIPT = """
+import ctypes, resource, sys
+sys.path.insert(0, {root!r})
+from adkit.runtime import keep_freed_memory
+if {keep}:
+    assert keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def touch_and_free(size=64 * 1024 * 1024):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+touch_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch_and_free()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def second_round_faults(keep):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(root=ROOT, keep=keep)],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout.strip())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_freed_blocks_are_reused_without_page_faults():
+    pages = 64 * 1024 * 1024 // 4096
+    # glibc's default returns a 64 MB block to the OS on free: every page faults in again
+    assert second_round_faults(keep=False) > pages // 2
+    assert second_round_faults(keep=True) < pages // 20
