@@ -14,7 +14,7 @@ from adkit.training import log
 from adkit.weights import load_into_layer, resolve_backbone_weights
 
 from . import resnet
-from .graph_ops import IMAGENET_MEAN, IMAGENET_STD
+from .graph_ops import imagenet_normalize
 
 EFFICIENTNET_VARIANTS = {"efficientnet_lite0": "lite0", "efficientnet_lite2": "lite2"}
 ENCODER_NAMES = tuple(resnet.RESNETS) + tuple(EFFICIENTNET_VARIANTS)
@@ -31,17 +31,11 @@ class FrozenEncoder(nn.Layer):
     puts the network back into eval mode if a parent switched it.
     """
 
-    def __init__(self, net, imagenet_normalize):
+    def __init__(self, net, normalize_input):
         super().__init__()
         self.net = net
         self.channels = tuple(int(c) for c in net.channels)
-        self.imagenet_normalize = imagenet_normalize
-        if imagenet_normalize:
-            shape = [1, 3, 1, 1]
-            self.register_buffer("mean", paddle.to_tensor(IMAGENET_MEAN).reshape(shape),
-                                 persistable=False)
-            self.register_buffer("std", paddle.to_tensor(IMAGENET_STD).reshape(shape),
-                                 persistable=False)
+        self.normalize_input = normalize_input
         for param in self.parameters():
             param.stop_gradient = True
         self._pin_eval()
@@ -59,7 +53,7 @@ class FrozenEncoder(nn.Layer):
     def forward(self, x01):
         if self.training:
             self._pin_eval()
-        x = (x01 - self.mean) / self.std if self.imagenet_normalize else x01
+        x = imagenet_normalize(x01) if self.normalize_input else x01
         return self.net(x)
 
 
@@ -102,7 +96,7 @@ def build_encoder(name, weights):
             from .efficientnet_lite import EfficientNetLiteEncoder  # only when asked for
 
             net = EfficientNetLiteEncoder(EFFICIENTNET_VARIANTS[name], weights)
-    return FrozenEncoder(net, imagenet_normalize=name in resnet.RESNETS)
+    return FrozenEncoder(net, normalize_input=name in resnet.RESNETS)
 
 
 def encoder_fingerprint(encoder):
