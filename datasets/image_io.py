@@ -16,6 +16,19 @@ def list_images(folder):
     return [os.path.join(folder, n) for n in names]
 
 
+def find_images(folder, option):
+    """Every image file under ``folder`` at any depth (hidden files skipped), sorted;
+    ``option`` names the command-line option in the errors."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{option} {folder}: folder not found")
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                   for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
+    if not paths:
+        raise UserError(f"{option} {folder}: no images found (searched subfolders too)")
+    return paths
+
+
 def collect_images(img_path):
     """--img_path: one image file, or the images directly inside a folder."""
     if os.path.isdir(img_path):

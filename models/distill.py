@@ -19,7 +19,6 @@ The distilled network is the padded PDN (as in the paper's pretraining); padding
 parameter, so the saved weights load unchanged into EfficientAD's unpadded teacher.
 """
 import functools
-import os
 from pathlib import Path
 
 import cv2
@@ -33,7 +32,7 @@ from adkit.runtime import seed_everything
 from adkit.training import (load_train_state, log, make_adam, optimizer_state, progress,
                             restore_optimizer, save_train_state, seed_step, state_to_numpy)
 from adkit.weights import save_atomic
-from datasets.image_io import IMAGE_EXTENSIONS, read_rgb
+from datasets.image_io import find_images, read_rgb
 
 from .efficientad import MODEL_SIZES, PDN, TEACHER_CHANNELS, color_jitter, pdn_out_size
 from .encoders import build_encoder
@@ -55,18 +54,6 @@ def teacher_file_name(model):
 
 
 # ------------------------------------------------------------------------------------- data
-
-def find_images(folder):
-    """Every image file under ``folder`` (any depth, hidden files skipped), sorted."""
-    if not os.path.isdir(folder):
-        raise UserError(f"--data_dir {folder}: folder not found")
-    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                   for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
-    if not paths:
-        raise UserError(f"--data_dir {folder}: no images found (searched subfolders too)")
-    return paths
-
 
 def _resize(image, width, height):
     shrinking = width < image.shape[1] or height < image.shape[0]
@@ -313,7 +300,7 @@ def run_distill(cfg):
     """
     settings = _settings(cfg)
     output_dir = Path(cfg["output_dir"])
-    sampler = DistillSampler(find_images(cfg["data_dir"]), settings["image_size"],
+    sampler = DistillSampler(find_images(cfg["data_dir"], "--data_dir"), settings["image_size"],
                              settings["crop_size"])
     seed_everything(settings["seed"])  # the PDN's initial weights depend on the seed only
     student = PDN(MODEL_SIZES[settings["model"]], TEACHER_CHANNELS, padding=True)

@@ -13,7 +13,6 @@ Conventions shared by all parts:
 """
 import itertools
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from adkit.training import (batch_stream, load_train_state, log, make_adam, opti
                             progress, restore_optimizer, save_train_state, seed_step, state_to_numpy,
                             total_steps)
 from adkit.weights import load_into_layer, read_state_dict, safe_load, save_atomic
-from datasets.image_io import IMAGE_EXTENSIONS, read_rgb, resize_rgb, to_chw_float
+from datasets.image_io import find_images, read_rgb, resize_rgb, to_chw_float
 
 from .base import AnomalyMethod
 from .graph_ops import (bilinear_resize, imagenet_normalize, interpolation_matrix,
@@ -386,13 +385,7 @@ class PenaltyImages:
     resize to 2*image_size, grayscale with probability 0.3, centre crop image_size."""
 
     def __init__(self, folder, image_size):
-        if not os.path.isdir(folder):
-            raise UserError(f"--penalty_dir {folder}: folder not found")
-        self.paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                            for name in names
-                            if name.lower().endswith(IMAGE_EXTENSIONS) and name[0] != ".")
-        if not self.paths:
-            raise UserError(f"--penalty_dir {folder}: no images found (searched subfolders too)")
+        self.paths = find_images(folder, "--penalty_dir")
         self.image_size = image_size
 
     def sample(self, count):

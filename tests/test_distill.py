@@ -10,8 +10,9 @@ import pytest
 
 from adkit.errors import UserError
 from adkit.weights import read_state_dict, safe_load
+from datasets.image_io import find_images
 from models.distill import (STATE_FILE, DistillSampler, DistillTarget, RunningChannelStats,
-                            find_images, projection_matrix, run_distill, target_statistics)
+                            projection_matrix, run_distill, target_statistics)
 from models.efficientad import PDN, EfficientADMethod
 from models.encoders import build_encoder
 from models.graph_ops import imagenet_normalize
@@ -124,14 +125,14 @@ def _image_folder(root):
 
 def test_finds_images_recursively_and_rejects_empty_folders(tmp_path):
     folder = _image_folder(tmp_path / "data")
-    assert [Path(p).name for p in find_images(folder)] == ["a.png", "b.jpg", "c.png"]
+    assert [Path(p).name for p in find_images(folder, "--data_dir")] == ["a.png", "b.jpg", "c.png"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no images"):
-        find_images(tmp_path / "empty")
+        find_images(tmp_path / "empty", "--data_dir")
 
 
 def test_sampler_views_are_aligned_and_in_range(tmp_path):
-    sampler = DistillSampler(find_images(_image_folder(tmp_path / "data")), 64, 32)
+    sampler = DistillSampler(find_images(_image_folder(tmp_path / "data"), "--data_dir"), 64, 32)
     small, big = sampler.batch(np.random.default_rng(0), 5)
     assert small.shape == (5, 3, 32, 32) and big.shape == (5, 3, 64, 64)
     assert 0 <= big.min() and big.max() <= 1
@@ -144,7 +145,7 @@ def test_sampler_views_are_aligned_and_in_range(tmp_path):
 
 
 def test_normalised_targets_have_zero_mean_and_unit_std(tmp_path):
-    sampler = DistillSampler(find_images(_image_folder(tmp_path / "data")), 32, 32)
+    sampler = DistillSampler(find_images(_image_folder(tmp_path / "data"), "--data_dir"), 32, 32)
     target_net = DistillTarget(build_encoder("efficientnet_lite0", "none"))
     settings = {"batch_size": 3, "norm_samples": 7, "seed": 5}
     mean, std = target_statistics(target_net, sampler, settings)
@@ -207,7 +208,7 @@ def _held_out_losses(out, tmp_path):
     pdn = PDN("small", padding=True)
     pdn.set_state_dict({k: paddle.to_tensor(v.astype(np.float32))
                         for k, v in read_state_dict(out / "teacher_small.pdparams").items()})
-    sampler = DistillSampler(find_images(tmp_path / "data"), 64, 32)
+    sampler = DistillSampler(find_images(tmp_path / "data", "--data_dir"), 64, 32)
     small, big = sampler.batch(np.random.default_rng(99), 6)
     target_net = DistillTarget(build_encoder("efficientnet_lite0", "none"))
     with paddle.no_grad():
