@@ -1,4 +1,5 @@
 """Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind."""
+import contextlib
 import csv
 import json
 import os
@@ -12,19 +13,32 @@ def default_file_mode():
     return 0o666 & ~umask
 
 
-def _atomic_write(path, write_fn, mode="w"):
+@contextlib.contextmanager
+def atomic_path(path, sync=False):
+    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only when the
+    block ends without error, so a crash or Ctrl-C leaves the old file intact, never half a
+    file. ``sync``: force the data to disk before the rename (checkpoints)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write_fn(f)
+        yield tmp
+        if sync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _atomic_write(path, write_fn, mode="w"):
+    text_options = {"newline": "", "encoding": "utf-8"} if "b" not in mode else {}
+    with atomic_path(path) as tmp, open(tmp, mode, **text_options) as f:
+        write_fn(f)
 
 
 def write_json(path, data):

@@ -16,11 +16,9 @@ File formats handled:
 """
 import collections
 import importlib.metadata
-import os
 import pickle
 import struct
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import UserError
-from .io_utils import default_file_mode
+from .io_utils import atomic_path
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _TORCH_LEGACY_PROTOCOL = 1001
@@ -278,25 +276,12 @@ def read_state_dict(path):
 
 
 def save_atomic(obj, path):
-    """``paddle.save`` to a temporary file beside ``path``, then rename it into place.
-
-    A crash mid-write leaves the previous file intact, never half a file.
-    """
+    """``paddle.save`` to a temporary file beside ``path``, synced to disk, then renamed into
+    place: a crash mid-write leaves the previous file intact, never half a file."""
     import paddle
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, sync=True) as tmp:
         paddle.save(obj, tmp)
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())  # the data must be on disk before the rename is
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _first_few(items, limit=3):
