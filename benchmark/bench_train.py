@@ -41,7 +41,7 @@ def fit_seconds(case, steps, image_size, data):
     method = build_method(config(case, steps, image_size))
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        method.fit(data["train"], data["val"], __import__("pathlib").Path(folder))
+        method.fit(data["train"], data["val"], folder)
         return time.perf_counter() - start, method
 
 
