@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a trained model to a Paddle static inference graph (and optionally ONNX).
+r"""Export a trained model to a Paddle static inference graph (and optionally ONNX).
 
     python export_model.py --model efficientad_s --checkpoint_dir output/efficientad_s/brick \
         --save_dir inference/efficientad_s_brick
@@ -8,7 +8,6 @@ The graph takes float32 [N,3,H,W] RGB in [0,1] at the training image size (N dyn
 (anomaly map [N,1,H,W], image score [N]). Input normalisation, teacher normalisation, map
 quantiles and RD4AD's Gaussian blur are all inside the graph.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -19,9 +18,10 @@ from adkit.runtime import cpu_threads_from_argv, set_cpu_threads
 
 
 def parse_args(argv):
-    from adkit.config import OneLineParser
+    from adkit.config import HelpFormatter, OneLineParser
+    from adkit.thresholds import POLICY_HELP
 
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, choices=("rd4ad", "efficientad_s", "efficientad_m"))
     parser.add_argument("--checkpoint_dir", required=True, help="<output_dir>/<model>/<cls> of a training run")
     parser.add_argument("--save_dir", required=True, help="folder for inference.json/.pdiparams + deploy_config.json")
@@ -30,16 +30,22 @@ def parse_args(argv):
                              "(needs paddle2onnx and onnxruntime)")
     parser.add_argument("--opset", type=int, default=13, help="ONNX opset for --to_onnx")
     parser.add_argument("--cpu_threads", type=int, default=2, help="CPU threads while exporting")
+    parser.add_argument("--threshold_policy", default=None,
+                        help=f"threshold stored with the export: {POLICY_HELP} "
+                             "(default: the policy chosen at training)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="store this threshold instead (same as --threshold_policy manual:VALUE)")
     return parser.parse_args(argv)
 
 
-def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13):
+def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_policy=None,
+           threshold=None):
     import paddle
 
     from adkit import __version__
     from adkit.deploy import DEPLOY_CONFIG, INPUT_DESCRIPTION, INPUT_NAME, MODEL_PREFIX
-    from adkit.io_utils import write_json
-    from adkit.predictions import resolve_threshold
+    from adkit.io_utils import default_dir_mode, write_json
+    from adkit.calibration import CALIBRATION_FILE, EVAL_METRICS_FILE, read_calibration, resolve_threshold
     from models import load_trained
 
     cfg, method = load_trained(checkpoint_dir, runtime_cfg={"device": "cpu"}, expected_model=model)
@@ -47,21 +53,28 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13):
     net.eval()
     size = int(cfg["image_size"])
     spec = [paddle.static.InputSpec([None, 3, size, size], "float32", INPUT_NAME)]
-    threshold, source = resolve_threshold(None, checkpoint_dir)
+    chosen = resolve_threshold(checkpoint_dir, threshold_policy, threshold)
+    calibration = read_calibration(checkpoint_dir)
 
     # Write into a sibling temp folder and swap it in: an existing export survives any failure.
     parent = os.path.dirname(os.path.abspath(save_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=".export_")
+    os.chmod(staging, default_dir_mode())  # the user's umask, not mkdtemp's 0700
     try:
         static_net = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
         paddle.jit.save(static_net, os.path.join(staging, MODEL_PREFIX))
         write_json(os.path.join(staging, DEPLOY_CONFIG), {
-            "model": model, "image_size": size, "threshold": threshold,
-            "threshold_source": source, "input": INPUT_DESCRIPTION,
+            "model": model, "image_size": size, "threshold": chosen.value,
+            "threshold_policy": chosen.policy, "threshold_source": chosen.source,
+            "map_range": calibration["map_range"] if calibration else None,
+            "input": INPUT_DESCRIPTION,
             "outputs": ["anomaly map float32 [N,1,H,W]", "image score float32 [N]"],
             "checkpoint_dir": os.path.abspath(checkpoint_dir), "project_version": __version__,
             "paddle_version": paddle.__version__})
+        for name in (CALIBRATION_FILE, EVAL_METRICS_FILE):  # threshold policies, df_training.csv
+            if os.path.isfile(os.path.join(checkpoint_dir, name)):
+                shutil.copy(os.path.join(checkpoint_dir, name), os.path.join(staging, name))
         if to_onnx:
             export_onnx(staging, opset)
         _swap_in(staging, save_dir)
@@ -126,7 +139,8 @@ def main(argv=None):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    out = export(args.model, args.checkpoint_dir, args.save_dir, args.to_onnx, args.opset)
+    out = export(args.model, args.checkpoint_dir, args.save_dir, args.to_onnx, args.opset,
+                 args.threshold_policy, args.threshold)
     logging.getLogger("adkit").info("exported %s to %s", args.model, out)
 
 

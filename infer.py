@@ -1,16 +1,15 @@
 #!/usr/bin/env python
-"""Run an exported model with Paddle Inference (or ONNX Runtime) and write maps, overlays, scores.
+r"""Run an exported model with Paddle Inference (or ONNX Runtime): overlays, masks, maps, scores.
 
-    python infer.py --model_dir inference/efficientad_s_brick --img_path sample_data/brick/test \
-        --device cpu --cpu_threads 2 --enable_mkldnn true --benchmark true --output_dir infer_out
+    python infer.py --model_dir inference/rd4ad_brick --img_path sample_data/brick/test \
+        --device cpu --cpu_threads 2 --enable_mkldnn true --benchmark true --output_dir output/infer
+
+Prints one line per image on stdout: score, label (defect/good) and path.
 """
 import argparse
 import os
 import statistics
 import sys
-import time
-
-import numpy as np
 
 from adkit.errors import UserError, exit_on_user_error
 from adkit.runtime import cpu_threads_from_argv, set_cpu_threads
@@ -28,88 +27,80 @@ def str2bool(value):
 
 
 def parse_args(argv):
-    from adkit.config import OneLineParser
+    from adkit.config import HelpFormatter, OneLineParser
+    from adkit.outputs import SAVE_FORMAT_HELP, SAVE_FORMATS
+    from adkit.thresholds import POLICY_HELP
 
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_dir", required=True, help="folder written by export_model.py")
-    parser.add_argument("--img_path", required=True, help="an image file or a folder of images")
-    parser.add_argument("--output_dir", default="output/infer", help="where overlays, maps and the CSV go")
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-    parser.add_argument("--gpu_id", type=int, default=0)
-    parser.add_argument("--cpu_threads", type=int, default=2)
-    parser.add_argument("--enable_mkldnn", type=str2bool, default=True, help="oneDNN on CPU (true/false)")
+    parser.add_argument("--img_path", required=True,
+                        help="an image file, or a folder of images (subfolders too: outputs mirror the tree)")
+    parser.add_argument("--output_dir", default="output/infer",
+                        help="where overlays, masks, maps and df_test.csv go (replaced by each run)")
+    parser.add_argument("--batch_size", type=int, default=1, help="images per engine run")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where the graph runs")
+    parser.add_argument("--gpu_id", type=int, default=0, help="which GPU with --device gpu")
+    parser.add_argument("--cpu_threads", type=int, default=2, help="CPU threads for the engine")
+    parser.add_argument("--enable_mkldnn", type=str2bool, default=True, help="oneDNN kernels on CPU (true/false)")
     parser.add_argument("--use_tensorrt", type=str2bool, default=False, help="TensorRT on GPU (true/false)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
-    parser.add_argument("--backend", default="paddle", choices=("paddle", "onnxruntime"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="fp16 needs --device gpu")
+    parser.add_argument("--backend", default="paddle", choices=("paddle", "onnxruntime"),
+                        help="onnxruntime needs an export made with --to_onnx")
     parser.add_argument("--benchmark", type=str2bool, default=False,
                         help="report per-stage ms per image (after warm-up, median)")
     parser.add_argument("--warmup", type=int, default=2, help="batches excluded from --benchmark timing")
-    parser.add_argument("--save_format", default="npy", choices=("png", "npy", "tiff"),
-                        help="png: overlays only; npy: + map .npy; tiff: + map .npy and .tiff")
+    parser.add_argument("--save_format", default="npy", choices=SAVE_FORMATS, help=SAVE_FORMAT_HELP)
     parser.add_argument("--threshold", type=float, default=None,
                         help="score threshold for labels (default: the one stored at export)")
+    parser.add_argument("--threshold_policy", default=None,
+                        help=f"recompute the threshold from the export's calibration: {POLICY_HELP}")
+    parser.add_argument("--skip_bad_images", action="store_true",
+                        help="log unreadable images and go on (listed as skipped in df_test.csv)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     return args
 
 
-def load_batch(paths, image_size):
-    from datasets import read_rgb, resize_rgb, to_chw_float
-
-    return np.stack([to_chw_float(resize_rgb(read_rgb(p), image_size)) for p in paths])
-
-
 def run(args):
-    from adkit.deploy import read_deploy_config
-    from adkit.engines import create_engine
-    from adkit.predictions import write_image_outputs
+    from adkit import Predictor
+    from adkit.outputs import ImageOutputs, RunFolder, write_training_csv
+    from adkit.predictor import predict_files
     from datasets import collect_images
 
-    deploy = read_deploy_config(args.model_dir)
-    size = int(deploy["image_size"])
-    paths = collect_images(args.img_path)
+    root, paths = collect_images(args.img_path)
     if args.batch_size > len(paths):
         raise UserError(f"--batch_size {args.batch_size} is larger than the number of images "
                         f"({len(paths)}) in {args.img_path}")
-    engine = create_engine(args.backend, args.model_dir, device=args.device,
-                           cpu_threads=args.cpu_threads, enable_mkldnn=args.enable_mkldnn,
-                           use_tensorrt=args.use_tensorrt, precision=args.precision,
-                           max_batch_size=args.batch_size, image_size=size, gpu_id=args.gpu_id)
-    timings = {key: [] for key in TIME_KEYS}
-    maps, scores = [], []
-    for index, start in enumerate(range(0, len(paths), args.batch_size)):
-        chunk = paths[start:start + args.batch_size]
-        t0 = time.perf_counter()
-        batch = load_batch(chunk, size)
-        t1 = time.perf_counter()
-        amap, score = engine.run(batch)
-        t2 = time.perf_counter()
-        maps.append(amap[:, 0])
-        scores.append(score)
-        if index >= args.warmup:
-            timings["preprocess_time"].append((t1 - t0) / len(chunk))
-            timings["inference_time"].append((t2 - t1) / len(chunk))
-    threshold = args.threshold if args.threshold is not None else deploy.get("threshold")
-    maps, scores = np.concatenate(maps), np.concatenate(scores)
-    rows, post_seconds = write_image_outputs(args.output_dir, paths, maps, scores, threshold,
-                                             args.save_format)
-    skipped = min(args.warmup * args.batch_size, len(post_seconds) - 1)
-    timings["postprocess_time"] = post_seconds[skipped:]
-    for path, score, label in rows:
-        print(f"{score}\t{label or '-'}\t{path}")
+    run_folder = RunFolder(args.output_dir)
+    predictor = Predictor(args.model_dir, backend=args.backend, device=args.device,
+                          cpu_threads=args.cpu_threads, enable_mkldnn=args.enable_mkldnn,
+                          use_tensorrt=args.use_tensorrt, precision=args.precision,
+                          max_batch_size=args.batch_size, gpu_id=args.gpu_id,
+                          threshold=args.threshold, threshold_policy=args.threshold_policy)
+    threshold = predictor.threshold
+    with run_folder:
+        outputs = ImageOutputs(run_folder, threshold.value, None, args.save_format)
+        timings = predict_files(predictor, root, paths, outputs, args.batch_size,
+                                args.skip_bad_images, warmup=args.warmup)
+        outputs.write_csv()
+        write_training_csv(run_folder, predictor.calibration, threshold.value)
+    print(f"# threshold {'-' if threshold.value is None else format(threshold.value, '.6g')} "
+          f"policy {threshold.policy} ({threshold.source})", file=sys.stderr)
+    for path, _, score, label, _, status, _ in outputs.rows:
+        print(f"{score or '-'}\t{label or '-'}\t{path}" + ("" if status == "ok" else f"\t{status}"))
     if args.benchmark:
-        report_timings(args, deploy, engine, timings, len(paths))
-    return rows
+        report_timings(args, predictor.model, predictor.engine, timings, len(paths),
+                       predictor.image_size)
+    return outputs.rows
 
 
-def report_timings(args, deploy, engine, timings, num_images):
+def report_timings(args, model, engine, timings, num_images, size):
     if not timings["inference_time"]:
         print(f"benchmark: every batch was warm-up (--warmup {args.warmup}); nothing timed")
         return
     median_ms = {k: 1000.0 * statistics.median(v) for k, v in timings.items()}
-    print(f"benchmark model={deploy['model']} backend={args.backend} device={args.device} "
+    print(f"benchmark model={model} backend={args.backend} device={args.device} "
           f"mkldnn={args.enable_mkldnn and args.backend == 'paddle'} threads={args.cpu_threads} batch={args.batch_size} "
           f"precision={args.precision} images={num_images} | per image (median, ms): "
           + ", ".join(f"{k}: {v:.2f}" for k, v in median_ms.items()))
@@ -117,9 +108,8 @@ def report_timings(args, deploy, engine, timings, num_images):
         import auto_log
     except ImportError:
         return
-    size = deploy["image_size"]
     logger = auto_log.AutoLogger(
-        model_name=deploy["model"], model_precision=args.precision, batch_size=args.batch_size,
+        model_name=model, model_precision=args.precision, batch_size=args.batch_size,
         data_shape=f"3,{size},{size}", save_path=os.path.join(args.output_dir, "auto_log.txt"),
         inference_config=engine.config, pids=os.getpid(), process_name=None,
         gpu_ids=args.gpu_id if args.device == "gpu" else None, time_keys=list(TIME_KEYS), warmup=0)

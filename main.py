@@ -28,31 +28,40 @@ def categories_for(cfg):
     return [cfg["cls"]]
 
 
-def train(cfg, cls):
-    from adkit.evaluation import run_inference
-    from adkit.io_utils import write_json
-    from adkit.predictions import VAL_SCORES_FILE
+def training_side(cfg, cls, category=None):
+    """(train set, validation set) of good images, split as training split them (seeded)."""
     from datasets import ImageDataset, MVTecCategory, split_train_val
+
+    category = category or MVTecCategory(cfg["data_dir"], cls)
+    train_paths, val_paths = split_train_val(category.train_paths(), cfg["val_ratio"], cfg["seed"])
+    size = cfg["image_size"]
+    return ImageDataset(train_paths, size), ImageDataset(val_paths, size)
+
+
+def train(cfg, cls):
+    from adkit.calibration import calibrate, check_policy_applies, write_calibration
+    from adkit.engines import DygraphEngine
+    from adkit.thresholds import DEFAULT_POLICY
     from models import build_method, save_training_config
 
-    category = MVTecCategory(cfg["data_dir"], cls)
-    train_paths, val_paths = split_train_val(category.train_paths(), cfg["val_ratio"], cfg["seed"])
+    train_set, val_set = training_side(cfg, cls)
+    policy = cfg["threshold_policy"] or DEFAULT_POLICY
+    check_policy_applies(policy, len(val_set))
+    train_set.preload()
+    val_set.preload()
     ckpt_dir = checkpoint_dir(cfg, cls)
     os.makedirs(ckpt_dir, exist_ok=True)
     log.info("[%s] training %s on %d images (%d held out for validation) -> %s",
-             cls, cfg["model"], len(train_paths), len(val_paths), ckpt_dir)
-    size = cfg["image_size"]
-    train_set = ImageDataset(train_paths, size).preload()
-    val_set = ImageDataset(val_paths, size).preload()
+             cls, cfg["model"], len(train_set), len(val_set), ckpt_dir)
     method = build_method(cfg)
     save_training_config(cfg, ckpt_dir)  # first: eval/export can use interim checkpoints
     method.fit(train_set, val_set, ckpt_dir, resume=cfg["resume"])
-    if len(val_set):
-        _, scores = run_inference(method.inference_net(), val_set, cfg["eval_batch_size"], "validation")
-        write_json(os.path.join(ckpt_dir, VAL_SCORES_FILE),
-                   {"paths": val_set.paths, "scores": [float(s) for s in scores],
-                    "threshold": float(scores.max())})
-    log.info("[%s] training done", cls)
+    calibration = calibrate(DygraphEngine(method.inference_net()).run, train_set, val_set,
+                            cfg["eval_batch_size"], cfg["seed"], policy)
+    write_calibration(ckpt_dir, calibration)
+    value = calibration["threshold"]["value"]
+    log.info("[%s] training done; threshold %s (%s)", cls,
+             "-" if value is None else f"{value:.6g}", calibration["policy"])
 
 
 def load_trained(cfg, cls):
@@ -64,45 +73,92 @@ def load_trained(cfg, cls):
 
 
 def evaluate(cfg, cls):
-    from adkit.evaluation import evaluate_dataset
-    from adkit.io_utils import write_csv, write_json
-    from adkit.predictions import EVAL_METRICS_FILE, format_score, label_of
-    from datasets import MVTecCategory, TestDataset
+    """Metrics, decision tables, report.html and per-image outputs (<ckpt>/eval/) for one category."""
+    import numpy as np
 
-    items = MVTecCategory(cfg["data_dir"], cls).test_items()
+    from adkit import metrics
+    from adkit.calibration import (EVAL_METRICS_FILE, calibrate, read_calibration,
+                                   resolve_threshold, write_calibration)
+    from adkit.engines import DygraphEngine
+    from adkit.eval_outputs import write_eval_folder
+    from adkit.evaluation import evaluate_dataset
+    from adkit.io_utils import write_json
+    from adkit.thresholds import DEFAULT_POLICY
+    from datasets import MVTecCategory, TestDataset
+    from datasets.mvtec import raise_if_bad
+
+    category = MVTecCategory(cfg["data_dir"], cls)
+    items = category.test_items()
     cfg, method, ckpt_dir = load_trained(cfg, cls)
     test_set = TestDataset(items, cfg["image_size"])
-    result, scores = evaluate_dataset(method.inference_net(), test_set, cfg["eval_batch_size"])
+    bad = test_set.find_bad()  # every image and mask read before the first forward pass
+    if bad and not cfg["skip_bad_images"]:
+        raise_if_bad(bad)
+    for _, message in bad:
+        log.warning("skipped: %s", message)
+    test_set = test_set.without(i for i, _ in bad)
+    engine = DygraphEngine(method.inference_net())
+    calibration = read_calibration(ckpt_dir)
+    if calibration is None:  # a checkpoint from before calibration existed: make it now
+        train_set, val_set = training_side(cfg, cls, category)
+        calibration = calibrate(engine.run, train_set.preload(), val_set.preload(),
+                                cfg["eval_batch_size"], cfg["seed"],
+                                cfg["threshold_policy"] or DEFAULT_POLICY)
+        write_calibration(ckpt_dir, calibration)
+    result, scores, maps, pro_curve = evaluate_dataset(engine.run, test_set, cfg["eval_batch_size"])
+    threshold = resolve_threshold(ckpt_dir, cfg["threshold_policy"], cfg["threshold"],
+                                  test_f1_threshold=result["f1_threshold"])
+    labels = np.array([item.label for item in test_set.items])
+    types = [item.defect_type for item in test_set.items]
+    result["threshold"] = threshold.as_dict()
+    result["decision"] = (None if threshold.value is None else
+                          metrics.decision_metrics(labels, scores, threshold.value, types))
+    result["training_side_thresholds"] = calibration["candidates"]
+    result["skipped"] = [message for _, message in bad]
     write_json(os.path.join(ckpt_dir, EVAL_METRICS_FILE), result)
-    threshold = result["threshold"]
-    rows = [[item.path, item.defect_type, format_score(score), label_of(score, threshold), item.label]
-            for item, score in zip(items, scores.tolist())]
-    write_csv(os.path.join(ckpt_dir, "eval_predictions.csv"),
-              ["path", "defect_type", "score", "predicted", "ground_truth"], rows)
+
+    notes = [f"{len(test_set)} test images from {category.root}",
+             "Training-side thresholds: " + ", ".join(
+                 f"{k} {'-' if v is None else format(v, '.4g')}" for k, v in calibration["candidates"].items())]
+    notes += [f"skipped (unreadable): {message}" for _, message in bad]
+    write_eval_folder(os.path.join(ckpt_dir, "eval"), test_set, category.root, maps, scores, result,
+                      pro_curve, threshold, calibration, [(items[i], m) for i, m in bad],
+                      cfg["save_format"], f"{cfg['model']} / {cls}", notes)
+    log.info("[%s] overlays, masks, maps, df_test.csv, df_training.csv and report.html in %s",
+             cls, os.path.join(ckpt_dir, "eval"))
     return result
 
 
 def infer(cfg, cls):
-    from adkit.evaluation import run_inference
-    from adkit.predictions import resolve_threshold, write_image_outputs
-    from datasets import ImageDataset, collect_images
+    from adkit import Predictor
+    from adkit.outputs import ImageOutputs, RunFolder, write_training_csv
+    from adkit.predictor import predict_files
+    from datasets import collect_images
 
-    cfg, method, ckpt_dir = load_trained(cfg, cls)
-    paths = collect_images(cfg["img_path"])
-    maps, scores = run_inference(method.inference_net(), ImageDataset(paths, cfg["image_size"]),
-                                 cfg["eval_batch_size"])
-    threshold, source = resolve_threshold(cfg.get("threshold"), ckpt_dir)
+    root, paths = collect_images(cfg["img_path"])
+    ckpt_dir = checkpoint_dir(cfg, cls)
     out_dir = os.path.join(ckpt_dir, "infer")
-    rows, _ = write_image_outputs(out_dir, paths, maps, scores, threshold)
-    log.info("[%s] threshold %s (%s)", cls, "n/a" if threshold is None else f"{threshold:.4f}", source)
-    for path, score, label in rows:
-        print(f"{score}\t{label or '-'}\t{path}")
-    log.info("[%s] overlays and predictions.csv written to %s", cls, out_dir)
+    run = RunFolder(out_dir)
+    predictor = Predictor(ckpt_dir, device=cfg["device"], cpu_threads=cfg["cpu_threads"],
+                          threshold=cfg["threshold"], threshold_policy=cfg["threshold_policy"])
+    if predictor.model != cfg["model"]:
+        raise UserError(f"{ckpt_dir}: checkpoint is for --model {predictor.model}, not {cfg['model']}")
+    threshold = predictor.threshold
+    with run:
+        outputs = ImageOutputs(run, threshold.value, None, cfg["save_format"])
+        predict_files(predictor, root, paths, outputs, cfg["eval_batch_size"], cfg["skip_bad_images"])
+        outputs.write_csv()
+        write_training_csv(run, predictor.calibration, threshold.value)
+    log.info("[%s] threshold %s (%s: %s)", cls, "-" if threshold.value is None else
+             f"{threshold.value:.6g}", threshold.policy, threshold.source)
+    for path, _, score, label, _, status, _ in outputs.rows:
+        print(f"{score or '-'}\t{label or '-'}\t{path}" + ("" if status == "ok" else f"\t{status}"))
+    log.info("[%s] overlays, masks, maps and df_test.csv written to %s", cls, out_dir)
 
 
 def report(cfg, results):
-    from adkit.io_utils import write_json
     from adkit.evaluation import mean_over_categories
+    from adkit.io_utils import write_json
 
     summary = {"model": cfg["model"], "categories": results,
                "mean": mean_over_categories(list(results.values()))}
@@ -110,16 +166,39 @@ def report(cfg, results):
                  os.path.join(cfg["output_dir"], cfg["model"], "metrics.json")):
         write_json(path, summary)
     print(format_table(summary))
+    for cls, result in results.items():
+        if result.get("decision"):
+            print()
+            print(format_decision(cls, result))
+
+
+def _cell(value, width=11):
+    return f"{'-' if value is None else format(value, '.4f'):>{width}}"
 
 
 def format_table(summary):
-    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold")
-    lines = [f"{'category':<16}" + "".join(f"{k:>13}" for k in keys)]
+    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "precision", "recall")
+    lines = [f"{'category':<16}" + "".join(f"{k:>12}" for k in keys)]
     rows = list(summary["categories"].items()) + [("mean", summary["mean"])]
     for name, values in rows:
-        cells = "".join(f"{'-' if values.get(k) is None else format(values[k], '.4f'):>13}"
-                        for k in keys)
-        lines.append(f"{name:<16}{cells}")
+        decision = (values.get("decision") or {}).get("overall", values)
+        merged = {**values, **{k: decision.get(k) for k in ("accuracy", "precision", "recall")}}
+        lines.append(f"{name:<16}" + "".join(_cell(merged.get(k), 12) for k in keys))
+    return "\n".join(lines)
+
+
+def format_decision(cls, result):
+    """The table users of the custom-dataset EfficientAD fork expect, at the deployment threshold."""
+    decision, threshold = result["decision"], result["threshold"]
+    overall, c = decision["overall"], decision["overall"]["confusion"]
+    lines = [f"{cls}: threshold {threshold['value']:.6g} ({threshold['policy']}: {threshold['source']})",
+             f"{'type':<16}{'count':>7}{'flagged':>9}{'accuracy':>11}"]
+    for name, row in decision["per_type"].items():
+        lines.append(f"{name:<16}{row['count']:>7}{row['predicted_defect']:>9}{_cell(row['accuracy'])}")
+    lines.append(f"{'overall':<16}{overall['count']:>7}{c['tp'] + c['fp']:>9}{_cell(overall['accuracy'])}"
+                 f"   precision {_cell(overall['precision'], 0)}  recall {_cell(overall['recall'], 0)}"
+                 f"  F1 {_cell(overall['f1'], 0)}")
+    lines.append(f"confusion (rows truth, cols predicted): good [{c['tn']} {c['fp']}]  defect [{c['fn']} {c['tp']}]")
     return "\n".join(lines)
 
 

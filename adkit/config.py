@@ -9,6 +9,8 @@ import sys
 import yaml
 
 from .errors import UserError
+from .outputs import SAVE_FORMAT_HELP, SAVE_FORMATS
+from .thresholds import DEFAULT_POLICY, POLICY_HELP, parse_policy
 
 MODELS = ("rd4ad", "efficientad_s", "efficientad_m")
 MODES = ("train", "eval", "infer", "distill")
@@ -30,7 +32,8 @@ OPTIONS = {
     "device": (str, "cpu or gpu"),
     "cpu_threads": (int, "CPU threads for Paddle (set before Paddle loads)"),
     "seed": (int, "random seed (data order, init, augmentation)"),
-    "img_path": (str, "infer: an image file or a folder of images"),
+    "img_path": (str, "infer: an image file, or a folder of images (subfolders too; outputs "
+                      "mirror the tree)"),
     "backbone": (str, "RD4AD encoder: wide_resnet50_2, resnet18, wide_resnet101_2, "
                       "efficientnet_lite0, efficientnet_lite2"),
     "backbone_weights": (str, "encoder weights: a .pdparams/.pth path, 'none' for random "
@@ -42,11 +45,26 @@ OPTIONS = {
     "log_interval": (int, "log the loss every N steps"),
     "val_ratio": (float, "fraction of train/good held out as validation (never the test set)"),
     "crop_size": (int, "distill: train the PDN on random crops of this size (pixels)"),
-    "threshold": (float, "score threshold for predicted labels (default: eval's F1-max "
-                         "threshold, else the highest validation score)"),
+    "threshold": (float, "a score threshold for the labels, overriding --threshold_policy "
+                         "(same as --threshold_policy manual:VALUE)"),
+    "threshold_policy": (str, "how the pass/fail threshold is chosen: " + POLICY_HELP +
+                              f"; train stores it with the model (default {DEFAULT_POLICY}), "
+                              "eval/infer use the stored one unless given"),
+    "save_format": (str, "eval/infer: " + SAVE_FORMAT_HELP),
 }
 DEFAULTS = {"data_dir": "sample_data", "cls": "all", "output_dir": "output", "device": "cpu",
-            "cpu_threads": 2, "img_path": None, "threshold": None, "resume": False}
+            "cpu_threads": 2, "img_path": None, "threshold": None, "threshold_policy": None,
+            "save_format": "npy", "resume": False, "skip_bad_images": False}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout (usage examples) and shows real defaults, not 'None'."""
+
+    def _get_help_string(self, action):
+        # identity, not ==: a default of 0 is a real default (0 == False)
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,12 +76,15 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser():
     parser = OneLineParser(
         description="Train, evaluate and run industrial anomaly detectors (EfficientAD, RD4AD).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.HelpFormatter)  # defaults are written into the help texts
     parser.add_argument("--model", required=True, choices=MODELS, help="which method")
     parser.add_argument("--mode", required=True, choices=MODES, help="what to do")
     parser.add_argument("--config", help="a YAML file overriding configs/<model>.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue training from the last checkpoint in the output folder")
+    parser.add_argument("--skip_bad_images", action="store_true",
+                        help="eval/infer: log unreadable images and go on without them (listed "
+                             "as skipped in df_test.csv) instead of stopping")
     for name, (kind, text) in OPTIONS.items():
         hint = f" (default: {DEFAULTS[name]})" if DEFAULTS.get(name) is not None else ""
         parser.add_argument(f"--{name}", type=kind, default=None, help=text + hint)
@@ -122,5 +143,9 @@ def _validate(cfg):
         raise UserError(f"--image_size must be a multiple of 32, got {cfg['image_size']}")
     if cfg["lr"] <= 0:
         raise UserError(f"--lr must be > 0, got {cfg['lr']}")
+    if cfg.get("threshold_policy") is not None:
+        parse_policy(cfg["threshold_policy"])
+    if cfg["save_format"] not in SAVE_FORMATS:
+        raise UserError(f"--save_format must be one of {', '.join(SAVE_FORMATS)}, got {cfg['save_format']!r}")
     if cfg["mode"] == "infer" and not cfg.get("img_path"):
         raise UserError("--mode infer needs --img_path FILE_OR_DIR")

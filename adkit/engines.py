@@ -1,4 +1,5 @@
-"""Static-graph engines for infer.py: Paddle Inference (CPU/GPU/TensorRT) and ONNX Runtime.
+"""Engines behind adkit.Predictor: Paddle Inference (CPU/GPU/TensorRT), ONNX Runtime, and the
+dygraph net of a training checkpoint.
 
 Each engine maps a float32 [N,3,H,W] batch to (maps [N,1,H,W], scores [N]); they do no model math.
 """
@@ -86,6 +87,22 @@ class OnnxEngine:
     def run(self, batch):
         amap, score = self.session.run(None, {self.input_name: batch})
         return amap, score.reshape(-1)
+
+
+class DygraphEngine:
+    """A trained method's inference net (``AnomalyMethod.inference_net``) in dygraph."""
+
+    def __init__(self, net):
+        self.net = net
+        self.config = {"runtime_device": "dygraph", "ir_optim": False, "enable_tensorrt": False,
+                       "enable_mkldnn": False}
+
+    def run(self, batch):
+        import paddle
+
+        with paddle.no_grad():
+            amap, score = self.net(paddle.to_tensor(batch))
+        return amap.numpy(), score.numpy().reshape(-1)
 
 
 def create_engine(backend, model_dir, **options):

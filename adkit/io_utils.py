@@ -6,11 +6,20 @@ import os
 import tempfile
 
 
-def default_file_mode():
-    """What open() would give a new file (mkstemp's temp files are 0600, owner-only)."""
+def _umask():
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_file_mode():
+    """What open() would give a new file (mkstemp's temp files are 0600, owner-only)."""
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode():
+    """What os.mkdir would give a new folder (mkdtemp's are 0700, owner-only)."""
+    return 0o777 & ~_umask()
 
 
 @contextlib.contextmanager

@@ -76,38 +76,79 @@ def aupro(masks, maps, fpr_limit=DEFAULT_FPR_LIMIT) -> float:
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     masks, maps = _pixel_inputs(masks, maps)
-    return _aupro(masks, maps, np.sort(maps[~masks]), fpr_limit)
+    return _pro_area(_pro_curve(masks, maps, np.sort(maps[~masks])), fpr_limit)
 
 
 # ----------------------------------------------------------------------------- everything
 
+def decision_metrics(labels, scores, threshold, defect_types) -> dict:
+    """What a pass/fail line does at ``threshold`` (defect when score >= threshold): overall
+    accuracy, precision, recall, F1 and the confusion counts, and per defect type the count, how
+    many were flagged and the fraction judged right (for 'good', the fraction passed).
+    Undefined ratios (no predicted or no true defects) are None."""
+    labels, scores = _image_inputs(labels, scores)
+    types = _type_names(defect_types, labels.size)
+    flagged = scores >= threshold
+    tp = int(np.sum(flagged & labels))
+    fp = int(np.sum(flagged & ~labels))
+    fn = int(np.sum(~flagged & labels))
+    tn = int(np.sum(~flagged & ~labels))
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fn else None
+    per_type = {}
+    for name in sorted(set(types.tolist())):
+        members = types == name
+        correct = flagged[members] == labels[members]
+        per_type[name] = {"count": int(members.sum()), "predicted_defect": int(flagged[members].sum()),
+                          "accuracy": float(correct.mean())}
+    return {"threshold": float(threshold),
+            "overall": {"count": int(labels.size), "accuracy": (tp + tn) / labels.size if labels.size else None,
+                        "precision": precision, "recall": recall, "f1": f1,
+                        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}},
+            "per_type": per_type}
+
+
+def roc_curve(labels, scores):
+    """(false-positive rate, true-positive rate) at every distinct score, from (0, 0) to (1, 1)."""
+    labels, scores = _image_inputs(labels, scores)
+    counts = np.column_stack([labels, ~labels]).astype(np.int64)
+    _, cumulative = _cumulative_by_threshold(scores, counts)
+    n_pos, n_neg = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
+    return (np.concatenate(([0.0], cumulative[:, 1] / n_neg)),
+            np.concatenate(([0.0], cumulative[:, 0] / n_pos)))
+
+
 def evaluate(labels, scores, defect_types, masks=None, maps=None, mask_available=None,
-             fpr_limit=DEFAULT_FPR_LIMIT) -> dict:
+             fpr_limit=DEFAULT_FPR_LIMIT, with_pro_curve=False):
     """All metrics of one test set as a JSON-ready dict (plain floats, None for undefined).
 
-    Keys: image_auroc, pixel_auroc, aupro, f1_max, threshold, per_type
+    Keys: image_auroc, pixel_auroc, aupro, f1_max, f1_threshold (the test-set F1-max
+    threshold: an oracle, not a deployment threshold), per_type
     ({type: {"image_auroc", "count"}} for every type except 'good').
     Pixel metrics use the images whose mask is available (``mask_available``, default all) and
     every good image, whose mask counts as all zeros whatever the array holds. They are None
-    when masks or maps are missing or no image qualifies."""
+    when masks or maps are missing or no image qualifies. ``with_pro_curve``: return
+    (dict, (fpr, pro) of the whole PRO curve or None) instead, for plotting."""
     labels, scores = _image_inputs(labels, scores)
     types = _type_names(defect_types, labels.size)
     f1, threshold = f1_max(labels, scores)
-    pixel_auc, pro = _pixel_metrics_of_available(labels, masks, maps, mask_available, fpr_limit)
-    return {
+    pixel_auc, pro, curve = _pixel_metrics_of_available(labels, masks, maps, mask_available, fpr_limit)
+    result = {
         "image_auroc": _plain(image_auroc(labels, scores)),
         "pixel_auroc": _plain(pixel_auc),
         "aupro": _plain(pro),
         "f1_max": _plain(f1),
-        "threshold": _plain(threshold),
+        "f1_threshold": _plain(threshold),
         "per_type": {name: {"image_auroc": _plain(auc), "count": int(np.sum(types == name))}
                      for name, auc in per_type_auroc(types, labels, scores).items()},
     }
+    return (result, curve) if with_pro_curve else result
 
 
 def _pixel_metrics_of_available(labels, masks, maps, mask_available, fpr_limit):
     if masks is None or maps is None:
-        return None, None
+        return None, None, None
     masks, maps = _pixel_inputs(masks, maps)
     if masks.shape[0] != labels.size:
         raise ValueError(f"masks hold {masks.shape[0]} images but there are {labels.size} labels")
@@ -120,13 +161,14 @@ def _pixel_metrics_of_available(labels, masks, maps, mask_available, fpr_limit):
                              f"expected ({labels.size},)")
     used = available | ~labels
     if not used.any():
-        return None, None
+        return None, None, None
     masks = masks[used]  # boolean indexing copies, so the caller's masks stay untouched
     masks[~labels[used]] = False
     if not used.all():
         maps = maps[used]
     good_sorted = np.sort(maps[~masks])  # the one big sort, shared by both metrics
-    return _auroc(good_sorted, maps[masks]), _aupro(masks, maps, good_sorted, fpr_limit)
+    curve = _pro_curve(masks, maps, good_sorted)
+    return _auroc(good_sorted, maps[masks]), _pro_area(curve, fpr_limit), curve
 
 
 # ----------------------------------------------------------------------------- internals
@@ -144,10 +186,15 @@ def _auroc(negatives_sorted, positives) -> float:
     return float(ordered_pairs / (float(negatives_sorted.size) * positives.size))
 
 
-def _aupro(masks, maps, good_sorted, fpr_limit) -> float:
+def _pro_area(curve, fpr_limit) -> float:
+    return math.nan if curve is None else _area_up_to(*curve, fpr_limit) / fpr_limit
+
+
+def _pro_curve(masks, maps, good_sorted):
+    """The exact PRO curve as (fpr, pro) from (0, 0) to (1, 1); None without regions."""
     region_of_pixel = ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTIVITY)[0][masks]
     if region_of_pixel.size == 0 or good_sorted.size == 0:
-        return math.nan
+        return None
     region_sizes = np.bincount(region_of_pixel)  # labels are 1..K; index 0 unused
     n_regions = region_sizes.size - 1
     # A pixel of region r adds 1 / (K * |r|) to PRO once the threshold reaches its score.
@@ -165,7 +212,7 @@ def _aupro(masks, maps, good_sorted, fpr_limit) -> float:
     fpr_at = (n_good - np.searchsorted(good_sorted, thresholds, side="left")) / n_good
     fpr = np.concatenate(([0.0], np.column_stack([fpr_above, fpr_at]).ravel(), [1.0]))
     pro = np.concatenate(([0.0], np.column_stack([pro_above, pro_at]).ravel(), [1.0]))
-    return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+    return fpr, pro
 
 
 def _area_up_to(x, y, x_limit) -> float:

@@ -97,10 +97,47 @@ def state_to_numpy(state):
 
 
 def progress(iterable=None, total=None, initial=0, desc=""):
+    """A tqdm bar on a terminal; elsewhere (logs, pipes, CI) plain log lines every
+    PLAIN_PROGRESS_SECONDS instead of carriage-return bars."""
+    if not sys.stderr.isatty():
+        return PlainProgress(iterable, total, initial, desc)
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, initial=initial, desc=desc, file=sys.stderr,
                 mininterval=1.0, dynamic_ncols=True, leave=False)
+
+
+PLAIN_PROGRESS_SECONDS = 30.0
+
+
+class PlainProgress:
+    """The part of tqdm's interface the code uses, as occasional log lines."""
+
+    def __init__(self, iterable, total, initial, desc):
+        import time
+
+        self.iterable, self.total, self.n, self.desc = iterable, total, initial, desc
+        self.postfix = ""
+        self._clock = time.monotonic
+        self._last = self._clock()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n=1):
+        self.n += n
+        if self._clock() - self._last >= PLAIN_PROGRESS_SECONDS:
+            self._last = self._clock()
+            total = f"/{self.total}" if self.total else ""
+            log.info("%s %d%s%s", self.desc, self.n, total, f" ({self.postfix})" if self.postfix else "")
+
+    def set_postfix(self, refresh=True, **values):
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self):
+        pass
 
 
 def _rename_accumulators(optimizer_state, names):

@@ -20,8 +20,46 @@ def overlay(image_rgb, amap, display_range, threshold=None, alpha=0.45):
     return blended
 
 
-def encode_png(image_rgb):
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+def encode_png(image):
+    """PNG bytes of an RGB (HxWx3) or single-channel (HxW) uint8 image."""
+    ok, buf = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
+
+
+def _text(canvas, text, org, scale, colour=(20, 20, 20)):
+    cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
+                max(1, int(round(scale * 2))), cv2.LINE_AA)
+
+
+def annotated_overlay(image_rgb, amap, display_range, threshold, score, label):
+    """``overlay`` plus what a person needs to read it: a header with the score and the decision,
+    and a colour bar on the right with the scale's ends and the threshold marked."""
+    lo, hi = display_range
+    body = overlay(image_rgb, amap, display_range, threshold)
+    h, w = body.shape[:2]
+    scale = float(np.clip(min(h, w) / 600.0, 0.35, 1.2))
+    line = int(30 * scale) + 6
+    bar_w = max(10, w // 24)
+    label_w = int(110 * scale) + 8
+    canvas = np.full((h + line, w + bar_w + label_w + 8, 3), 255, np.uint8)
+    canvas[line:, :w] = body
+    verdict = {"defect": "DEFECT", "good": "good"}.get(label, "no threshold")
+    colour = (200, 20, 20) if label == "defect" else (20, 110, 20) if label == "good" else (20, 20, 20)
+    limit = "" if threshold is None else f"  (threshold {threshold:.4g})"
+    _text(canvas, f"score {score:.4g}  {verdict}{limit}", (4, line - 8), scale, colour)
+    # Colour bar: top = hi, bottom = lo, the same JET mapping as the overlay.
+    ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    x0 = w + 4
+    canvas[line:, x0:x0 + bar_w] = bar
+    ticks = [(hi, 0), (lo, h - 1)]
+    if threshold is not None and lo < threshold < hi:
+        ty = int(round((hi - threshold) / (hi - lo) * (h - 1)))
+        canvas[line + max(ty - 1, 0):line + ty + 2, x0:x0 + bar_w] = 255
+        ticks.append((threshold, ty))
+    for value, y in ticks:
+        y_text = min(max(line + y + int(8 * scale), line + int(14 * scale)), line + h - 2)
+        _text(canvas, f"{value:.3g}", (x0 + bar_w + 4, y_text), scale * 0.8)
+    return canvas

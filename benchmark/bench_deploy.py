@@ -11,7 +11,7 @@ Models are untrained (random init; speed does not depend on the weights): each i
 one step with main.py, then exported with export_model.py --to_onnx, once, into --work_dir.
 
 Time is end to end per image, from image file to map and score: read + resize + to float
-(infer.load_batch, as infer.py) + run (+ copy out). Postprocessing (overlays, writing maps) is
+(datasets.model_input, as infer.py) + run (+ copy out). Postprocessing (overlays, writing maps) is
 excluded everywhere. One warm-up batch, then batches until --seconds of timed work (at least
 one); the median batch time is divided by the batch size. Every configuration runs in a fresh
 process; its peak memory is that process's ru_maxrss (the ONNX Runtime process never imports
@@ -27,6 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -119,19 +121,11 @@ def build_runner(job):
 
         return create_engine("onnxruntime", job["export_dir"], cpu_threads=job["cpu_threads"]).run
     if engine == "dygraph":
-        import paddle
-
+        from adkit.engines import DygraphEngine
         from models import load_trained
 
         _, method = load_trained(job["ckpt_dir"])
-        net = method.inference_net()
-
-        def run(batch):
-            with paddle.no_grad():
-                amap, score = net(paddle.to_tensor(batch))
-            return amap.numpy(), score.numpy()
-
-        return run
+        return DygraphEngine(method.inference_net()).run
     from adkit.engines import create_engine
 
     return create_engine("paddle", job["export_dir"], cpu_threads=job["cpu_threads"],
@@ -140,7 +134,7 @@ def build_runner(job):
 
 
 def worker(job):
-    from infer import load_batch
+    from datasets import model_input, read_rgb
 
     paths, size, batch_size = job["images"], job["image_size"], job["batch_size"]
     if job["engine"] == "onnxruntime":
@@ -159,7 +153,7 @@ def worker(job):
     for index in range(1000):
         chunk = batches[index % len(batches)]
         t0 = time.perf_counter()
-        batch = load_batch(chunk, size)
+        batch = np.stack([model_input(read_rgb(p), size) for p in chunk])
         t1 = time.perf_counter()
         run(batch)
         t2 = time.perf_counter()

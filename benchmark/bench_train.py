@@ -59,6 +59,7 @@ def main():
     import logging
 
     logging.getLogger("adkit").setLevel(logging.WARNING)
+    from adkit.engines import DygraphEngine
     from adkit.evaluation import run_inference
     from datasets import ImageDataset, MVTecCategory, TestDataset, split_train_val
 
@@ -74,10 +75,10 @@ def main():
         long, method = fit_seconds(case, warm + args.steps, args.image_size, data)
         per_step = max(long - short, 1e-9) / args.steps
         batch = config(case, 1, args.image_size)["eval_batch_size"]
-        net = method.inference_net()
-        run_inference(net, test_set, batch)  # warm-up
+        run = DygraphEngine(method.inference_net()).run
+        run_inference(run, test_set, batch)  # warm-up
         start = time.perf_counter()
-        run_inference(net, test_set, batch)
+        run_inference(run, test_set, batch)
         images_per_s = len(test_set) / (time.perf_counter() - start)
         print(f"{case:<16}{per_step:>14.3f}{1 / per_step:>10.3f}{images_per_s:>12.2f}")
 

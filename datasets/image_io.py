@@ -6,6 +6,9 @@ import numpy as np
 
 from adkit.errors import UserError
 
+# A corrupt file must give our one error line, not an OpenCV warning before it.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -30,15 +33,26 @@ def find_images(folder, option):
 
 
 def collect_images(img_path):
-    """--img_path: one image file, or the images directly inside a folder."""
+    """--img_path: one image file, or every image under a folder (subfolders too), sorted.
+    Returns (root, paths); outputs mirror each path relative to root."""
     if os.path.isdir(img_path):
-        paths = list_images(img_path)
-        if not paths:
-            raise UserError(f"--img_path {img_path}: no images in this folder")
-        return paths
+        return img_path, find_images(img_path, "--img_path")
     if os.path.isfile(img_path):
-        return [img_path]
+        return os.path.dirname(img_path) or ".", [img_path]
     raise UserError(f"--img_path {img_path}: no such file or folder")
+
+
+def folder_label(path):
+    """(defect type, ground truth) an MVTec-style test tree gives an image through its folder:
+    a folder named 'good' holds good parts, and so is a folder beside one named 'good' a defect
+    type. ('', '') when the folders say nothing (an unlabelled batch of photos)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(folder)
+    if name == "good":
+        return "good", "good"
+    if os.path.isdir(os.path.join(os.path.dirname(folder), "good")):
+        return name, "defect"
+    return "", ""
 
 
 def _read_raw(path):
@@ -109,3 +123,8 @@ def resize_mask(mask, size):
 def to_chw_float(image):
     """uint8 HxWx3 RGB -> float32 3xHxW in [0,1], the input every exported model takes."""
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+def model_input(image, size):
+    """uint8 RGB image of any size -> the float32 3 x size x size tensor every engine takes."""
+    return to_chw_float(resize_rgb(image, size))

@@ -112,10 +112,46 @@ class ImageDataset:
         return to_chw_float(self.load_uint8(i))
 
     def preload(self):
-        """Read every image now: a broken file stops the run before training, not hours in."""
-        for i in range(len(self)):
-            self.load_uint8(i)
+        """Read every image now: broken files stop the run before training or evaluation, not
+        hours in, and all of them are named at once."""
+        raise_if_bad(self.find_bad())
         return self
+
+    def find_bad(self):
+        """Read every image (and mask) now; [(index, message)] for those that fail."""
+        bad = []
+        for i in range(len(self)):
+            try:
+                self.load_uint8(i)
+                self._check_extra(i)
+            except UserError as err:
+                bad.append((i, str(err)))
+        return bad
+
+    def _check_extra(self, i):
+        pass
+
+    def without(self, indices):
+        """A copy without the items at ``indices`` (images skipped with --skip_bad_images)."""
+        drop = set(indices)
+        keep = [i for i in range(len(self)) if i not in drop]
+        return self._subset(keep)
+
+    def _subset(self, keep):
+        subset = ImageDataset([self.paths[i] for i in keep], self.image_size)
+        subset._cache = {n: self._cache[i] for n, i in enumerate(keep) if i in self._cache}
+        subset.original_hw = {n: self.original_hw[i] for n, i in enumerate(keep) if i in self.original_hw}
+        return subset
+
+
+def raise_if_bad(bad, shown=5):
+    """One line naming the first few bad files and counting the rest."""
+    if not bad:
+        return
+    head = "; ".join(message for _, message in bad[:shown])
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    prefix = "" if len(bad) == 1 else f"{len(bad)} bad files: "
+    raise UserError(prefix + head + more)
 
 
 class TestDataset(ImageDataset):
@@ -124,6 +160,15 @@ class TestDataset(ImageDataset):
     def __init__(self, items, image_size):
         super().__init__([item.path for item in items], image_size)
         self.items = list(items)
+
+    def _check_extra(self, i):
+        self.mask(i)
+
+    def _subset(self, keep):
+        subset = super()._subset(keep)
+        subset.__class__ = TestDataset
+        subset.items = [self.items[i] for i in keep]
+        return subset
 
     def mask(self, i):
         """(mask HxW {0,1} at the model size, whether a ground truth exists for the image)."""

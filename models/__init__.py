@@ -8,7 +8,8 @@ TRAIN_CONFIG_FILE = "train_config.json"
 # Options that may differ between training and later use; everything else (architecture,
 # image size, backbone, ...) is taken from the training run so the same network is rebuilt.
 RUNTIME_KEYS = ("mode", "data_dir", "cls", "output_dir", "device", "cpu_threads",
-                "eval_batch_size", "img_path", "threshold", "resume")
+                "eval_batch_size", "img_path", "threshold", "threshold_policy", "save_format",
+                "resume", "skip_bad_images")
 
 
 def build_method(cfg):

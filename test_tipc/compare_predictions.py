@@ -3,7 +3,7 @@
 
     python test_tipc/compare_predictions.py --reference DYGRAPH.csv RUN1.csv RUN2.csv ...
 
-Each file is a predictions.csv (path, score, label) from main.py --mode infer (the reference) or
+Each file is a df_test.csv (path, score, prediction, ...) from main.py --mode infer (the reference) or
 infer.py. A run passes when it lists the same images and every score is finite and within
 --rtol/--atol of the reference. A runtime can exit 0 and still return wrong numbers (seen with
 oneDNN on some graphs), so the pipeline needs this check, not just exit codes.
@@ -28,7 +28,7 @@ def read_scores(path):
             rows = list(csv.DictReader(f))
         return [(row["path"], float(row["score"])) for row in rows]
     except (OSError, KeyError, TypeError, ValueError) as err:
-        fail(f"{path}: not a readable predictions.csv ({err})")
+        fail(f"{path}: not a readable df_test.csv ({err})")
 
 
 def disagreement(reference, run, rtol, atol):
@@ -47,8 +47,8 @@ def worst_relative_difference(reference, run):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="predictions.csv of main.py --mode infer")
-    parser.add_argument("runs", nargs="+", help="predictions.csv files of infer.py runs")
+    parser.add_argument("--reference", required=True, help="df_test.csv of main.py --mode infer")
+    parser.add_argument("runs", nargs="+", help="df_test.csv files of infer.py runs")
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance on scores")
     parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance on scores")
     args = parser.parse_args(argv)

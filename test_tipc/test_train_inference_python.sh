@@ -267,7 +267,7 @@ function run_inference_grid() {
             fi
             run_step "${names[j]}" "${PYTHON[@]}" "${INFER_CMD[@]}" --device "${device}" "${combo[@]}" \
                 --model_dir "${EXPORT_DIR}" --img_path "${IMG_PATH}" --output_dir "${LOG_DIR}/${names[j]}" \
-                && GRID_PREDICTIONS+=("${LOG_DIR}/${names[j]}/predictions.csv")
+                && GRID_PREDICTIONS+=("${LOG_DIR}/${names[j]}/df_test.csv")
         done
     done
 }
@@ -275,7 +275,7 @@ function run_inference_grid() {
 # Every grid run must score the images as the dygraph model does (main.py --mode infer on the
 # same checkpoint): an inference runtime can exit 0 and still return wrong numbers.
 function compare_with_dygraph() {
-    local reference=${CHECKPOINT}/infer/predictions.csv
+    local reference=${CHECKPOINT}/infer/df_test.csv
     if ! run_step infer_dygraph "${PYTHON[@]}" "${REFERENCE_CMD[@]}" --model "${MODEL_NAME}" \
         "${REFERENCE_FLAGS[@]}" --cls "${CLS}" --output_dir "$(dirname "$(dirname "${CHECKPOINT}")")" \
         --img_path "${IMG_PATH}"; then

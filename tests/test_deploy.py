@@ -1,6 +1,7 @@
 """Static-graph deployment: export_model.py -> infer.py (Paddle Inference with oneDNN on and off,
 ONNX Runtime) against the dygraph network the graph was exported from; file lookup; CLI errors."""
 import argparse
+import re
 import csv
 import glob
 import hashlib
@@ -39,7 +40,7 @@ TRAIN_ARGS = {
 # wrong quantile, a skipped blur) moves maps by percents. Element-wise relative error is not
 # used: EfficientAD maps cross zero, where it means nothing.
 TOLERANCE = 1e-4
-CSV_ROUNDING = 1e-6  # predictions.csv keeps 6 decimals
+CSV_ROUNDING = 1e-6  # df_test.csv keeps float32 text
 # (backend, --enable_mkldnn, --batch_size, --save_format). Batches of 4 and 3 over 19 images
 # end with a partial batch, so each predictor also sees its input shape change.
 ENGINE_RUNS = {
@@ -137,11 +138,17 @@ def trained(tmp_path_factory, images):
 def test_export_writes_graph_onnx_and_deploy_config(trained, model):
     run = trained(model)
     assert sorted(os.listdir(run["save_dir"])) == [
-        "deploy_config.json", "inference.json", "inference.pdiparams", "model.onnx"]
+        "calibration.json", "deploy_config.json", "eval_metrics.json", "inference.json",
+        "inference.pdiparams", "model.onnx"]
     deploy = read_json(run["save_dir"] / "deploy_config.json")
     assert deploy["model"] == model
     assert deploy["image_size"] == SIZE
-    assert deploy["threshold"] == read_json(run["ckpt_dir"] / "eval_metrics.json")["threshold"]
+    # The deployed threshold is the one training chose on the training side, never eval's
+    # test-set F1-max, and it says where it came from.
+    calibration = read_json(run["ckpt_dir"] / "calibration.json")
+    assert deploy["threshold"] == calibration["threshold"]["value"]
+    assert deploy["threshold_policy"] == calibration["policy"] == "synthetic_f1"
+    assert "synthetic defects" in deploy["threshold_source"]
     # No model graph holds a pad op (paddle2onnx 2.1 misconverts Paddle 3.3's pad value):
     # padding lives in the convs and in the resize matrices.
     import onnx
@@ -181,30 +188,33 @@ def test_infer_cli_outputs_match_dygraph(trained, images, tmp_path, model, engin
     assert proc.returncode == 0, proc.stderr[-3000:]
     atol = TOLERANCE * float(np.abs(run["maps"]).max())
 
-    rows = read_csv(tmp_path / "predictions.csv")
+    rows = read_csv(tmp_path / "df_test.csv")
     assert [r["path"] for r in rows] == images
     scores = np.array([float(r["score"]) for r in rows])
     np.testing.assert_allclose(scores, run["scores"], rtol=0, atol=atol + CSV_ROUNDING)
-    # eval's F1 threshold equals one of the test scores: that image may flip within the
-    # tolerance, every other label must be score >= threshold.
+    # An image whose score sits within the tolerance of the threshold may flip; every other
+    # label must be score >= threshold.
     threshold = read_json(run["save_dir"] / "deploy_config.json")["threshold"]
     clear = np.abs(run["scores"] - threshold) > atol + CSV_ROUNDING
     expected = np.where(run["scores"] >= threshold, "defect", "good")
-    assert [r["label"] for r, keep in zip(rows, clear) if keep] == list(expected[clear])
+    assert [r["prediction"] for r, keep in zip(rows, clear) if keep] == list(expected[clear])
 
     for path, ref_map in zip(images, run["maps"]):
         stem = os.path.splitext(os.path.basename(path))[0]
         h, w = cv2.imread(path, cv2.IMREAD_UNCHANGED).shape[:2]
-        assert cv2.imread(str(tmp_path / f"{stem}_overlay.png")).shape[:2] == (h, w)
-        full_map = np.load(tmp_path / f"{stem}_map.npy")
+        assert cv2.imread(str(tmp_path / f"{stem}_overlay.png")) is not None
+        full_map = np.load(tmp_path / f"{stem}.npy") if save_format == "npy" else \
+            tifffile.imread(tmp_path / f"{stem}.tiff")
         assert full_map.shape == (h, w) and full_map.dtype == np.float32
         # Bilinear resizing is a convex combination: it cannot enlarge the difference.
         expected_map = cv2.resize(ref_map, (w, h), interpolation=cv2.INTER_LINEAR)
         np.testing.assert_allclose(full_map, expected_map, rtol=0, atol=atol)
-        if save_format == "tiff":
-            np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{stem}_map.tiff"), full_map)
-        else:
-            assert not (tmp_path / f"{stem}_map.tiff").exists()
+        # The binary mask is the map at the threshold, at the image's own size.
+        mask = cv2.imread(str(tmp_path / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        clear_pixels = np.abs(full_map - threshold) > atol
+        np.testing.assert_array_equal((mask > 0)[clear_pixels], (full_map >= threshold)[clear_pixels])
+        other = "npy" if save_format == "tiff" else "tiff"
+        assert not (tmp_path / f"{stem}.{other}").exists()
 
 
 def test_benchmark_reports_the_three_stages_and_png_writes_overlays_only(trained, images, tmp_path):
@@ -216,8 +226,9 @@ def test_benchmark_reports_the_three_stages_and_png_writes_overlays_only(trained
     assert len(report) == 1
     for key in ("preprocess_time", "inference_time", "postprocess_time"):
         assert f"{key}: " in report[0]
-    assert sorted(os.listdir(tmp_path)) == [
-        os.path.splitext(os.path.basename(images[0]))[0] + "_overlay.png", "predictions.csv"]
+    stem = os.path.splitext(os.path.basename(images[0]))[0]
+    assert sorted(os.listdir(tmp_path)) == sorted(["df_test.csv", "df_training.csv", "run.json",
+                                                   stem + "_mask.png", stem + "_overlay.png"])
 
 
 def write_files(folder, names):
@@ -328,8 +339,12 @@ def test_successful_export_replaces_the_whole_folder(trained, tmp_path):
     shutil.copytree(run["save_dir"], save_dir)
     (save_dir / "stale.txt").write_text("from an older export")
     export("efficientad_s", str(run["ckpt_dir"]), str(save_dir))
-    assert sorted(os.listdir(save_dir)) == ["deploy_config.json", "inference.json", "inference.pdiparams"]
+    assert sorted(os.listdir(save_dir)) == ["calibration.json", "deploy_config.json", "eval_metrics.json",
+                                            "inference.json", "inference.pdiparams"]
     assert sorted(os.listdir(tmp_path)) == ["deployed"]
+    from adkit.io_utils import default_dir_mode
+
+    assert os.stat(save_dir).st_mode & 0o777 == default_dir_mode()  # not mkdtemp's 0700
 
 
 def test_export_cli_bad_checkpoint_is_one_line_error(tmp_path):
@@ -339,3 +354,88 @@ def test_export_cli_bad_checkpoint_is_one_line_error(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "none" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("backend", ["paddle", "onnxruntime", "checkpoint"])
+def test_predictor_api_on_export_and_checkpoint_folders(trained, images, backend):
+    from adkit import Predictor
+
+    run = trained("rd4ad")
+    folder = run["ckpt_dir"] if backend == "checkpoint" else run["save_dir"]
+    predictor = Predictor(str(folder), backend="paddle" if backend == "checkpoint" else backend)
+    deploy = read_json(run["save_dir"] / "deploy_config.json")
+    assert predictor.threshold.value == deploy["threshold"]
+    atol = TOLERANCE * float(np.abs(run["maps"]).max())
+    for index in (0, len(images) - 1):  # a brick image and the 200x150 one
+        path = images[index]
+        by_path = predictor.predict(path)
+        array = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        by_array = predictor.predict(array)
+        h, w = array.shape[:2]
+        expected = cv2.resize(run["maps"][index], (w, h), interpolation=cv2.INTER_LINEAR)
+        for result in (by_path, by_array):
+            assert result.map.shape == (h, w)
+            np.testing.assert_allclose(result.map, expected, rtol=0, atol=atol)
+            assert result.score == pytest.approx(run["scores"][index], abs=atol)
+            assert result.label == ("defect" if result.score >= predictor.threshold.value else "good")
+
+
+def test_infer_walks_a_dataset_tree_and_a_second_run_replaces_the_first(trained, tmp_path):
+    # The README's deployment example: --img_path is a whole test tree.
+    save_dir = trained("rd4ad")["save_dir"]
+    tree = os.path.join(ROOT, "sample_data", CLS, "test")
+    out = tmp_path / "out"
+    proc = cli("infer.py", "--model_dir", save_dir, "--img_path", tree, "--output_dir", out,
+               "--save_format", "png")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = sorted(os.path.relpath(os.path.join(d, n), tree) for d, _, names in os.walk(tree) for n in names)
+    rows = read_csv(out / "df_test.csv")
+    assert [os.path.relpath(r["path"], tree) for r in rows] == expected
+    for row, rel in zip(rows, expected):
+        assert row["overlay"] == rel.replace(".png", "_overlay.png") and (out / row["overlay"]).is_file()
+        kind = os.path.dirname(rel)
+        assert (row["defect_type"], row["ground_truth"]) == (kind, "good" if kind == "good" else "defect")
+    # stdout holds exactly one parseable result line per image
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split("\t")[2] for line in lines] == [r["path"] for r in rows]
+    assert [line.split("\t")[:2] for line in lines] == [[r["score"], r["prediction"]] for r in rows]
+    training = read_csv(out / "df_training.csv")
+    assert {r["split"] for r in training} == {"train", "val", "synthetic"}
+
+    one = os.path.join(tree, "good", "000.png")
+    assert cli("infer.py", "--model_dir", save_dir, "--img_path", one, "--output_dir", out).returncode == 0
+    assert sorted(os.listdir(out)) == ["000.npy", "000_mask.png", "000_overlay.png", "df_test.csv",
+                                       "df_training.csv", "run.json"]
+    assert len(read_csv(out / "df_test.csv")) == 1
+
+
+def test_a_truncated_image_gives_one_line_or_is_skipped_when_asked(trained, images, tmp_path):
+    save_dir = trained("rd4ad")["save_dir"]
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    shutil.copy(images[0], folder / "a.png")
+    (folder / "b.png").write_bytes(open(images[1], "rb").read()[:400])
+    proc = cli("infer.py", "--model_dir", save_dir, "--img_path", folder, "--output_dir", tmp_path / "out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {folder / 'b.png'}: cannot decode image "
+                                                "(expected PNG/JPEG/BMP/TIFF)"]
+    assert not (tmp_path / "out").exists()
+
+    proc = cli("infer.py", "--model_dir", save_dir, "--img_path", folder, "--output_dir",
+               tmp_path / "out", "--skip_bad_images")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(tmp_path / "out" / "df_test.csv")
+    assert [r["status"] for r in rows] == ["ok", "skipped: cannot decode image (expected PNG/JPEG/BMP/TIFF)"]
+    assert "skipped" in proc.stderr and "b.png" in proc.stderr
+
+
+def test_infer_help_explains_every_option_with_its_default():
+    proc = cli("infer.py", "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for option, default in (("--batch_size", "1"), ("--device", "cpu"), ("--gpu_id", "0"),
+                            ("--cpu_threads", "2"), ("--save_format", "npy"), ("--warmup", "2")):
+        assert re.search(re.escape(option) + r" \S+ [^()]*\(default: " + re.escape(default) + r"\)", text), option
+    assert "--threshold_policy" in text and "--skip_bad_images" in text
+    assert "(default: None)" not in text
+    assert "--img_path sample_data/brick/test \\ --device cpu" in text  # the usage example as written

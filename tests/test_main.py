@@ -15,7 +15,8 @@ import main as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "sample_data")
-METRIC_KEYS = {"image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "per_type"}
+METRIC_KEYS = {"image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_threshold", "per_type",
+               "threshold", "decision"}
 
 
 def run_cli(args):
@@ -39,8 +40,12 @@ def test_train_eval_infer_on_sample_data(tmp_path, model, extra):
     for cls in ("brick", "gravel"):
         folder = os.path.join(out, model, cls)
         assert os.path.isfile(os.path.join(folder, "train_config.json"))
-        val = json.load(open(os.path.join(folder, "val_scores.json")))
-        assert val["threshold"] == max(val["scores"])
+        calibration = json.load(open(os.path.join(folder, "calibration.json")))
+        val_scores = [e["score"] for e in calibration["val"]]
+        assert calibration["candidates"]["val_max"] == max(val_scores)
+        # the default policy: F1-max over validation good images + their synthetic defects
+        assert calibration["policy"] == "synthetic_f1" and calibration["synthetic"]
+        assert {e["path"] for e in calibration["synthetic"]} == {e["path"] for e in calibration["val"]}
 
     assert run_cli(common + ["--mode", "eval", "--cls", "all"]) == 0
     summary = json.load(open(os.path.join(out, "metrics.json")))
@@ -52,23 +57,43 @@ def test_train_eval_infer_on_sample_data(tmp_path, model, extra):
     assert set(summary["categories"]["brick"]["per_type"]) == {"contamination", "misc", "scratch", "stain"}
     expected_mean = np.mean([r["image_auroc"] for r in summary["categories"].values()])
     assert summary["mean"]["image_auroc"] == pytest.approx(expected_mean)
-    rows = list(csv.DictReader(open(os.path.join(out, model, "brick", "eval_predictions.csv"))))
+    eval_dir = os.path.join(out, model, "brick", "eval")
+    rows = list(csv.DictReader(open(os.path.join(eval_dir, "df_test.csv"))))
     n_test = sum(len(files) for _, _, files in os.walk(os.path.join(SAMPLE, "brick", "test")))
     assert len(rows) == n_test
-    threshold = summary["categories"]["brick"]["threshold"]
+    brick = summary["categories"]["brick"]
+    threshold = brick["threshold"]["value"]
+    assert threshold == calibration_threshold(out, model, "brick")  # training side, not test F1
     for row in rows:
         # scores are written as float32 text that reads back exactly
-        assert row["predicted"] == ("defect" if np.float32(row["score"]) >= np.float32(threshold) else "good")
+        assert row["prediction"] == ("defect" if np.float32(row["score"]) >= np.float32(threshold) else "good")
+        assert row["ground_truth"] == ("good" if row["defect_type"] == "good" else "defect")
+        rel = os.path.relpath(row["path"], os.path.join(SAMPLE, "brick"))
+        assert row["overlay"] == rel.replace(".png", "_overlay.png")
+        assert os.path.isfile(os.path.join(eval_dir, row["overlay"]))
+        assert os.path.isfile(os.path.join(eval_dir, rel.replace(".png", ".npy")))
+    # the decision table counts exactly what the CSV says
+    confusion = brick["decision"]["overall"]["confusion"]
+    pairs = [(r["ground_truth"], r["prediction"]) for r in rows]
+    assert confusion == {"tn": pairs.count(("good", "good")), "fp": pairs.count(("good", "defect")),
+                         "fn": pairs.count(("defect", "good")), "tp": pairs.count(("defect", "defect"))}
+    training_rows = list(csv.DictReader(open(os.path.join(eval_dir, "df_training.csv"))))
+    assert {r["split"] for r in training_rows} == {"train", "val", "synthetic"}
+    assert os.path.getsize(os.path.join(eval_dir, "report.html")) > 10_000
 
     images = os.path.join(SAMPLE, "gravel", "test", "crack")
     assert run_cli(common + ["--mode", "infer", "--cls", "gravel", "--img_path", images]) == 0
     infer_dir = os.path.join(out, model, "gravel", "infer")
     names = sorted(os.listdir(images))
     for name in names:
-        overlay = cv2.imread(os.path.join(infer_dir, name.replace(".png", "_overlay.png")))
-        assert overlay is not None and overlay.shape[:2] == cv2.imread(os.path.join(images, name)).shape[:2]
-    predictions = list(csv.DictReader(open(os.path.join(infer_dir, "predictions.csv"))))
+        assert cv2.imread(os.path.join(infer_dir, name.replace(".png", "_overlay.png"))) is not None
+    predictions = list(csv.DictReader(open(os.path.join(infer_dir, "df_test.csv"))))
     assert [os.path.basename(r["path"]) for r in predictions] == names
+    assert {r["defect_type"] for r in predictions} == {"crack"}  # a folder beside test/good
+
+
+def calibration_threshold(out, model, cls):
+    return json.load(open(os.path.join(out, model, cls, "calibration.json")))["threshold"]["value"]
 
 
 def make_dataset(root):
@@ -130,3 +155,80 @@ def test_mask_size_mismatch_is_reported_at_eval(tmp_path):
     code, lines = cli_error(base + ["--mode", "eval"])
     assert code == 2 and lines[-1].startswith("error: ") and "mask is 12x10 but its image is 256x256" in lines[-1]
     assert not any("Traceback" in l for l in lines)
+
+
+def test_help_shows_each_default_once():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--help"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "(default: None)" not in text and text.count("(default: sample_data)") == 1
+    assert "--threshold_policy" in text and "val_fpr:F" in text
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--threshold_policy", "val_fpr:2"], "--threshold_policy val_fpr:2: F is the fraction"),
+    (["--val_ratio", "0", "--threshold_policy", "val_max"], "--threshold_policy val_max: needs validation"),
+    (["--val_ratio", "0"], "--threshold_policy synthetic_f1: needs validation good images"),
+    (["--save_format", "bmp"], "--save_format must be one of png, npy, tiff"),
+])
+def test_threshold_policies_that_cannot_apply_stop_before_training(tmp_path, args, says):
+    code, lines = cli_error(["--model", "rd4ad", "--mode", "train", "--data_dir", make_dataset(tmp_path),
+                             "--output_dir", str(tmp_path / "out"), "--steps", "1"] + args)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def gravel_run(tmp_path_factory):
+    """A 2-step RD4AD on a copy of gravel (64 px): (data dir, output dir, common args)."""
+    root = tmp_path_factory.mktemp("gravel_run")
+    data, out = make_dataset(root / "data"), str(root / "out")
+    common = ["--model", "rd4ad", "--data_dir", data, "--output_dir", out, "--cls", "gravel",
+              "--image_size", "64", "--backbone", "efficientnet_lite0", "--backbone_weights", "none"]
+    assert run_cli(common + ["--mode", "train", "--steps", "2", "--batch_size", "4"]) == 0
+    return data, out, common
+
+
+def test_eval_applies_any_policy_without_retraining(gravel_run):
+    data, out, common = gravel_run
+    folder = os.path.join(out, "rd4ad", "gravel")
+    calibration = json.load(open(os.path.join(folder, "calibration.json")))
+    for policy, expected in (("val_max", max(e["score"] for e in calibration["val"])),
+                             ("manual:0.5", 0.5), ("test_f1", None)):
+        assert run_cli(common + ["--mode", "eval", "--threshold_policy", policy]) == 0
+        result = json.load(open(os.path.join(folder, "eval_metrics.json")))
+        threshold = result["threshold"]
+        assert threshold["policy"] == policy
+        if expected is None:  # the oracle is labelled as such and equals the F1-max threshold
+            assert threshold["value"] == result["f1_threshold"] and "oracle" in threshold["source"]
+        else:
+            assert threshold["value"] == pytest.approx(expected)
+        rows = list(csv.DictReader(open(os.path.join(folder, "eval", "df_test.csv"))))
+        flagged = sum(r["prediction"] == "defect" for r in rows)
+        overall = result["decision"]["overall"]
+        assert overall["confusion"]["tp"] + overall["confusion"]["fp"] == flagged
+    html = open(os.path.join(folder, "eval", "report.html"), encoding="utf-8").read()
+    assert "test_f1" in html and "oracle" in html
+
+
+def test_eval_names_every_bad_test_file_before_running_or_skips_them(gravel_run, tmp_path):
+    data, out, common = gravel_run
+    crack = os.path.join(data, "gravel", "test", "crack")
+    saved = {name: open(os.path.join(crack, name), "rb").read() for name in sorted(os.listdir(crack))[:2]}
+    try:
+        for name, content in saved.items():
+            open(os.path.join(crack, name), "wb").write(content[:300])
+        code, lines = cli_error(common + ["--mode", "eval"])
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert code == 2 and errors == lines[-1:], lines  # (the other line: random-weights warning)
+        assert errors[0].startswith("error: 2 bad files: ") and all(n in errors[0] for n in saved)
+        assert run_cli(common + ["--mode", "eval", "--skip_bad_images"]) == 0
+        rows = list(csv.DictReader(open(os.path.join(out, "rd4ad", "gravel", "eval", "df_test.csv"))))
+        skipped = [os.path.basename(r["path"]) for r in rows if r["status"] != "ok"]
+        assert skipped == list(saved)
+        result = json.load(open(os.path.join(out, "rd4ad", "gravel", "eval_metrics.json")))
+        assert result["decision"]["overall"]["count"] == len(rows) - 2 and len(result["skipped"]) == 2
+    finally:
+        for name, content in saved.items():
+            open(os.path.join(crack, name), "wb").write(content)

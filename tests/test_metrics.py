@@ -292,7 +292,7 @@ def test_per_type_auroc_uses_good_plus_that_type():
 def test_evaluate_image_only_gives_none_pixel_metrics():
     types, labels, scores = image_set()
     result = metrics.evaluate(labels, scores, types)
-    assert set(result) == {"image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold",
+    assert set(result) == {"image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_threshold",
                            "per_type"}
     assert result["image_auroc"] == pytest.approx(brute_force_auroc(labels, scores))
     assert result["pixel_auroc"] is None and result["aupro"] is None
@@ -329,5 +329,5 @@ def test_evaluate_single_class_and_no_available_masks_give_none():
     assert result["image_auroc"] is None
     assert result["pixel_auroc"] is None and result["aupro"] is None
     assert result["per_type"] == {"crack": {"image_auroc": None, "count": 2}}
-    assert result["f1_max"] == pytest.approx(1.0) and result["threshold"] == pytest.approx(0.3)
+    assert result["f1_max"] == pytest.approx(1.0) and result["f1_threshold"] == pytest.approx(0.3)
     json.dumps(result, allow_nan=False)

@@ -83,9 +83,9 @@ def test_every_grid_run_scores_the_images_as_the_dygraph_model(lite_run):
     _, output_root = lite_run
     mode_dir = os.path.join(output_root, "rd4ad", MODE)
     images, reference = read_scores(os.path.join(mode_dir, "train", "rd4ad", "brick", "infer",
-                                                 "predictions.csv"))
+                                                 "df_test.csv"))
     assert images == INFER_IMAGES and all(math.isfinite(s) for s in reference)
-    tables = sorted(glob.glob(os.path.join(mode_dir, "infer_cpu_*", "predictions.csv")))
+    tables = sorted(glob.glob(os.path.join(mode_dir, "infer_cpu_*", "df_test.csv")))
     assert len(tables) == CPU_GRID_RUNS
     for table in tables:
         run_images, scores = read_scores(table)
@@ -126,7 +126,7 @@ def test_unknown_config_key_is_rejected_before_anything_runs(tmp_path):
 
 def write_predictions(folder, rows):
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "predictions.csv")
+    path = os.path.join(folder, "df_test.csv")
     with open(path, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([["path", "score", "label"]] + [[p, s, "good"] for p, s in rows])
     return path
@@ -157,7 +157,7 @@ def test_compare_predictions_rejects_a_malformed_file(tmp_path):
     proc = subprocess.run([sys.executable, COMPARE, "--reference", reference, str(broken)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
-    assert "not a readable predictions.csv" in proc.stderr
+    assert "not a readable df_test.csv" in proc.stderr
 
 
 @pytest.mark.parametrize("model", ["efficientad_s", "efficientad_m"])

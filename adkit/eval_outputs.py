@@ -1,0 +1,84 @@
+"""Everything ``main.py --mode eval`` writes for one category into ``<checkpoint>/eval/``:
+per-image overlays, masks and maps mirroring ``test/<type>/``, df_test.csv, df_training.csv,
+metrics.json and report.html. The folder is replaced as a whole by each run (outputs.RunFolder).
+"""
+import os
+
+import cv2
+import numpy as np
+
+from .calibration import scores_of
+from .io_utils import write_json
+from .outputs import ImageOutputs, RunFolder, display_range, write_training_csv
+from .report import Example, ReportData, write_report
+from .training import progress
+from .visualize import encode_png
+
+EXAMPLES_PER_GROUP = 6
+THUMBNAIL_WIDTH = 260
+
+
+def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, threshold,
+                      calibration, skipped, save_format, title, notes):
+    """``test_set``: the datasets.TestDataset that was scored; ``root``: the category folder the
+    outputs mirror; ``maps``/``scores``: model-size maps and image scores; ``result``: the
+    metrics dict with its decision table; ``skipped``: [(TestItem, message)] not scored."""
+    from datasets import read_rgb
+
+    items = test_set.items
+    labels = np.array([item.label for item in items])
+    picks = pick_examples(labels, scores, threshold.value)
+    examples = {name: [] for name in picks}
+    wanted = {i: name for name, members in picks.items() for i in members}
+    thumbnails = {}
+    with RunFolder(folder) as run:
+        value_range = display_range(calibration["map_range"], threshold.value)
+        outputs = ImageOutputs(run, threshold.value, value_range, save_format)
+        for i, item in enumerate(progress(items, total=len(items), desc="writing outputs")):
+            overlay = outputs.add(item.path, os.path.relpath(item.path, root), read_rgb(item.path),
+                                  maps[i], scores[i], item.defect_type, _truth(item))
+            if i in wanted:
+                thumbnails[i] = _thumbnail_png(overlay)
+        for item, message in skipped:
+            outputs.skip(item.path, message, item.defect_type, _truth(item))
+        outputs.write_csv()
+        write_training_csv(run, calibration, threshold.value)
+        write_json(run.file("metrics.json"), result)
+        for name, members in picks.items():
+            examples[name] = [Example(f"{os.path.relpath(items[i].path, root)}  score {scores[i]:.4g}",
+                                      thumbnails[i]) for i in members]
+        write_report(run.file("report.html"), ReportData(
+            title=title, metrics=result, decision=result["decision"] or {},
+            threshold=threshold.as_dict(), labels=labels, scores=scores,
+            defect_types=[item.defect_type for item in items], pro_curve=pro_curve,
+            val_scores=scores_of(calibration, "val"),
+            synthetic_scores=scores_of(calibration, "synthetic"), examples=examples, notes=notes))
+
+
+def pick_examples(labels, scores, threshold, count=EXAMPLES_PER_GROUP):
+    """{group: [test image index]} shown in the report: good images flagged as defects, highest
+    score first (worst false alarms); defects passed as good, lowest first (missed); and the
+    defects scored highest. Without a threshold: highest goods and lowest defects."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    good = [int(i) for i in order if labels[i] == 0]
+    defects = [int(i) for i in order if labels[i] == 1]
+    if threshold is not None:
+        good = [i for i in good if scores[i] >= threshold]
+        missed = [i for i in reversed(defects) if scores[i] < threshold]
+    else:
+        missed = list(reversed(defects))
+    missed = missed[:count]
+    return {"Worst false alarms": good[:count], "Missed defects": missed,
+            "Best detections": [i for i in defects if i not in missed][:count]}
+
+
+def _truth(item):
+    return "good" if item.label == 0 else "defect"
+
+
+def _thumbnail_png(image):
+    h, w = image.shape[:2]
+    if w > THUMBNAIL_WIDTH:
+        size = (THUMBNAIL_WIDTH, max(1, round(h * THUMBNAIL_WIDTH / w)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return encode_png(image)

@@ -1,0 +1,227 @@
+import base64
+import sys
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+
+from adkit import report
+from adkit.report import Example, ReportData, render_report, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class _Collector(HTMLParser):
+    """Tags with attributes and the text of every table cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.cells, self.text = [], [], []
+        self._in_cell = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag in ("td", "th"):
+            self._in_cell = True
+            self.cells.append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._in_cell = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_cell:
+            self.cells[-1] += data
+
+
+def _parse(document):
+    parser = _Collector()
+    parser.feed(document)
+    parser.close()
+    return parser
+
+
+def _pro_curve():
+    """PRO curve of a tiny 2-image example: one image good, one with a 2x2 defect region."""
+    maps = np.array([[[0.1, 0.2, 0.3], [0.2, 0.1, 0.4], [0.0, 0.1, 0.2]],
+                     [[0.1, 0.9, 0.8], [0.2, 0.15, 0.5], [0.3, 0.1, 0.2]]])
+    masks = np.zeros_like(maps, dtype=bool)
+    masks[1, :2, 1:] = True
+    good = maps[~masks]
+    fpr, pro = [0.0], [0.0]
+    for t in np.sort(np.unique(maps))[::-1]:
+        fpr.append(float(np.mean(good >= t)))
+        pro.append(float(np.mean(maps[1][masks[1]] >= t)))  # one region: PRO = its overlap
+    return np.array(fpr), np.array(pro)
+
+
+def _png(value):
+    image = np.full((24, 32, 3), value, dtype=np.uint8)
+    cv2.rectangle(image, (4, 4), (20, 16), (255, 0, 0), 2)
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return buf.tobytes()
+
+
+def _data(**overrides):
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    scores = np.array([0.10, 0.20, 0.25, 0.30, 0.60, 0.40, 0.55, 0.70, 0.80, 0.90, 0.95, 0.65])
+    types = ["good"] * 5 + ["scratch"] * 3 + ["crack <b>&"] * 4
+    values = dict(
+        title="rd4ad / <b>brick & co</b>",
+        metrics={"image_auroc": 0.9143, "pixel_auroc": 0.9721, "aupro": None, "f1_max": 0.9333,
+                 "f1_threshold": 0.3812,
+                 "per_type": {"scratch": {"image_auroc": 0.8667, "count": 3},
+                              "crack <b>&": {"image_auroc": 1.0, "count": 4}}},
+        decision={"threshold": 0.53,
+                  "overall": {"count": 12, "accuracy": 0.9, "precision": 0.875, "recall": 0.875,
+                              "f1": 0.925, "confusion": {"tn": 4, "fp": 1, "fn": 17, "tp": 23}},
+                  "per_type": {"good": {"count": 5, "predicted_defect": 1, "accuracy": 0.8},
+                               "scratch": {"count": 3, "predicted_defect": 2, "accuracy": 0.6667}}},
+        threshold={"value": 0.53, "policy": "val_fpr:0.01", "source": "validation good images"},
+        labels=labels, scores=scores, defect_types=types,
+        pro_curve=_pro_curve(),
+        val_scores=np.array([0.05, 0.15, 0.22, 0.31, 0.28]),
+        synthetic_scores=np.array([0.45, 0.62, 0.77]),
+        examples={"Worst false alarms": [Example("test/good/003.png  score 0.600 <b>&", _png(40))],
+                  "Missed defects": [],
+                  "Best detections": [Example("test/crack/001.png  score 0.950", _png(200))]},
+        notes=["trained on 200 images", "note with <script> & stuff"],
+    )
+    values.update(overrides)
+    return ReportData(**values)
+
+
+def _img_sources(parsed):
+    return [attrs["src"] for tag, attrs in parsed.tags if tag == "img"]
+
+
+def _decode(src):
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    return base64.b64decode(src[len(prefix):], validate=True)
+
+
+def test_report_is_self_contained_html_with_plots_and_examples():
+    data = _data()
+    document = render_report(data)
+    parsed = _parse(document)
+
+    sources = _img_sources(parsed)
+    assert len(sources) == 3 + 2  # ROC, PRO, histogram + two non-empty example lists
+    decoded = [_decode(src) for src in sources]
+    assert all(png.startswith(PNG_SIGNATURE) for png in decoded)
+    assert decoded[3] == data.examples["Worst false alarms"][0].png
+    assert decoded[4] == data.examples["Best detections"][0].png
+    for png in decoded[:3]:  # plots decode to real images of roughly 450x350
+        image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape[1] == pytest.approx(450, abs=5) and image.shape[0] == pytest.approx(350, abs=5)
+
+    assert "http://" not in document and "https://" not in document
+    assert "<script" not in document.lower()
+    assert "Missed defects" not in document  # empty list: no heading
+    assert [tag for tag, _ in parsed.tags].count("figure") == 2
+    assert "plots need matplotlib" not in document
+
+
+def test_tables_show_formatted_numbers_and_confusion_counts():
+    parsed = _parse(render_report(_data()))
+    cells = parsed.cells
+    for expected in ("0.9143", "0.9721", "0.9333", "0.3812", "0.8667", "1.0000",  # metrics
+                     "0.9000", "0.8750", "0.9250",  # decision overall
+                     "0.8000", "0.6667"):  # decision per type
+        assert expected in cells, expected
+    # AU-PRO is None -> "-"
+    assert cells[cells.index("AU-PRO") + 1] == "-"
+    # Confusion matrix: rows truth good/defect, columns predicted good/defect.
+    good_row = cells.index("Truth good")
+    assert cells[good_row + 1:good_row + 3] == ["4", "1"]
+    defect_row = cells.index("Truth defect")
+    assert cells[defect_row + 1:defect_row + 3] == ["17", "23"]
+    scratch_row = [i for i, c in enumerate(cells) if c == "scratch"][-1]  # decision per-type table
+    assert cells[scratch_row + 1:scratch_row + 4] == ["3", "2", "0.6667"]
+    text = "".join(parsed.text)
+    assert "Threshold 0.5300 \u2014 policy val_fpr:0.01 \u2014 source: validation good images" in text
+
+
+def test_text_is_escaped():
+    document = render_report(_data())
+    assert "<b>" not in document
+    assert "rd4ad / &lt;b&gt;brick &amp; co&lt;/b&gt;" in document
+    assert "test/good/003.png  score 0.600 &lt;b&gt;&amp;" in document
+    assert "note with &lt;script&gt; &amp; stuff" in document
+    parsed = _parse(document)
+    text = "".join(parsed.text)
+    assert "rd4ad / <b>brick & co</b>" in text  # round-trips to the original title
+    assert "crack <b>&" in parsed.cells
+    captions = [attrs.get("alt") for tag, attrs in parsed.tags if tag == "img"]
+    assert "test/good/003.png  score 0.600 <b>&" in captions
+
+
+def test_optional_parts_missing():
+    data = _data(pro_curve=None, val_scores=None, synthetic_scores=None, examples={}, notes=[],
+                 threshold={"value": None, "policy": "none", "source": "-"},
+                 decision={"threshold": None, "overall": {"count": 12, "precision": None,
+                                                          "confusion": {}}, "per_type": {}})
+    document = render_report(data)
+    parsed = _parse(document)
+    assert len(_img_sources(parsed)) == 2  # ROC + histogram
+    assert "Threshold - \u2014 policy none" in "".join(parsed.text)
+    assert cells_after(parsed.cells, "Precision") == "-"
+
+
+def test_single_class_skips_roc():
+    data = _data(labels=np.zeros(12, dtype=int))
+    parsed = _parse(render_report(data))
+    assert len(_img_sources(parsed)) == 2 + 2  # PRO + histogram + examples
+    assert "ROC curve needs both good and defect test images" in "".join(parsed.text)
+
+
+def cells_after(cells, name):
+    return cells[cells.index(name) + 1]
+
+
+def test_write_report_matches_render(tmp_path):
+    data = _data()
+    path = tmp_path / "run" / "report.html"
+    write_report(str(path), data)
+    assert path.read_text(encoding="utf-8") == render_report(data)
+    assert [p.name for p in path.parent.iterdir()] == ["report.html"]  # no temp file left
+
+
+def _assert_fallback(document):
+    parsed = _parse(document)
+    assert "plots need matplotlib (pip install matplotlib)" in "".join(parsed.text)
+    assert len(_img_sources(parsed)) == 2  # only the examples
+    assert "0.9143" in parsed.cells and "0.9000" in parsed.cells
+    assert "Truth defect" in parsed.cells
+    assert [tag for tag, _ in parsed.tags].count("figure") == 2
+
+
+def test_without_matplotlib_helper(monkeypatch, tmp_path):
+    def no_matplotlib():
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(report, "_figure_tools", no_matplotlib)
+    path = tmp_path / "report.html"
+    write_report(str(path), _data())
+    _assert_fallback(path.read_text(encoding="utf-8"))
+
+
+def test_without_matplotlib_modules(monkeypatch):
+    # None in sys.modules makes the real import statement raise ImportError.
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends",
+                 "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    _assert_fallback(render_report(_data()))
+
+
+def test_import_does_not_load_matplotlib():
+    import subprocess
+
+    code = "import sys, adkit.report; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=report.__file__.rsplit("/adkit/", 1)[0])
+    assert out.stdout.strip() == "False"
