@@ -64,35 +64,25 @@ def parse_args(argv):
 
 def run(args):
     from adkit import Predictor
-    from adkit.outputs import ImageOutputs, RunFolder, write_training_csv
-    from adkit.predictor import predict_files
+    from adkit.outputs import RunFolder
+    from adkit.predictor import predict_into_folder
     from datasets import collect_images
 
     root, paths = collect_images(args.img_path)
     if args.batch_size > len(paths):
         raise UserError(f"--batch_size {args.batch_size} is larger than the number of images "
                         f"({len(paths)}) in {args.img_path}")
-    run_folder = RunFolder(args.output_dir)
+    run_folder = RunFolder(args.output_dir)  # refuses a folder it must not replace, early
     predictor = Predictor(args.model_dir, backend=args.backend, device=args.device,
                           cpu_threads=args.cpu_threads, enable_mkldnn=args.enable_mkldnn,
                           use_tensorrt=args.use_tensorrt, precision=args.precision,
                           max_batch_size=args.batch_size, gpu_id=args.gpu_id,
                           threshold=args.threshold, threshold_policy=args.threshold_policy)
-    threshold = predictor.threshold
-    with run_folder:
-        outputs = ImageOutputs(run_folder, threshold.value, None, args.save_format)
-        timings = predict_files(predictor, root, paths, outputs, args.batch_size,
-                                args.skip_bad_images, warmup=args.warmup)
-        outputs.write_csv()
-        write_training_csv(run_folder, predictor.calibration, threshold.value)
-    print(f"# threshold {'-' if threshold.value is None else format(threshold.value, '.6g')} "
-          f"policy {threshold.policy} ({threshold.source})", file=sys.stderr)
-    for path, _, score, label, _, status, _ in outputs.rows:
-        print(f"{score or '-'}\t{label or '-'}\t{path}" + ("" if status == "ok" else f"\t{status}"))
+    timings = predict_into_folder(predictor, args.img_path, root, paths, run_folder, args.save_format,
+                                  args.batch_size, args.skip_bad_images, args.warmup)
     if args.benchmark:
         report_timings(args, predictor.model, predictor.engine, timings, len(paths),
                        predictor.image_size)
-    return outputs.rows
 
 
 def report_timings(args, model, engine, timings, num_images, size):
@@ -123,7 +113,12 @@ def report_timings(args, model, engine, timings, num_images, size):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     set_cpu_threads(cpu_threads_from_argv(argv))
-    run(parse_args(argv))
+    args = parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")  # stderr: stdout holds the results only
+    run(args)
 
 
 if __name__ == "__main__":

@@ -131,29 +131,19 @@ def evaluate(cfg, cls):
 
 def infer(cfg, cls):
     from adkit import Predictor
-    from adkit.outputs import ImageOutputs, RunFolder, write_training_csv
-    from adkit.predictor import predict_files
+    from adkit.outputs import RunFolder
+    from adkit.predictor import predict_into_folder
     from datasets import collect_images
 
     root, paths = collect_images(cfg["img_path"])
     ckpt_dir = checkpoint_dir(cfg, cls)
-    out_dir = os.path.join(ckpt_dir, "infer")
-    run = RunFolder(out_dir)
+    run_folder = RunFolder(os.path.join(ckpt_dir, "infer"))
     predictor = Predictor(ckpt_dir, device=cfg["device"], cpu_threads=cfg["cpu_threads"],
                           threshold=cfg["threshold"], threshold_policy=cfg["threshold_policy"])
     if predictor.model != cfg["model"]:
         raise UserError(f"{ckpt_dir}: checkpoint is for --model {predictor.model}, not {cfg['model']}")
-    threshold = predictor.threshold
-    with run:
-        outputs = ImageOutputs(run, threshold.value, None, cfg["save_format"])
-        predict_files(predictor, root, paths, outputs, cfg["eval_batch_size"], cfg["skip_bad_images"])
-        outputs.write_csv()
-        write_training_csv(run, predictor.calibration, threshold.value)
-    log.info("[%s] threshold %s (%s: %s)", cls, "-" if threshold.value is None else
-             f"{threshold.value:.6g}", threshold.policy, threshold.source)
-    for path, _, score, label, _, status, _ in outputs.rows:
-        print(f"{score or '-'}\t{label or '-'}\t{path}" + ("" if status == "ok" else f"\t{status}"))
-    log.info("[%s] overlays, masks, maps and df_test.csv written to %s", cls, out_dir)
+    predict_into_folder(predictor, cfg["img_path"], root, paths, run_folder, cfg["save_format"],
+                        cfg["eval_batch_size"], cfg["skip_bad_images"])
 
 
 def report(cfg, results):

@@ -32,6 +32,7 @@ def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, t
     wanted = {i: name for name, members in picks.items() for i in members}
     thumbnails = {}
     with RunFolder(folder) as run:
+        run.info.update(title=title, threshold=threshold.as_dict(), images=len(items) + len(skipped))
         value_range = display_range(calibration["map_range"], threshold.value)
         outputs = ImageOutputs(run, threshold.value, value_range, save_format)
         for i, item in enumerate(progress(items, total=len(items), desc="writing outputs")):

@@ -61,6 +61,7 @@ class RunFolder:
             raise UserError(f"{option} {path}: folder exists and was not written by a run of this "
                             "toolkit; choose a new or empty folder (its files are left as they are)")
         self.staging = None
+        self.info = {}  # recorded in run.json: what made the files (model, threshold, ...)
         self._created_parents = []
 
     def __enter__(self):
@@ -82,7 +83,7 @@ class RunFolder:
 
     def __exit__(self, kind, value, traceback):
         if kind is None:
-            write_json(self.file(RUN_MARKER), {"written_by": "adkit", "folder": self.path})
+            write_json(self.file(RUN_MARKER), {"written_by": "adkit", **self.info})
             old = None
             if os.path.exists(self.path):
                 old = tempfile.mkdtemp(dir=os.path.dirname(self.path), prefix=".old-")
@@ -152,6 +153,13 @@ class ImageOutputs:
             n += 1
         self._used.add(base)
         return base
+
+
+def result_line(row):
+    """The stdout line of one df_test.csv row: score, label and path, tab-separated (plus the
+    reason when the image was skipped)."""
+    path, _, score, label, _, status, _ = row
+    return f"{score or '-'}\t{label or '-'}\t{path}" + ("" if status == "ok" else f"\t{status}")
 
 
 def encode_tiff(amap):

@@ -8,6 +8,7 @@
 A folder written by export_model.py runs on Paddle Inference (or ONNX Runtime); a training
 checkpoint folder (<output_dir>/<model>/<cls>) runs the dygraph net. Both give the same maps.
 """
+import logging
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from .calibration import read_calibration, resolve_threshold
 from .deploy import DEPLOY_CONFIG, read_deploy_config
 from .errors import UserError
 from .outputs import display_range, label_of
+
+log = logging.getLogger("adkit")
 
 
 @dataclass
@@ -103,20 +106,42 @@ class Predictor:
         return Prediction(full, score, label_of(score, self.threshold.value), self.threshold.value)
 
 
+def predict_into_folder(predictor, img_path, root, paths, run_folder, save_format="npy", batch_size=1,
+                        skip_bad=False, warmup=0):
+    """What both infer paths do: score ``paths`` (collected from ``img_path`` under ``root``)
+    into ``run_folder`` (outputs.RunFolder, not yet entered) with df_test.csv and df_training.csv,
+    then print one ``score<TAB>label<TAB>path`` line per image on stdout. Returns the timings
+    of ``predict_files``."""
+    from .outputs import ImageOutputs, result_line, write_training_csv
+
+    threshold = predictor.threshold
+    with run_folder:
+        run_folder.info.update(model=predictor.model, model_dir=os.path.abspath(predictor.model_dir),
+                               img_path=os.path.abspath(img_path), threshold=threshold.as_dict())
+        outputs = ImageOutputs(run_folder, threshold.value, None, save_format)
+        timings = predict_files(predictor, root, paths, outputs, batch_size, skip_bad, warmup)
+        outputs.write_csv()
+        write_training_csv(run_folder, predictor.calibration, threshold.value)
+    log.info(
+        "threshold %s (%s: %s); outputs in %s", "-" if threshold.value is None else
+        f"{threshold.value:.6g}", threshold.policy, threshold.source, run_folder.path)
+    for row in outputs.rows:
+        print(result_line(row))
+    return timings
+
+
 def predict_files(predictor, root, paths, outputs, batch_size=1, skip_bad=False, warmup=0):
     """Score ``paths`` batch by batch and hand every image to ``outputs`` (ImageOutputs) as soon
     as its batch is done: memory stays flat however many images there are. Returns per-image
     seconds {"preprocess_time", "inference_time", "postprocess_time"} without the first
     ``warmup`` batches. A bad image stops the run (one line naming it), or with ``skip_bad`` is
     logged and listed in the CSV as skipped."""
-    import logging
     import time
 
     from datasets import folder_label, read_rgb
 
     from .training import progress
 
-    log = logging.getLogger("adkit")
     timings = {"preprocess_time": [], "inference_time": [], "postprocess_time": []}
     pending = []
     batches_done = 0
