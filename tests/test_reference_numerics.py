@@ -1,0 +1,89 @@
+"""Restructuring must not change numerics: the same command and seed give the same weights, maps
+and metrics as the reference numbers recorded in tests/data/reference_numerics.json before the
+method registry / trainer restructure.
+
+    python tests/test_reference_numerics.py --record   # only when a change is MEANT to move them
+
+Each method trains a few steps at 64 px on sample_data/brick (random backbone or teacher, so
+nothing depends on downloaded weights); the fingerprint is the sum and the sum of squares of
+every weight of the loaded inference net (grouped by sub-network) and the test scores. The tolerance (relative 1e-4) absorbs float32
+reordering between CPUs (AVX-512 vs AVX2 kernels); a different seed, batch order, initialisation
+or loss moves these numbers by percents.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.path.join(ROOT, "tests", "data", "reference_numerics.json")
+RTOL = 1e-4
+RUNS = {
+    "rd4ad": ["--backbone", "efficientnet_lite0", "--backbone_weights", "none", "--steps", "3",
+              "--batch_size", "4"],
+    "efficientad_s": ["--steps", "3", "--teacher_weights", "none", "--val_ratio", "0.2"],
+    "efficientad_m": ["--steps", "2", "--teacher_weights", "none", "--val_ratio", "0.2"],
+}
+
+
+def weight_fingerprint(folder):
+    """{first part of the parameter name: [sum, sum of squares]} over the trained model's
+    inference net, as loaded from ``folder``: independent of how checkpoints are laid out."""
+    from models import load_trained
+
+    _, method = load_trained(folder)
+    out = {}
+    for name, tensor in method.inference_net().state_dict().items():
+        values = tensor.numpy().astype(np.float64)
+        entry = out.setdefault(name.split(".")[0], [0.0, 0.0])
+        entry[0] += float(values.sum())
+        entry[1] += float((values * values).sum())
+    return out
+
+
+def fingerprint(model, out_dir):
+    import main
+    from adkit.config import resolve_config
+
+    base = ["--model", model, "--data_dir", os.path.join(ROOT, "sample_data"), "--cls", "brick",
+            "--output_dir", str(out_dir), "--image_size", "64", "--seed", "7"]
+    main.train(resolve_config(base + ["--mode", "train"] + RUNS[model]), "brick")
+    result = main.evaluate(resolve_config(base + ["--mode", "eval"]), "brick")
+    folder = os.path.join(str(out_dir), model, "brick")
+    scores = [float(line.split(",")[2]) for line in
+              open(os.path.join(folder, "eval", "df_test.csv"), encoding="utf-8").read().splitlines()[1:]]
+    return {"weights": weight_fingerprint(folder), "test_scores": scores,
+            "metrics": {k: result[k] for k in ("image_auroc", "pixel_auroc", "aupro")}}
+
+
+def close(got, want):
+    return np.allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=RTOL, atol=1e-7)
+
+
+@pytest.mark.parametrize("model", sorted(RUNS))
+def test_training_reproduces_the_reference_numbers(tmp_path, model):
+    with open(REFERENCE, encoding="utf-8") as f:
+        want = json.load(f)[model]
+    got = fingerprint(model, tmp_path)
+    assert sorted(got["weights"]) == sorted(want["weights"])
+    for name, values in want["weights"].items():
+        assert close(got["weights"][name], values), (name, got["weights"][name], values)
+    assert close(got["test_scores"], want["test_scores"])
+    for key, value in want["metrics"].items():
+        assert got["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
+    import tempfile
+
+    sys.path.insert(0, ROOT)
+    from adkit.runtime import set_cpu_threads
+
+    set_cpu_threads(2)
+    record = {model: fingerprint(model, tempfile.mkdtemp()) for model in sorted(RUNS)}
+    os.makedirs(os.path.dirname(REFERENCE), exist_ok=True)
+    with open(REFERENCE, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {REFERENCE}")
