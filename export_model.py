@@ -20,9 +20,10 @@ from adkit.runtime import cpu_threads_from_argv, set_cpu_threads
 def parse_args(argv):
     from adkit.config import HelpFormatter, OneLineParser
     from adkit.thresholds import POLICY_HELP
+    from models.registry import model_names
 
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", required=True, choices=("rd4ad", "efficientad_s", "efficientad_m"))
+    parser.add_argument("--model", required=True, choices=model_names(), help="the trained method")
     parser.add_argument("--checkpoint_dir", required=True, help="<output_dir>/<model>/<cls> of a training run")
     parser.add_argument("--save_dir", required=True, help="folder for inference.json/.pdiparams + deploy_config.json")
     parser.add_argument("--to_onnx", action="store_true",

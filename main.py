@@ -205,10 +205,11 @@ def main(argv=None):
 
     set_device(cfg["device"])
     seed_everything(cfg["seed"])
-    if cfg["mode"] == "distill":
-        from models.distill import run_distill
+    from models.registry import spec_for
 
-        run_distill(cfg)
+    spec = spec_for(cfg["model"])
+    if cfg["mode"] in spec.modes:  # a mode the method adds (EfficientAD: distill)
+        spec.mode_runner(cfg["mode"])(cfg)
         return
     if cfg["mode"] == "infer":
         if cfg["cls"] == "all":

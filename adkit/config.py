@@ -12,20 +12,19 @@ from .errors import UserError
 from .outputs import SAVE_FORMAT_HELP, SAVE_FORMATS
 from .thresholds import DEFAULT_POLICY, POLICY_HELP, parse_policy
 
-MODELS = ("rd4ad", "efficientad_s", "efficientad_m")
-MODES = ("train", "eval", "infer", "distill")
-# --mode distill reads its own defaults (distill_<key>) for these generic options.
-DISTILL_KEYS = ("steps", "batch_size", "lr", "backbone", "backbone_weights")
+BASE_MODES = ("train", "eval", "infer")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
-# name: (type, help). Defaults come from the model's YAML, so argparse defaults are None.
+# Options every method takes: name: (type, help). A method's own options come from its typed
+# settings in the registry (models/<method>/spec.py). Defaults come from the model's YAML, so
+# argparse defaults are None.
 OPTIONS = {
     "data_dir": (str, "dataset root in MVTec AD layout (distill: any folder of images)"),
     "cls": (str, "category folder under --data_dir, or 'all' for every category"),
     "output_dir": (str, "where checkpoints, metrics and pictures go"),
-    "steps": (int, "optimisation steps (EfficientAD default 70000; RD4AD: overrides --epochs)"),
-    "epochs": (int, "RD4AD: passes over the training images when --steps is not given"),
-    "batch_size": (int, "training batch size (paper: 16 RD4AD, 1 EfficientAD)"),
+    "steps": (int, "optimisation steps (overrides --epochs; default: the method's paper schedule)"),
+    "epochs": (int, "passes over the training images when --steps is not given"),
+    "batch_size": (int, "training batch size (default: the method's paper value)"),
     "eval_batch_size": (int, "batch size for eval/infer forward passes"),
     "lr": (float, "learning rate"),
     "image_size": (int, "square model input size in pixels"),
@@ -34,17 +33,9 @@ OPTIONS = {
     "seed": (int, "random seed (data order, init, augmentation)"),
     "img_path": (str, "infer: an image file, or a folder of images (subfolders too; outputs "
                       "mirror the tree)"),
-    "backbone": (str, "RD4AD encoder: wide_resnet50_2, resnet18, wide_resnet101_2, "
-                      "efficientnet_lite0, efficientnet_lite2"),
-    "backbone_weights": (str, "encoder weights: a .pdparams/.pth path, 'none' for random "
-                              "init, or leave unset for automatic"),
-    "teacher_weights": (str, "EfficientAD teacher: .pdparams or torch .pth (nelson1425 or "
-                             "anomalib layout)"),
-    "penalty_dir": (str, "EfficientAD: folder of generic images for the ImageNet penalty"),
     "save_interval": (int, "write a checkpoint every N steps"),
     "log_interval": (int, "log the loss every N steps"),
     "val_ratio": (float, "fraction of train/good held out as validation (never the test set)"),
-    "crop_size": (int, "distill: train the PDN on random crops of this size (pixels)"),
     "threshold": (float, "a score threshold for the labels, overriding --threshold_policy "
                          "(same as --threshold_policy manual:VALUE)"),
     "threshold_policy": (str, "how the pass/fail threshold is chosen: " + POLICY_HELP +
@@ -73,12 +64,19 @@ class OneLineParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
-def build_parser():
+def build_parser(model=None):
+    """The command line; with ``model`` known, its own options (registry settings) too."""
+    from models import registry
+
+    models = registry.model_names()
+    modes = BASE_MODES + tuple(registry.extra_modes())
     parser = OneLineParser(
-        description="Train, evaluate and run industrial anomaly detectors (EfficientAD, RD4AD).",
+        description="Train, evaluate and run industrial anomaly detectors. Methods: " + "; ".join(
+            f"{name}: {spec.summary}" for name, spec in registry.all_specs().items())
+        + ". `--model M --help` also lists M's own options.",
         formatter_class=argparse.HelpFormatter)  # defaults are written into the help texts
-    parser.add_argument("--model", required=True, choices=MODELS, help="which method")
-    parser.add_argument("--mode", required=True, choices=MODES, help="what to do")
+    parser.add_argument("--model", required=True, choices=models, help="which method")
+    parser.add_argument("--mode", required=True, choices=modes, help="what to do")
     parser.add_argument("--config", help="a YAML file overriding configs/<model>.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue training from the last checkpoint in the output folder")
@@ -88,7 +86,41 @@ def build_parser():
     for name, (kind, text) in OPTIONS.items():
         hint = f" (default: {DEFAULTS[name]})" if DEFAULTS.get(name) is not None else ""
         parser.add_argument(f"--{name}", type=kind, default=None, help=text + hint)
+    if model in models:
+        group = parser.add_argument_group(f"{model} options")
+        for name, field in registry.setting_fields(model).items():
+            hint = "" if field.default is None else f" (default: {field.default})"
+            group.add_argument(f"--{name}", type=_parser_type(field.type), default=None,
+                               help=field.metadata["help"] + hint)
     return parser
+
+
+def _parser_type(kind):
+    return _to_bool if kind in (bool, "bool") else _TYPES.get(kind, kind)
+
+
+def _to_bool(value):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(value)
+
+
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+def _model_in(argv):
+    """--model's value before the full parse (the method's options depend on it)."""
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--model="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _read_yaml(path):
@@ -110,23 +142,63 @@ def model_defaults(model):
 
 def resolve_config(argv=None):
     """Parse ``argv`` and return the merged, validated config dict."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from models import registry
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_model_in(argv)).parse_args(argv)
+    spec = registry.spec_for(args.model)
+    fields = registry.setting_fields(args.model)
+    known = set(OPTIONS) | set(fields) | set(DEFAULTS)
     cfg = dict(DEFAULTS)
-    cfg.update(model_defaults(args.model))
-    if args.mode == "distill":
-        if args.model == "rd4ad":
-            raise UserError("--mode distill pretrains an EfficientAD teacher: use --model "
-                            "efficientad_s or efficientad_m")
-        cfg.update({key: cfg[f"distill_{key}"] for key in DISTILL_KEYS if f"distill_{key}" in cfg})
+    cfg.update({name: field.default for name, field in fields.items()})
+    if args.mode not in BASE_MODES + tuple(spec.modes):
+        offered = ", ".join(registry.extra_modes()[args.mode])
+        raise UserError(f"--mode {args.mode}: offered by {offered}, not by --model {args.model}")
+    sources = [(model_defaults(args.model), f"configs/{args.model}.yaml")]
     if args.config:
-        overrides = _read_yaml(args.config)
-        unknown = sorted(set(overrides) - set(cfg) - set(OPTIONS))
-        if unknown:
-            raise UserError(f"{args.config}: unknown option(s) {', '.join(unknown)}")
-        cfg.update(overrides)
+        sources.append((_read_yaml(args.config), args.config))
+    for values, source in sources:
+        cfg.update(_for_mode(_checked(values, known, spec, source), spec, args.mode))
     cfg.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
     _validate(cfg)
+    _check_types(cfg, fields)
     return cfg
+
+
+def _checked(values, known, spec, source):
+    """YAML values: every key an option of this method (or <extra mode>_<option>)."""
+    def allowed(key):
+        return key in known or any(key.startswith(m + "_") and key[len(m) + 1:] in known
+                                   for m in spec.modes)
+
+    unknown = sorted(key for key in values if not allowed(key))
+    if unknown:
+        raise UserError(f"{source}: unknown option(s) {', '.join(unknown)}")
+    return values
+
+
+def _for_mode(values, spec, mode):
+    """A method's extra mode reads its own defaults, <mode>_<option> (e.g. distill_steps): in
+    that mode they override <option>; in any other mode they are ignored."""
+    out = {key: value for key, value in values.items()
+           if not any(key.startswith(m + "_") for m in spec.modes)}
+    prefix = mode + "_"
+    out.update({key[len(prefix):]: value for key, value in values.items()
+                if mode in spec.modes and key.startswith(prefix)})
+    return out
+
+
+def _check_types(cfg, fields):
+    """The method's settings must have their declared types (YAML can hold anything)."""
+    for name, field in fields.items():
+        value = cfg.get(name)
+        if value is None:
+            continue
+        try:
+            cfg[name] = _parser_type(field.type)(value)
+        except (TypeError, ValueError):
+            raise UserError(f"--{name}: expected {getattr(field.type, '__name__', field.type)}, "
+                            f"got {value!r}") from None
 
 
 def _validate(cfg):

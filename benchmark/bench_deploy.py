@@ -33,13 +33,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODELS = {  # label: (--model, extra training options)
-    "efficientad_s": ("efficientad_s", ["--teacher_weights", "none"]),
-    "efficientad_m": ("efficientad_m", ["--teacher_weights", "none"]),
-    "rd4ad-lite0": ("rd4ad", ["--backbone", "efficientnet_lite0", "--backbone_weights", "none"]),
-    "rd4ad-wrn50": ("rd4ad", ["--backbone", "wide_resnet50_2", "--backbone_weights", "none"]),
-}
-QUICK_MODELS = ("efficientad_s", "rd4ad-lite0")
+from models.registry import all_specs, benchmark_cases  # noqa: E402
+
+MODELS = {label: (model, [word for key, value in options.items() for word in (f"--{key}", str(value))])
+          for label, (model, options) in benchmark_cases().items()}  # label: (--model, options)
+QUICK_MODELS = tuple(dict.fromkeys(spec.names[0] for spec in all_specs().values()))  # one per method
 ENGINES = ("dygraph", "pi-onednn", "pi-plain", "onnxruntime")
 INPUT_SIDE = 512
 NUM_IMAGES = 16
@@ -50,7 +48,7 @@ def parse_args():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help=f"only {', '.join(QUICK_MODELS)} at 128 px, 1 s per configuration")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="default: all four")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="default: all")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--image_size", type=int, default=256)

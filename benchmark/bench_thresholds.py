@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Compare the threshold policies on test data: what each gives a pass/fail line.
 
-    python benchmark/bench_thresholds.py [--model rd4ad] [--steps 60] [--out output/bench_thresholds]
+    python benchmark/bench_thresholds.py --model rd4ad --train_args "--backbone efficientnet_lite0" \
+        --steps 60 [--out output/bench_thresholds]
 
 Trains the model briefly on sample_data's brick and gravel and on a third, larger category made
 here from another scikit-image texture (grass: 60 training images, 20 good and 24 defective test
@@ -20,9 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
+
 POLICIES = ("val_max", "val_fpr:0.01", "val_fpr:0.05", "val_fpr:0.1", "synthetic_f1", "test_f1")
-MODEL_ARGS = {"rd4ad": ["--backbone", "efficientnet_lite0"],
-              "efficientad_s": [], "efficientad_m": ["--teacher_weights", "none"]}
 
 
 def make_grass(root):
@@ -44,7 +44,10 @@ def test_rows(eval_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="rd4ad", choices=sorted(MODEL_ARGS))
+    from models.registry import model_names
+
+    parser.add_argument("--model", required=True, choices=model_names())
+    parser.add_argument("--train_args", default="", help="more main.py options for training, quoted")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--out", default=None, help="training output folder (default: a temp folder)")
     parser.add_argument("--cpu_threads", type=int, default=2)
@@ -74,7 +77,7 @@ def main():
         base = ["--model", args.model, "--data_dir", data_dir, "--cls", cls, "--output_dir", out,
                 "--cpu_threads", str(args.cpu_threads)]
         cli.train(resolve_config(base + ["--mode", "train", "--steps", str(args.steps)]
-                                 + MODEL_ARGS[args.model]), cls)
+                                 + args.train_args.split()), cls)
         result = cli.evaluate(resolve_config(base + ["--mode", "eval"]), cls)
         ckpt_dir = os.path.join(out, args.model, cls)
         rows = test_rows(os.path.join(ckpt_dir, "eval"))

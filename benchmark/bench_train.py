@@ -16,23 +16,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-CASES = {
-    "efficientad_s": {"teacher_weights": "none"},
-    "efficientad_m": {"teacher_weights": "none"},
-    "rd4ad": {"backbone": "wide_resnet50_2", "backbone_weights": "none"},
-    "rd4ad_lite0": {"backbone": "efficientnet_lite0", "backbone_weights": "none"},
-}
+from models.registry import benchmark_cases  # noqa: E402
+
+CASES = benchmark_cases()  # label: (model, options)
 
 
 def config(case, steps, image_size):
-    from adkit.config import model_defaults
+    from adkit.config import resolve_config
 
-    model = case.split("_lite0")[0]
-    cfg = model_defaults(model)
-    cfg.update(model=model, mode="train", steps=steps, epochs=None, image_size=image_size,
-               save_interval=10**9, log_interval=10**9, device="cpu", resume=False)
-    cfg.update(CASES[case])
-    return cfg
+    model, options = CASES[case]
+    argv = ["--model", model, "--mode", "train", "--steps", str(steps), "--image_size", str(image_size),
+            "--save_interval", str(10**9), "--log_interval", str(10**9), "--device", "cpu"]
+    return resolve_config(argv + [word for key, value in options.items() for word in (f"--{key}", str(value))])
 
 
 def fit_seconds(case, steps, image_size, data):

@@ -1,9 +1,8 @@
-"""Model registry: --model name -> AnomalyMethod, and rebuilding a trained one from its folder."""
+"""Methods by name (models/registry.py) and rebuilding a trained one from its folder."""
 import os
 
 from adkit.errors import UserError
 
-MODEL_NAMES = ("rd4ad", "efficientad_s", "efficientad_m")
 TRAIN_CONFIG_FILE = "train_config.json"
 # Options that may differ between training and later use; everything else (architecture,
 # image size, backbone, ...) is taken from the training run so the same network is rebuilt.
@@ -13,15 +12,10 @@ RUNTIME_KEYS = ("mode", "data_dir", "cls", "output_dir", "device", "cpu_threads"
 
 
 def build_method(cfg):
-    """A fresh (untrained) method (models are imported lazily: each pulls in Paddle)."""
-    name = cfg["model"]
-    if name == "rd4ad":
-        from .rd4ad import RD4ADMethod
-        return RD4ADMethod(cfg)
-    if name in ("efficientad_s", "efficientad_m"):
-        from .efficientad import EfficientADMethod
-        return EfficientADMethod(cfg)
-    raise UserError(f"--model {name}: unknown (choose {', '.join(MODEL_NAMES)})")
+    """A fresh (untrained) method (its module is imported now: it pulls in Paddle)."""
+    from .registry import spec_for
+
+    return spec_for(cfg["model"]).build(cfg)
 
 
 def save_training_config(cfg, ckpt_dir):

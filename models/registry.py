@@ -1,0 +1,98 @@
+"""The method registry: each method declares itself once, in ``models/<method>/spec.py``.
+
+A spec names the ``--model`` values it serves, its typed settings (a dataclass whose fields are
+its own options, with types and help), where its AnomalyMethod lives, any extra ``--mode`` it
+adds, and the options of a quick smoke run for tests and benchmarks. Specs import no Paddle, so
+the command line and ``--help`` read them cheaply; the method itself is imported on use.
+Adding a method: a folder under models/ with a spec.py, a YAML in configs/, a TIPC config.
+"""
+import dataclasses
+import importlib
+import os
+
+from adkit.errors import UserError
+
+MODELS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def setting(help_text, default=None):
+    """A method option: a dataclass field with its --help text (the value comes from the
+    method's YAML and the command line; ``default`` applies when neither gives one)."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    names: tuple  # --model values this method serves
+    summary: str  # one line: the method and its paper
+    settings: type  # dataclass of the method's own options
+    method: str  # "module:Class" of its AnomalyMethod (imported on use: it pulls in Paddle)
+    modes: dict = dataclasses.field(default_factory=dict)  # extra --mode: "module:function"
+    smoke_options: dict = dataclasses.field(default_factory=dict)  # quick run, no downloads
+    variants: dict = dataclasses.field(default_factory=dict)  # more benchmark cases: label: options
+
+    def build(self, cfg):
+        return _load(self.method)(cfg)
+
+    def mode_runner(self, mode):
+        return _load(self.modes[mode])
+
+
+def _load(target):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _discover():
+    specs = {}
+    for folder in sorted(os.listdir(MODELS_DIR)):
+        if os.path.isfile(os.path.join(MODELS_DIR, folder, "spec.py")):
+            spec = importlib.import_module(f"models.{folder}.spec").SPEC
+            for name in spec.names:
+                specs[name] = spec
+    return specs
+
+
+_SPECS = None
+
+
+def all_specs():
+    """{model name: MethodSpec}, discovered once from the method folders."""
+    global _SPECS
+    if _SPECS is None:
+        _SPECS = _discover()
+    return _SPECS
+
+
+def model_names():
+    return tuple(all_specs())
+
+
+def spec_for(model):
+    specs = all_specs()
+    if model not in specs:
+        raise UserError(f"--model {model}: unknown (choose {', '.join(specs)})")
+    return specs[model]
+
+
+def extra_modes():
+    """{mode: [models that offer it]} for the modes methods add (e.g. distill)."""
+    modes = {}
+    for name, spec in all_specs().items():
+        for mode in spec.modes:
+            modes.setdefault(mode, []).append(name)
+    return modes
+
+
+def benchmark_cases():
+    """{label: (model, options)}: each model with its smoke options (no downloads), then the
+    variants methods declare (e.g. RD4AD with the paper's WRN50-2 encoder)."""
+    cases = {name: (name, dict(spec.smoke_options)) for name, spec in all_specs().items()}
+    for name, spec in all_specs().items():
+        for label, options in spec.variants.items():
+            cases[label] = (name, {**spec.smoke_options, **options})
+    return cases
+
+
+def setting_fields(model):
+    return {f.name: f for f in dataclasses.fields(spec_for(model).settings)}

@@ -1,0 +1,65 @@
+"""The method registry: every method is declared once and everything else reads it."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from adkit.config import resolve_config
+from adkit.errors import UserError
+from models import registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("model", registry.model_names())
+def test_every_method_has_its_yaml_and_tipc_config_and_they_parse(model):
+    cfg = resolve_config(["--model", model, "--mode", "train"])
+    for name in registry.setting_fields(model):
+        assert name in cfg
+    tipc = os.path.join(ROOT, "test_tipc", "configs", model, "train_infer_python.txt")
+    assert f"model_name:{model}\n" in open(tipc, encoding="utf-8").read()
+
+
+def test_the_registry_lists_the_method_folders():
+    specs = registry.all_specs()
+    folders = sorted(f for f in os.listdir(os.path.join(ROOT, "models"))
+                     if os.path.isfile(os.path.join(ROOT, "models", f, "spec.py")))
+    assert sorted({spec.method.split(".")[1] for spec in specs.values()}) == folders
+    assert set(registry.benchmark_cases()) >= set(specs)
+
+
+def test_typed_settings_are_checked_and_become_flags(tmp_path):
+    cfg = resolve_config(["--model", "rd4ad", "--mode", "train", "--loss_per_image", "yes", "--beta1", "0.8"])
+    assert cfg["loss_per_image"] is True and cfg["beta1"] == 0.8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("beta1: fast\n")
+    with pytest.raises(UserError, match=r"--beta1: expected float, got 'fast'"):
+        resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(bad)])
+    bad.write_text("teacher_weights: x.pdparams\n")  # an EfficientAD option, not RD4AD's
+    with pytest.raises(UserError, match=r"bad.yaml: unknown option\(s\) teacher_weights"):
+        resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(bad)])
+    with pytest.raises(UserError, match="unrecognized arguments: --teacher_weights"):
+        resolve_config(["--model", "rd4ad", "--mode", "train", "--teacher_weights", "x"])
+
+
+def test_extra_modes_belong_to_their_method():
+    offering = registry.extra_modes()["distill"]
+    assert offering == ["efficientad_s", "efficientad_m"]
+    with pytest.raises(UserError, match="--mode distill: offered by efficientad_s, efficientad_m, not by --model rd4ad"):
+        resolve_config(["--model", "rd4ad", "--mode", "distill"])
+    # the mode reads its own <mode>_<option> defaults from the method's YAML
+    cfg = resolve_config(["--model", "efficientad_s", "--mode", "distill", "--data_dir", "x"])
+    train = resolve_config(["--model", "efficientad_s", "--mode", "train"])
+    assert (cfg["steps"], cfg["batch_size"]) == (60000, 16) and (train["steps"], train["batch_size"]) == (70000, 1)
+    assert not any(key.startswith("distill_") for key in cfg)
+
+
+def test_help_per_method_shows_its_own_options():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--model", "rd4ad", "--help"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0 and "rd4ad options:" in text
+    assert re.search(r"--beta1 BETA1 Adam beta1 \(paper 0.5\) \(default: 0.5\)", text)
+    assert "--teacher_weights" not in text
