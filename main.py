@@ -6,8 +6,10 @@
     python main.py --model rd4ad --mode infer --cls brick --img_path some/image.png
     python main.py --model efficientad_s --mode distill --data_dir IMAGES --output_dir weights
 """
+import contextlib
 import logging
 import os
+import shlex
 import sys
 
 from adkit.errors import UserError, exit_on_user_error
@@ -192,6 +194,19 @@ def format_decision(cls, result):
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def resume_advice(argv):
+    """An interrupted training run names the exact command that continues it."""
+    from adkit.trainer import TrainingInterrupted
+
+    try:
+        yield
+    except TrainingInterrupted as stop:
+        command = shlex.join(["python", "main.py", *argv]
+                             + ([] if "--resume" in argv else ["--resume"]))
+        raise TrainingInterrupted(f"{stop}; continue with: {command}", stop.step) from None
+
+
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -209,7 +224,8 @@ def main(argv=None):
 
     spec = spec_for(cfg["model"])
     if cfg["mode"] in spec.modes:  # a mode the method adds (EfficientAD: distill)
-        spec.mode_runner(cfg["mode"])(cfg)
+        with resume_advice(argv):
+            spec.mode_runner(cfg["mode"])(cfg)
         return
     if cfg["mode"] == "infer":
         if cfg["cls"] == "all":
@@ -219,7 +235,8 @@ def main(argv=None):
     categories = categories_for(cfg)
     if cfg["mode"] == "train":
         for cls in categories:
-            train(cfg, cls)
+            with resume_advice(argv):
+                train(cfg, cls)
     else:
         report(cfg, {cls: evaluate(cfg, cls) for cls in categories})
 

@@ -17,8 +17,8 @@ def exit_on_user_error(main_fn):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as stop:  # training's says what it saved and how to go on
+            print(str(stop) or "interrupted", file=sys.stderr)
             sys.exit(130)
 
     return wrapper

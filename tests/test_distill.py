@@ -11,7 +11,8 @@ import pytest
 from adkit.errors import UserError
 from adkit.weights import read_state_dict, safe_load
 from datasets.image_io import find_images
-from models.efficientad.distill import (STATE_FILE, DistillSampler, DistillTarget, RunningChannelStats,
+from adkit.trainer import CHECKPOINT_FILE as STATE_FILE
+from models.efficientad.distill import (DistillSampler, DistillTarget, RunningChannelStats,
                             projection_matrix, run_distill, target_statistics)
 from models.efficientad import PDN, EfficientADMethod
 from models.backbones.encoders import build_encoder
@@ -184,8 +185,8 @@ def test_resumed_distillation_is_bit_identical(data_root):
     assert int(safe_load(resumed / STATE_FILE)["step"]) == 2
     run_distill(_cfg(data_root, resumed, resume=True))
     want, got = safe_load(straight / STATE_FILE), safe_load(resumed / STATE_FILE)
-    for name, value in want["student"].items():
-        np.testing.assert_array_equal(got["student"][name], value, err_msg=name)
+    for name, value in want["nets"]["student"].items():
+        np.testing.assert_array_equal(got["nets"]["student"][name], value, err_msg=name)
     np.testing.assert_array_equal(got["losses"], want["losses"])
     assert len(got["losses"]) == 4
     for name, value in read_state_dict(straight / "teacher_small.pdparams").items():
@@ -214,7 +215,8 @@ def _held_out_losses(out, tmp_path):
     with paddle.no_grad():
         target = target_net(paddle.to_tensor(big)).numpy().astype(np.float64)
         prediction = pdn(imagenet_normalize(paddle.to_tensor(small))).numpy()
-    target = (target - state["target_mean"][:, None, None]) / state["target_std"][:, None, None]
+    extra = state["extra"]
+    target = (target - extra["target_mean"][:, None, None]) / extra["target_std"][:, None, None]
     return np.mean((prediction - target) ** 2), np.mean(target ** 2)
 
 
@@ -236,7 +238,7 @@ def test_teacher_file_loads_into_efficientad_unpadded_teacher(data_root):
     method = EfficientADMethod({"model": "efficientad_s", "image_size": 64, "seed": 0,
                                 "teacher_weights": str(teacher_file)})
     method._load_teacher()
-    fp32 = safe_load(out / STATE_FILE)["student"]
+    fp32 = safe_load(out / STATE_FILE)["nets"]["student"]
     rounded, exact = PDN("small"), PDN("small")
     rounded.set_state_dict({k: paddle.to_tensor(v.astype(np.float16).astype(np.float32))
                             for k, v in fp32.items()})

@@ -426,7 +426,7 @@ def test_resumed_training_reaches_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(EfficientADMethod, "_train_step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         EfficientADMethod(_cfg(tmp_path)).fit(train, val, resumed)
-    assert int(safe_load(resumed / "train_state.pdparams")["step"]) == 3
+    assert int(safe_load(resumed / "checkpoint.pdparams")["step"]) == 3
     monkeypatch.setattr(EfficientADMethod, "_train_step", original_step)
     EfficientADMethod(_cfg(tmp_path, seed=3)).fit(train, val, resumed, resume=True)
 

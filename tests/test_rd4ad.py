@@ -294,7 +294,7 @@ def _cfg(**overrides):
     cfg = {"model": "rd4ad", "backbone": "resnet18", "backbone_weights": "none",
            "image_size": 64, "steps": 4, "epochs": None, "batch_size": 2, "lr": 0.005,
            "beta1": 0.5, "beta2": 0.999, "seed": 0, "save_interval": 2, "log_interval": 1,
-           "eval_batch_size": 4}
+           "eval_batch_size": 4, "loss_per_image": False}
     cfg.update(overrides)
     return cfg
 
@@ -314,9 +314,9 @@ def test_fit_resume_and_load(tmp_path):
     final = _student_state(straight)
 
     RD4ADMethod(dict(cfg, steps=2)).fit(train, val, tmp_path / "b")  # an "interrupted" run
-    halfway = load_train_state(tmp_path / "b" / "last.pdparams")
+    halfway = load_train_state(tmp_path / "b" / "checkpoint.pdparams")
     assert halfway["step"] == 2
-    assert not np.array_equal(halfway["decoder"]["layer3.1.conv2.weight"],
+    assert not np.array_equal(halfway["nets"]["decoder"]["layer3.1.conv2.weight"],
                               final["d.layer3.1.conv2.weight"])  # steps 3-4 changed weights
     resumed = RD4ADMethod(cfg)
     resumed.fit(train, val, tmp_path / "b", resume=True)
@@ -324,8 +324,8 @@ def test_fit_resume_and_load(tmp_path):
     for key in final:
         np.testing.assert_array_equal(resumed_state[key], final[key], err_msg=key)
 
-    saved = load_train_state(tmp_path / "a" / "last.pdparams")
-    assert saved["step"] == 4 and saved["backbone"] == "efficientnet_lite0"
+    saved = load_train_state(tmp_path / "a" / "checkpoint.pdparams")
+    assert saved["step"] == 4 and saved["extra"]["backbone"] == "efficientnet_lite0"
 
     loaded = RD4ADMethod(dict(cfg, backbone_weights=None))  # None: reuse the recorded source
     loaded.load(tmp_path / "a")
@@ -339,7 +339,7 @@ def test_fit_resume_and_load(tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(UserError, match="no trained rd4ad checkpoint in .*run --mode train"):
         RD4ADMethod(_cfg()).load(tmp_path)
-    with pytest.raises(UserError, match="--resume: no rd4ad checkpoint"):
+    with pytest.raises(UserError, match="--resume: .*checkpoint.pdparams not found"):
         RD4ADMethod(_cfg()).fit(_Images(2, seed=9), None, tmp_path, resume=True)
     RD4ADMethod(_cfg(steps=1)).fit(_Images(2, seed=9), _Images(1, seed=10), tmp_path)
     other = tmp_path / "other_resnet18.pdparams"

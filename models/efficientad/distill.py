@@ -29,8 +29,8 @@ from paddle import nn
 
 from adkit.errors import UserError
 from adkit.runtime import seed_everything
-from adkit.training import (load_train_state, log, make_adam, optimizer_state, progress,
-                            restore_optimizer, save_train_state, seed_step, state_to_numpy)
+from adkit.trainer import CHECKPOINT_FILE, Trainer
+from adkit.training import log, make_adam, progress, state_to_numpy
 from adkit.weights import save_atomic
 from datasets.image_io import find_images, read_rgb
 
@@ -40,7 +40,6 @@ from .augment import color_jitter
 from .method import MODEL_SIZES
 from .networks import PDN, TEACHER_CHANNELS, pdn_out_size
 
-STATE_FILE = "distill_state.pdparams"
 PROJECTION_SEED = 0  # the channel projection is part of the recipe, not of the run's seed
 DEFAULT_NORM_SAMPLES = 1024  # crops whose targets give the per-channel mean/std (nelson: 10000)
 GRAYSCALE_PROBABILITY = 0.1  # as nelson's pretraining
@@ -266,35 +265,14 @@ def _teacher_state(student):
             for name, value in state_to_numpy(student.state_dict()).items()}
 
 
-def _save(output_dir, settings, step, student, optimizer, mean, std, losses):
-    state = {"step": step, "settings": {k: settings[k] for k in _RUN_KEYS},
-             "student": state_to_numpy(student.state_dict()),
-             "optimizer": optimizer_state(optimizer, {"student": student}),
-             "target_mean": mean, "target_std": std,
-             "losses": np.asarray(losses, dtype=np.float32)}
-    save_train_state(output_dir / STATE_FILE, state)
+def _write_teacher(output_dir, settings, student):
     save_atomic(_teacher_state(student), output_dir / teacher_file_name(settings["model"]))
-
-
-def _restore(output_dir, settings, student, optimizer):
-    path = output_dir / STATE_FILE
-    if not path.is_file():
-        raise UserError(f"--resume: {path} not found (no distillation to continue there)")
-    state = load_train_state(path)
-    changed = [k for k in _RUN_KEYS if state["settings"].get(k) != settings[k]]
-    if changed:
-        raise UserError(f"--resume: {path} was made with other options ("
-                        + ", ".join(f"{k} {state['settings'].get(k)!r} vs {settings[k]!r}"
-                                    for k in changed) + ")")
-    student.set_state_dict({k: paddle.to_tensor(v) for k, v in state["student"].items()})
-    restore_optimizer(optimizer, state["optimizer"], {"student": student})
-    return (int(state["step"]), state["target_mean"], state["target_std"],
-            [float(v) for v in state["losses"]])
 
 
 def run_distill(cfg):
     """Distil ``cfg['backbone']`` into a padded PDN and write ``<output_dir>/teacher_<size>
-    .pdparams`` (fp16) plus ``distill_state.pdparams`` (resumable). Returns the teacher path.
+    .pdparams`` (fp16) plus ``checkpoint.pdparams`` (adkit.trainer, resumable; ``extra`` holds
+    the run settings and the target mean/std). Returns the teacher path.
 
     ``cfg`` keys: model, data_dir, output_dir, backbone, backbone_weights, steps, batch_size,
     lr, weight_decay, seed, save_interval, log_interval, resume, image_size, crop_size,
@@ -311,42 +289,40 @@ def run_distill(cfg):
     optimizer = make_adam(student.parameters(), settings["lr"],
                           weight_decay=settings["weight_decay"])
     steps = settings["steps"]
+    run_settings = {k: settings[k] for k in _RUN_KEYS}
+    trainer = Trainer(f"distill {settings['model']}", output_dir / CHECKPOINT_FILE,
+                      {"student": student}, ("student",), optimizer, total=steps,
+                      seed=settings["seed"], log_interval=settings["log_interval"],
+                      save_interval=settings["save_interval"],
+                      on_save=lambda step: _write_teacher(output_dir, settings, student))
     if cfg.get("resume"):
-        start, mean, std, losses = _restore(output_dir, settings, student, optimizer)
-        if start > steps:
-            raise UserError(f"--resume: {output_dir / STATE_FILE} is already at step {start}, "
-                            f"past --steps {steps}")
-        log.info("resuming distillation at step %d of %d", start, steps)
+        extra = trainer.resume()
+        changed = [k for k in _RUN_KEYS if extra["settings"].get(k) != settings[k]]
+        if changed:
+            raise UserError(f"--resume: {trainer.path} was made with other options ("
+                            + ", ".join(f"{k} {extra['settings'].get(k)!r} vs {settings[k]!r}"
+                                        for k in changed) + ")")
+        mean, std = extra["target_mean"], extra["target_std"]
     else:
-        start, losses = 0, []
         mean, std = target_statistics(target_net, sampler, settings)
+    trainer.extra = {"settings": run_settings, "target_mean": mean, "target_std": std}
     log.info("distilling %s into PDN-%s: %d images, %s px crops, batch %d, %d steps -> %s",
              settings["backbone"], MODEL_SIZES[settings["model"]], len(sampler.paths),
              settings["crop_size"] or "full", settings["batch_size"], steps, output_dir)
     mean_t = paddle.to_tensor(mean.reshape([1, -1, 1, 1]))
     std_t = paddle.to_tensor(std.reshape([1, -1, 1, 1]))
 
-    student.train()
-    bar = progress(total=steps, initial=start, desc=f"distill {settings['model']}")
-    for step in range(start, steps):
-        rng = np.random.default_rng([seed_step(settings["seed"], step), _TRAIN_STREAM])
-        small, big = sampler.batch(rng, settings["batch_size"])
+    def train_step(_batch, step_seed):
+        small, big = sampler.batch(np.random.default_rng([step_seed, _TRAIN_STREAM]),
+                                   settings["batch_size"])
         loss = distill_loss(student, target_net, small, big, mean_t, std_t)
         optimizer.clear_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
-        done = step + 1
-        bar.update(1)
-        if done % settings["log_interval"] == 0 or done == steps:
-            recent = np.mean(losses[-settings["log_interval"]:])
-            bar.set_postfix(loss=f"{recent:.4f}")
-            log.info("distill step %d/%d loss %.4f (mean of the last %d)", done, steps, recent,
-                     min(len(losses), settings["log_interval"]))
-        if done % settings["save_interval"] == 0 and done < steps:
-            _save(output_dir, settings, done, student, optimizer, mean, std, losses)
-    bar.close()
-    _save(output_dir, settings, steps, student, optimizer, mean, std, losses)
+        return {"total": float(loss)}
+
+    student.train()
+    trainer.run(lambda start: ((step, None) for step in range(start, steps)), train_step)
     teacher_path = output_dir / teacher_file_name(settings["model"])
     log.info("teacher written to %s (load it with --teacher_weights, or ship it as "
              "weights/%s to make it the default)", teacher_path, teacher_path.name)

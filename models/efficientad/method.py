@@ -5,7 +5,6 @@ Conventions shared by all parts:
   networks' callers (``imagenet_normalize``), before the teacher, student and autoencoder alike;
 - the teacher's output is always used normalised by its per-channel training mean/std.
 """
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,12 @@ import paddle
 
 from adkit.errors import UserError
 from adkit.runtime import seed_everything
-from adkit.training import (batch_stream, load_train_state, log, make_adam, optimizer_state,
-                            progress, restore_optimizer, save_train_state, seed_step, state_to_numpy,
-                            total_steps)
+from adkit.trainer import CHECKPOINT_FILE, Trainer
+from adkit.training import batch_stream, log, make_adam, progress, state_to_numpy, total_steps
 from adkit.weights import load_into_layer, read_state_dict, safe_load, save_atomic
 
 from ..base import AnomalyMethod
-from ..graph_ops import (imagenet_normalize)
+from ..graph_ops import imagenet_normalize
 
 from .augment import PenaltyImages, random_color_jitter
 from .inference import QUANTILE_NAMES, EfficientADInference
@@ -45,9 +43,10 @@ class EfficientADMethod(AnomalyMethod):
     """The paper's recipe (nelson1425/EfficientAD): batch 1, Adam lr 1e-4 wd 1e-5, lr x0.1 at
     95% of the steps, hard feature loss + optional penalty + AE and student-AE losses.
 
-    Checkpoint folder: {teacher,student,autoencoder}_{tmp,final}.pdparams, train_state.pdparams
-    (step, optimizer, scheduler) for --resume, normalization.pdparams (teacher mean/std, and
-    once training finished the four map quantiles).
+    Checkpoint folder: checkpoint.pdparams (adkit.trainer: the three nets, optimizer, scheduler,
+    teacher mean/std) for --resume; the published {teacher,student,autoencoder}_{tmp,final}
+    .pdparams role files; normalization.pdparams (teacher mean/std and, once training
+    finished, the four map quantiles).
     """
 
     ROLES = ("teacher", "student", "autoencoder")
@@ -80,43 +79,44 @@ class EfficientADMethod(AnomalyMethod):
         penalty = PenaltyImages(cfg["penalty_dir"], int(cfg["image_size"])) \
             if cfg.get("penalty_dir") else None
         optimizer, scheduler = self._make_optimizer(steps)
+        trainer = Trainer(
+            self.name, ckpt_dir / CHECKPOINT_FILE, self._nets(), ("student", "autoencoder"),
+            optimizer, scheduler=scheduler, total=steps, seed=cfg["seed"],
+            log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
+            on_save=lambda step: self._save_role_files(ckpt_dir, "tmp"))
         if resume:
-            start_step = self._restore(ckpt_dir, optimizer, scheduler)
-            log.info("resuming %s at step %d of %d", self.name, start_step, steps)
+            self.normalization = trainer.resume()["normalization"]
         else:
-            start_step = 0
             self._load_teacher()
-            mean, std = teacher_channel_stats(self.teacher, self._batches(train_set))
+            mean, std = teacher_channel_stats(self.teacher, self._batches(train_set, "teacher statistics"))
             self.normalization = {"teacher_mean": mean, "teacher_std": std}
-            save_atomic(self.normalization, ckpt_dir / "normalization.pdparams")
+        trainer.extra = {"normalization": self.normalization}
         if penalty is None:
             log.info("no --penalty_dir: training without the ImageNet penalty loss")
+
+        def train_step(images, _step_seed):
+            losses = self._train_step(images, penalty, optimizer)
+            scheduler.step()
+            return losses
 
         self.student.train()
         self.autoencoder.train()
         batch_size, seed = int(cfg["batch_size"]), int(cfg["seed"])
-        stream = batch_stream(train_set, batch_size, seed, start_step)
-        bar = progress(total=steps, initial=start_step, desc=f"{self.name} train")
-        for step, images in itertools.islice(stream, max(steps - start_step, 0)):
-            seed_step(seed, step)
-            losses = self._train_step(images, penalty, optimizer)
-            scheduler.step()
-            done = step + 1
-            bar.update(1)
-            if done % int(cfg["log_interval"]) == 0 or done == steps:
-                bar.set_postfix(loss=f"{losses['total']:.4f}")
-                log.info("step %d/%d lr %.2e %s", done, steps, optimizer.get_lr(),
-                         " ".join(f"{k} {v:.5f}" for k, v in losses.items()))
-            if done % int(cfg["save_interval"]) == 0 and done < steps:
-                self._save_checkpoint(ckpt_dir, done, optimizer, scheduler)
-        bar.close()
-        self._save_checkpoint(ckpt_dir, steps, optimizer, scheduler)
+        trainer.run(lambda start: batch_stream(train_set, batch_size, seed, start), train_step)
         self.student.eval()
         self.autoencoder.eval()
-        for role in self.ROLES:
-            save_atomic(_nets_state(getattr(self, role)), ckpt_dir / f"{role}_final.pdparams")
+        self._save_role_files(ckpt_dir, "final")
         self.normalization.update(self._validation_quantiles(val_set))
         save_atomic(self.normalization, ckpt_dir / "normalization.pdparams")
+
+    def _nets(self):
+        return {role: getattr(self, role) for role in self.ROLES}
+
+    def _save_role_files(self, ckpt_dir, kind):
+        """{teacher,student,autoencoder}_{tmp,final}.pdparams: the files users of the original
+        scripts and the MMDetection port load."""
+        for role in self.ROLES:
+            save_atomic(_nets_state(getattr(self, role)), ckpt_dir / f"{role}_{kind}.pdparams")
 
     def _make_optimizer(self, steps):
         # nelson1425: StepLR(step_size=int(0.95 * steps), gamma=0.1), stepped once per step
@@ -180,16 +180,16 @@ class EfficientADMethod(AnomalyMethod):
         std = paddle.to_tensor(self.normalization["teacher_std"]).reshape([1, -1, 1, 1])
         return (teacher_out - mean) / std
 
-    def _batches(self, dataset):
+    def _batches(self, dataset, desc):
         size = int(self.cfg.get("eval_batch_size") or 1)
-        for start in range(0, len(dataset), size):
+        for start in progress(range(0, len(dataset), size), desc=desc):
             yield np.stack([dataset[i] for i in range(start, min(start + size, len(dataset)))])
 
     def _validation_quantiles(self, val_set):
         net = self._inference_net(quantiles=None)
         local_maps, global_maps = [], []
         with paddle.no_grad():
-            for images in self._batches(val_set):
+            for images in self._batches(val_set, "map quantiles"):
                 local_map, global_map = net.raw_maps(paddle.to_tensor(images))
                 local_maps.append(local_map.numpy())
                 global_maps.append(global_map.numpy())
@@ -197,29 +197,6 @@ class EfficientADMethod(AnomalyMethod):
                                            np.concatenate(global_maps))
 
     # -- checkpoints ---------------------------------------------------------------------
-
-    def _save_checkpoint(self, ckpt_dir, step, optimizer, scheduler):
-        for role in self.ROLES:
-            save_atomic(_nets_state(getattr(self, role)), ckpt_dir / f"{role}_tmp.pdparams")
-        save_train_state(ckpt_dir / "train_state.pdparams",
-                         {"step": step, "optimizer": optimizer_state(optimizer, self._trained_layers()),
-                          "scheduler": scheduler.state_dict()})
-
-    def _trained_layers(self):
-        return {"student": self.student, "autoencoder": self.autoencoder}
-
-    def _restore(self, ckpt_dir, optimizer, scheduler):
-        """Load the last tmp checkpoint for --resume; returns the number of steps done."""
-        state_path = ckpt_dir / "train_state.pdparams"
-        if not state_path.is_file():
-            raise UserError(f"--resume: {state_path} not found (no interrupted EfficientAD "
-                            "training to continue; train without --resume)")
-        self._load_weights(ckpt_dir, "tmp")
-        self.normalization = self._read_normalization(ckpt_dir)
-        train_state = load_train_state(state_path)
-        restore_optimizer(optimizer, train_state["optimizer"], self._trained_layers())
-        scheduler.set_state_dict(train_state["scheduler"])
-        return int(train_state["step"])
 
     def _load_weights(self, ckpt_dir, kind):
         for role in self.ROLES:

@@ -1,0 +1,150 @@
+"""The one training loop every method shares, and its one checkpoint format.
+
+A method supplies its networks, optimizer (and scheduler), a ``train_step(batch, step_seed) ->
+{loss name: float}`` and what else its checkpoint must hold (``extra``). The trainer owns the
+rest: per-step seeding, progress with a running loss, log and save intervals, atomic
+checkpoints, resume, and Ctrl-C / SIGTERM (the current step finishes, a checkpoint is written,
+and ``TrainingInterrupted`` says where).
+
+Checkpoint (``checkpoint.pdparams``, numpy only, read without executing code):
+    {"format": 1, "method": str, "step": steps done, "total": int,
+     "nets": {role: state dict}, "optimizer": state under structured names,
+     "scheduler": state or None, "losses": float32 [step] total loss per step, "extra": {...}}
+"""
+import itertools
+import signal
+import threading
+from collections import deque
+
+import numpy as np
+
+from .errors import UserError
+from .training import (load_train_state, log, optimizer_state, progress, restore_optimizer,
+                       save_train_state, seed_step, set_state, state_to_numpy)
+
+CHECKPOINT_FILE = "checkpoint.pdparams"
+FORMAT = 1
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during training, after the checkpoint of the last finished step."""
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
+
+
+class Trainer:
+    def __init__(self, name, path, nets, trained, optimizer, *, total, seed, log_interval,
+                 save_interval, scheduler=None, extra=None, on_save=None):
+        """``path``: the checkpoint file; ``nets``: {role: Layer} saved and restored;
+        ``trained``: the roles the optimizer updates; ``on_save(step)``: files a method
+        writes beside each checkpoint (EfficientAD's role files, the distilled teacher)."""
+        self.name, self.path = name, path
+        self.nets, self.trained = nets, {role: nets[role] for role in trained}
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.total, self.seed = int(total), int(seed)
+        self.log_interval, self.save_interval = int(log_interval), int(save_interval)
+        self.extra = extra or {}
+        self.on_save = on_save
+        self.step = 0
+        self.losses = []
+        self._stop = None  # the signal that asked to stop, once one came
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def save(self):
+        save_train_state(self.path, {
+            "format": FORMAT, "method": self.name, "step": self.step, "total": self.total,
+            "nets": {role: state_to_numpy(net.state_dict()) for role, net in self.nets.items()},
+            "optimizer": optimizer_state(self.optimizer, self.trained),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "losses": np.asarray(self.losses, np.float32), "extra": self.extra})
+        if self.on_save:
+            self.on_save(self.step)
+
+    def resume(self):
+        """Restore nets, optimizer, scheduler, step and loss history; returns ``extra``."""
+        state = read_checkpoint(self.path, "--resume", f"no {self.name} training to continue "
+                                                       "there; train without --resume")
+        if state["method"] != self.name:
+            raise UserError(f"--resume: {self.path} is a {state['method']} checkpoint, not {self.name}")
+        for role, net in self.nets.items():
+            set_state(net, state["nets"][role])
+        restore_optimizer(self.optimizer, state["optimizer"], self.trained)
+        if self.scheduler is not None:
+            self.scheduler.set_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.losses = [float(v) for v in state["losses"]]
+        if self.step > self.total:
+            raise UserError(f"--resume: {self.path} is already at step {self.step}, past the "
+                            f"{self.total} steps asked for")
+        log.info("%s: resuming at step %d of %d", self.name, self.step, self.total)
+        return state["extra"]
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, batches, train_step):
+        """``batches(start)`` yields (step, batch) from step ``start``; ``train_step(batch,
+        step_seed)`` does one optimisation step. Ends with a checkpoint at ``total``."""
+        window = deque(self.losses[-self.log_interval:], maxlen=self.log_interval)
+        bar = progress(total=self.total, initial=self.step, desc=f"{self.name} train")
+        with self._deferred_stop():
+            for step, batch in itertools.islice(batches(self.step), max(self.total - self.step, 0)):
+                losses = train_step(batch, seed_step(self.seed, step))
+                total_loss = losses.get("total", next(iter(losses.values())))
+                self.losses.append(total_loss)
+                window.append(total_loss)
+                self.step = step + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(window):.4f}", refresh=False)
+                if self.step % self.log_interval == 0 or self.step == self.total:
+                    log.info("%s step %d/%d loss %.5f (mean of the last %d) %s", self.name,
+                             self.step, self.total, np.mean(window), len(window),
+                             " ".join(f"{k} {v:.5f}" for k, v in losses.items() if k != "total"))
+                if self._stop is not None:
+                    bar.close()
+                    self.save()
+                    raise TrainingInterrupted(
+                        f"interrupted at step {self.step} of {self.total}: checkpoint saved to "
+                        f"{self.path}", self.step)
+                if self.step % self.save_interval == 0 and self.step < self.total:
+                    self.save()
+        bar.close()
+        self.save()
+
+    def _deferred_stop(self):
+        """Ctrl-C / SIGTERM: finish the step, then save and stop; a second one stops at once."""
+        trainer = self
+
+        class Deferred:
+            def __enter__(self):
+                self.previous = {}
+                if threading.current_thread() is not threading.main_thread():
+                    return self
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self.previous[sig] = signal.signal(sig, self.handle)
+                return self
+
+            def handle(self, signum, frame):
+                if trainer._stop is not None:
+                    raise KeyboardInterrupt
+                trainer._stop = signum
+                log.warning("stopping after this step to save a checkpoint (again to stop now)")
+
+            def __exit__(self, *exc):
+                for sig, handler in self.previous.items():
+                    signal.signal(sig, handler)
+                return False
+
+        return Deferred()
+
+
+def read_checkpoint(path, what, advice):
+    """A checkpoint written by ``Trainer.save`` (one line naming the file if there is none)."""
+    if not path.is_file():
+        raise UserError(f"{what}: {path} not found ({advice})")
+    state = load_train_state(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not a checkpoint of this version (format {FORMAT})")
+    return state

@@ -1,0 +1,110 @@
+"""The shared trainer: checkpoints, resume, and Ctrl-C that saves and says how to continue."""
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from adkit.errors import UserError
+from adkit.trainer import CHECKPOINT_FILE, Trainer, TrainingInterrupted
+from adkit.training import make_adam, load_train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+
+
+def toy_run(folder, total, interrupt_at=None):
+    paddle.seed(0)
+    net = paddle.nn.Linear(4, 1)
+    optimizer = make_adam(net.parameters(), 0.01)
+    trainer = Trainer("toy", folder / CHECKPOINT_FILE, {"net": net}, ("net",), optimizer,
+                      total=total, seed=5, log_interval=2, save_interval=100, extra={"note": "x"})
+
+    def batches(start):
+        for step in range(start, total):
+            yield step, DATA[(step * 8) % 64:(step * 8) % 64 + 8]
+
+    def train_step(batch, step_seed):
+        noise = np.random.default_rng(step_seed).standard_normal((8, 1)).astype(np.float32)
+        loss = paddle.mean((net(paddle.to_tensor(batch)) - paddle.to_tensor(noise)) ** 2)
+        optimizer.clear_grad()
+        loss.backward()
+        optimizer.step()
+        if trainer.step + 1 == interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, in the middle of a step
+        return {"total": float(loss)}
+
+    return trainer, net, batches, train_step
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_bit_identically(tmp_path):
+    straight, _ = run_to_end(tmp_path / "a", 10)
+    trainer, net, batches, step = toy_run(tmp_path / "b", 10, interrupt_at=4)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 4 of 10: checkpoint saved to"):
+        trainer.run(batches, step)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    saved = load_train_state(tmp_path / "b" / CHECKPOINT_FILE)
+    assert saved["step"] == 4 and len(saved["losses"]) == 4 and saved["extra"] == {"note": "x"}
+    resumed, losses = run_to_end(tmp_path / "b", 10, resume=True)
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    np.testing.assert_array_equal(losses, load_train_state(tmp_path / "a" / CHECKPOINT_FILE)["losses"])
+
+
+def run_to_end(folder, total, resume=False):
+    trainer, net, batches, step = toy_run(folder, total)
+    if resume:
+        assert trainer.resume() == {"note": "x"}
+    trainer.run(batches, step)
+    state = load_train_state(folder / CHECKPOINT_FILE)
+    assert state["step"] == total
+    return {k: v.numpy() for k, v in net.state_dict().items()}, state["losses"]
+
+
+def test_resume_needs_a_checkpoint_of_the_same_method(tmp_path):
+    trainer, *_ = toy_run(tmp_path, 3)
+    with pytest.raises(UserError, match=r"--resume: .*checkpoint.pdparams not found"):
+        trainer.resume()
+    run_to_end(tmp_path, 3)
+    other, *_ = toy_run(tmp_path, 3)
+    other.name = "other"
+    with pytest.raises(UserError, match="is a toy checkpoint, not other"):
+        other.resume()
+    shorter, *_ = toy_run(tmp_path, 2)
+    with pytest.raises(UserError, match="already at step 3, past the 2 steps"):
+        shorter.resume()
+
+
+def test_ctrl_c_during_main_py_training_prints_the_command_that_continues(tmp_path):
+    out = tmp_path / "out"
+    args = ["--model", "rd4ad", "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
+            "--cls", "gravel", "--output_dir", str(out), "--image_size", "64", "--steps", "60",
+            "--batch_size", "2", "--log_interval", "1", "--backbone", "efficientnet_lite0",
+            "--backbone_weights", "none"]
+    proc = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "rd4ad step 2/60" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read().strip().splitlines()
+    assert proc.wait(timeout=120) == 130
+    match = re.fullmatch(r"interrupted at step (\d+) of 60: checkpoint saved to (\S+); "
+                         r"continue with: (python main\.py .*)", rest[-1])
+    assert match, rest[-3:]
+    step, checkpoint, command = int(match[1]), match[2], match[3]
+    assert 2 <= step < 60 and load_train_state(checkpoint)["step"] == step
+    assert not (out / "rd4ad" / "gravel" / "calibration.json").exists()  # training did not finish
+
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "main.py"] and argv[2:] == args + ["--resume"]
+    done = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming at step {step} of 60" in done.stderr
+    assert load_train_state(checkpoint)["step"] == 60
