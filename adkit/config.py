@@ -43,6 +43,11 @@ OPTIONS = {
                               "eval/infer use the stored one unless given"),
     "save_format": (str, "eval/infer: " + SAVE_FORMAT_HELP),
 }
+# Options that may differ between training and later use (eval, infer, export); every other
+# option is taken from the training run (train_config.json), so the same network is rebuilt.
+RUNTIME_OPTIONS = ("mode", "data_dir", "cls", "output_dir", "device", "cpu_threads",
+                   "eval_batch_size", "img_path", "threshold", "threshold_policy", "save_format",
+                   "resume", "skip_bad_images")
 DEFAULTS = {"data_dir": "sample_data", "cls": "all", "output_dir": "output", "device": "cpu",
             "cpu_threads": 2, "img_path": None, "threshold": None, "threshold_policy": None,
             "save_format": "npy", "resume": False, "skip_bad_images": False}

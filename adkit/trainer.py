@@ -24,6 +24,8 @@ from .training import (load_train_state, log, optimizer_state, progress, restore
 
 CHECKPOINT_FILE = "checkpoint.pdparams"
 FORMAT = 1
+# Training state files of versions before this format: they load for eval/export, not --resume.
+OLD_STATE_FILES = ("last.pdparams", "train_state.pdparams", "distill_state.pdparams")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -143,6 +145,9 @@ class Trainer:
 def read_checkpoint(path, what, advice):
     """A checkpoint written by ``Trainer.save`` (one line naming the file if there is none)."""
     if not path.is_file():
+        if any((path.parent / name).is_file() for name in OLD_STATE_FILES):
+            advice = ("the training state there was written by an older version: it still loads "
+                      "for eval, export and infer, but cannot be resumed; train again")
         raise UserError(f"{what}: {path} not found ({advice})")
     state = load_train_state(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -1,14 +1,10 @@
 """Methods by name (models/registry.py) and rebuilding a trained one from its folder."""
 import os
 
+from adkit.config import RUNTIME_OPTIONS
 from adkit.errors import UserError
 
 TRAIN_CONFIG_FILE = "train_config.json"
-# Options that may differ between training and later use; everything else (architecture,
-# image size, backbone, ...) is taken from the training run so the same network is rebuilt.
-RUNTIME_KEYS = ("mode", "data_dir", "cls", "output_dir", "device", "cpu_threads",
-                "eval_batch_size", "img_path", "threshold", "threshold_policy", "save_format",
-                "resume", "skip_bad_images")
 
 
 def build_method(cfg):
@@ -22,11 +18,11 @@ def save_training_config(cfg, ckpt_dir):
     from adkit.io_utils import write_json
 
     write_json(os.path.join(ckpt_dir, TRAIN_CONFIG_FILE),
-               {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS})
+               {k: v for k, v in cfg.items() if k not in RUNTIME_OPTIONS})
 
 
 def load_trained(ckpt_dir, runtime_cfg=None, expected_model=None):
-    """(cfg, method) for the model trained in ``ckpt_dir``; ``runtime_cfg`` supplies RUNTIME_KEYS."""
+    """(cfg, method) for the model trained in ``ckpt_dir``; ``runtime_cfg`` supplies RUNTIME_OPTIONS."""
     from adkit.io_utils import read_json
 
     path = os.path.join(ckpt_dir, TRAIN_CONFIG_FILE)
@@ -37,7 +33,7 @@ def load_trained(ckpt_dir, runtime_cfg=None, expected_model=None):
     cfg = read_json(path)
     if expected_model and cfg.get("model") != expected_model:
         raise UserError(f"{path}: checkpoint is for --model {cfg.get('model')}, not {expected_model}")
-    for key in RUNTIME_KEYS:
+    for key in RUNTIME_OPTIONS:
         if runtime_cfg and key in runtime_cfg:
             cfg[key] = runtime_cfg[key]
     method = build_method(cfg)

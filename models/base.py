@@ -12,7 +12,9 @@ class AnomalyMethod:
     name = "base"
 
     def __init__(self, cfg):
-        self.cfg = cfg
+        from .registry import with_setting_defaults
+
+        self.cfg = with_setting_defaults(cfg)  # every setting of the method is present
 
     def fit(self, train_set, val_set, ckpt_dir, resume=False):
         """Train on ``train_set`` (good images); ``val_set`` is held-out good images.

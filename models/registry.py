@@ -94,5 +94,11 @@ def benchmark_cases():
     return cases
 
 
+def with_setting_defaults(cfg):
+    """``cfg`` with the method's settings filled in where missing (their declared defaults)."""
+    defaults = {name: field.default for name, field in setting_fields(cfg["model"]).items()}
+    return {**defaults, **cfg}
+
+
 def setting_fields(model):
     return {f.name: f for f in dataclasses.fields(spec_for(model).settings)}

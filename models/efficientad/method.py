@@ -77,7 +77,7 @@ class EfficientADMethod(AnomalyMethod):
                             "--val_ratio > 0 with at least 2 training images")
         steps = total_steps(self.cfg, len(train_set), "paper: 70000 steps")
         penalty = PenaltyImages(cfg["penalty_dir"], int(cfg["image_size"])) \
-            if cfg.get("penalty_dir") else None
+            if cfg["penalty_dir"] else None
         optimizer, scheduler = self._make_optimizer(steps)
         trainer = Trainer(
             self.name, ckpt_dir / CHECKPOINT_FILE, self._nets(), ("student", "autoencoder"),
@@ -125,12 +125,12 @@ class EfficientADMethod(AnomalyMethod):
             gamma=0.1)
         parameters = self.student.parameters() + self.autoencoder.parameters()
         optimizer = make_adam(parameters, scheduler,
-                              weight_decay=float(self.cfg.get("weight_decay", 1e-5)))
+                              weight_decay=float(self.cfg["weight_decay"]))
         return optimizer, scheduler
 
     def _load_teacher(self):
         """--teacher_weights PATH, or 'none' for random init, or unset: the shipped default."""
-        choice = self.cfg.get("teacher_weights")
+        choice = self.cfg["teacher_weights"]
         if choice is None:
             choice = default_teacher_path(self.size)
             if choice is None:

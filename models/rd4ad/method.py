@@ -13,9 +13,6 @@ from ..base import AnomalyMethod
 from .networks import RD4ADInference, build_student, rd4ad_loss
 
 OLD_CHECKPOINT = "last.pdparams"  # before the shared trainer: still loads, cannot be resumed
-# cfg keys that define the trained model; stored in the checkpoint so it can be rebuilt.
-MODEL_KEYS = ("backbone", "backbone_weights", "image_size", "loss_per_image", "lr", "beta1",
-              "beta2", "batch_size", "steps", "epochs", "seed")
 
 
 class RD4ADMethod(AnomalyMethod):
@@ -57,8 +54,7 @@ class RD4ADMethod(AnomalyMethod):
             total=total_steps(cfg, len(train_set), "paper: 200 epochs"), seed=cfg["seed"],
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
             extra={"backbone": cfg["backbone"], "backbone_weights": cfg["backbone_weights"] or "auto",
-                   "encoder_sha256": self.encoder_sha256, "image_size": self.image_size,
-                   "config": {key: cfg.get(key) for key in MODEL_KEYS}})
+                   "encoder_sha256": self.encoder_sha256, "image_size": self.image_size})
         if resume:
             self._check_same_encoder(trainer.resume(), path, cfg["backbone_weights"])
         per_image = bool(cfg["loss_per_image"])
