@@ -20,7 +20,7 @@ from adkit.runtime import cpu_threads_from_argv, set_cpu_threads
 def parse_args(argv):
     from adkit.config import HelpFormatter, OneLineParser
     from adkit.thresholds import POLICY_HELP
-    from models.registry import model_names
+    from adkit.registry import model_names
 
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, choices=model_names(), help="the trained method")
@@ -47,7 +47,7 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     from adkit.deploy import DEPLOY_CONFIG, INPUT_DESCRIPTION, INPUT_NAME, MODEL_PREFIX
     from adkit.io_utils import default_dir_mode, write_json
     from adkit.calibration import CALIBRATION_FILE, EVAL_METRICS_FILE, read_calibration, resolve_threshold
-    from models import load_trained
+    from adkit.registry import load_trained
 
     cfg, method = load_trained(checkpoint_dir, runtime_cfg={"device": "cpu"}, expected_model=model)
     net = method.inference_net()

@@ -66,7 +66,7 @@ def run(args):
     from adkit import Predictor
     from adkit.outputs import RunFolder
     from adkit.predictor import predict_into_folder
-    from datasets import collect_images
+    from adkit.image_io import collect_images
 
     root, paths = collect_images(args.img_path)
     if args.batch_size > len(paths):

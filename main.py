@@ -44,7 +44,7 @@ def train(cfg, cls):
     from adkit.calibration import calibrate, check_policy_applies, write_calibration
     from adkit.engines import DygraphEngine
     from adkit.thresholds import DEFAULT_POLICY
-    from models import build_method, save_training_config
+    from adkit.registry import build_method, save_training_config
 
     train_set, val_set = training_side(cfg, cls)
     policy = cfg["threshold_policy"] or DEFAULT_POLICY
@@ -67,7 +67,7 @@ def train(cfg, cls):
 
 
 def load_trained(cfg, cls):
-    from models import load_trained as load_from_folder
+    from adkit.registry import load_trained as load_from_folder
 
     ckpt_dir = checkpoint_dir(cfg, cls)
     cfg, method = load_from_folder(ckpt_dir, runtime_cfg=cfg, expected_model=cfg["model"])
@@ -135,7 +135,7 @@ def infer(cfg, cls):
     from adkit import Predictor
     from adkit.outputs import RunFolder
     from adkit.predictor import predict_into_folder
-    from datasets import collect_images
+    from adkit.image_io import collect_images
 
     root, paths = collect_images(cfg["img_path"])
     ckpt_dir = checkpoint_dir(cfg, cls)
@@ -220,7 +220,7 @@ def main(argv=None):
 
     set_device(cfg["device"])
     seed_everything(cfg["seed"])
-    from models.registry import spec_for
+    from adkit.registry import spec_for
 
     spec = spec_for(cfg["model"])
     if cfg["mode"] in spec.modes:  # a mode the method adds (EfficientAD: distill)

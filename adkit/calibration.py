@@ -33,8 +33,8 @@ class _Arrays:
 
 def calibrate(run_batch, train_set, val_set, batch_size, seed, policy_text):
     """Score the training side with ``run_batch`` and return the calibration dict (see module)."""
-    from datasets import to_chw_float
-    from datasets.synthetic import DEFAULT_KINDS, synthetic_defects
+    from .image_io import to_chw_float
+    from .synthetic import DEFAULT_KINDS, synthetic_defects
 
     train_maps, train_scores = run_inference(run_batch, train_set, batch_size, "scoring training images")
     val_maps, val_scores = run_inference(run_batch, val_set, batch_size, "scoring validation images")

@@ -71,7 +71,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser(model=None):
     """The command line; with ``model`` known, its own options (registry settings) too."""
-    from models import registry
+    from . import registry
 
     models = registry.model_names()
     modes = BASE_MODES + tuple(registry.extra_modes())
@@ -147,7 +147,7 @@ def model_defaults(model):
 
 def resolve_config(argv=None):
     """Parse ``argv`` and return the merged, validated config dict."""
-    from models import registry
+    from . import registry
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_model_in(argv)).parse_args(argv)

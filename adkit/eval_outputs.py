@@ -23,7 +23,7 @@ def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, t
     """``test_set``: the datasets.TestDataset that was scored; ``root``: the category folder the
     outputs mirror; ``maps``/``scores``: model-size maps and image scores; ``result``: the
     metrics dict with its decision table; ``skipped``: [(TestItem, message)] not scored."""
-    from datasets import read_rgb
+    from .image_io import read_rgb
 
     items = test_set.items
     labels = np.array([item.label for item in items])

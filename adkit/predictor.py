@@ -54,7 +54,7 @@ class Predictor:
                                         image_size=self.image_size, gpu_id=gpu_id)
             stored_range = info.get("map_range")
         else:
-            from models import load_trained
+            from .registry import load_trained
 
             from .engines import DygraphEngine
             from .runtime import set_device
@@ -81,7 +81,7 @@ class Predictor:
 
     def preprocess(self, image):
         """RGB uint8 HxWx3 (any size) -> float32 3xSxS in [0,1], the input every engine takes."""
-        from datasets import model_input
+        from .image_io import model_input
 
         return model_input(image, self.image_size)
 
@@ -92,7 +92,7 @@ class Predictor:
 
     def predict(self, image):
         """One image (a path or an RGB uint8 HxWx3 array) -> Prediction."""
-        from datasets import read_rgb
+        from .image_io import read_rgb
 
         if isinstance(image, (str, os.PathLike)):
             image = read_rgb(os.fspath(image))
@@ -138,7 +138,7 @@ def predict_files(predictor, root, paths, outputs, batch_size=1, skip_bad=False,
     logged and listed in the CSV as skipped."""
     import time
 
-    from datasets import folder_label, read_rgb
+    from .image_io import folder_label, read_rgb
 
     from .training import progress
 

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from models.registry import all_specs, benchmark_cases  # noqa: E402
+from adkit.registry import all_specs, benchmark_cases  # noqa: E402
 
 MODELS = {label: (model, [word for key, value in options.items() for word in (f"--{key}", str(value))])
           for label, (model, options) in benchmark_cases().items()}  # label: (--model, options)
@@ -120,7 +120,7 @@ def build_runner(job):
         return create_engine("onnxruntime", job["export_dir"], cpu_threads=job["cpu_threads"]).run
     if engine == "dygraph":
         from adkit.engines import DygraphEngine
-        from models import load_trained
+        from adkit.registry import load_trained
 
         _, method = load_trained(job["ckpt_dir"])
         return DygraphEngine(method.inference_net()).run
@@ -132,7 +132,7 @@ def build_runner(job):
 
 
 def worker(job):
-    from datasets import model_input, read_rgb
+    from adkit.image_io import model_input, read_rgb
 
     paths, size, batch_size = job["images"], job["image_size"], job["batch_size"]
     if job["engine"] == "onnxruntime":

@@ -44,7 +44,7 @@ def test_rows(eval_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from models.registry import model_names
+    from adkit.registry import model_names
 
     parser.add_argument("--model", required=True, choices=model_names())
     parser.add_argument("--train_args", default="", help="more main.py options for training, quoted")

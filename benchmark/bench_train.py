@@ -16,7 +16,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from models.registry import benchmark_cases  # noqa: E402
+from adkit.registry import benchmark_cases  # noqa: E402
 
 CASES = benchmark_cases()  # label: (model, options)
 
@@ -31,7 +31,7 @@ def config(case, steps, image_size):
 
 
 def fit_seconds(case, steps, image_size, data):
-    from models import build_method
+    from adkit.registry import build_method
 
     method = build_method(config(case, steps, image_size))
     with tempfile.TemporaryDirectory() as folder:

@@ -1,7 +1,5 @@
-from .image_io import (collect_images, folder_label, list_images, model_input, read_mask, read_rgb,
-                       resize_rgb, to_chw_float)
+"""Dataset layouts on disk (MVTec AD today): which files are training, validation and test
+images, their labels, defect types and masks. Reading and resizing images is adkit.image_io."""
 from .mvtec import ImageDataset, MVTecCategory, TestDataset, find_categories, split_train_val
 
-__all__ = ["collect_images", "folder_label", "read_rgb", "read_mask", "resize_rgb", "to_chw_float",
-           "list_images", "model_input", "MVTecCategory", "ImageDataset", "TestDataset", "find_categories",
-           "split_train_val"]
+__all__ = ["MVTecCategory", "ImageDataset", "TestDataset", "find_categories", "split_train_val"]

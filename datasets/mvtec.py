@@ -6,7 +6,7 @@ import numpy as np
 
 from adkit.errors import UserError
 
-from .image_io import list_images, read_mask, read_rgb, resize_mask, resize_rgb, to_chw_float
+from adkit.image_io import list_images, read_mask, read_rgb, resize_mask, resize_rgb, to_chw_float
 
 
 def find_categories(data_dir):

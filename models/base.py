@@ -12,7 +12,7 @@ class AnomalyMethod:
     name = "base"
 
     def __init__(self, cfg):
-        from .registry import with_setting_defaults
+        from adkit.registry import with_setting_defaults
 
         self.cfg = with_setting_defaults(cfg)  # every setting of the method is present
 

@@ -7,8 +7,8 @@ import pytest
 
 from adkit.errors import UserError
 from adkit.training import batch_stream
-from datasets import (ImageDataset, MVTecCategory, TestDataset, find_categories, read_mask,
-                      read_rgb, split_train_val, to_chw_float)
+from adkit.image_io import read_mask, read_rgb, to_chw_float
+from datasets import ImageDataset, MVTecCategory, TestDataset, find_categories, split_train_val
 
 
 def write(path, array):

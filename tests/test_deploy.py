@@ -99,7 +99,7 @@ def dygraph_outputs(ckpt_dir, paths):
     """The reference: models.load_trained + inference_net -> (maps [N,S,S], scores [N])."""
     import paddle
 
-    from models import load_trained
+    from adkit.registry import load_trained
 
     _, method = load_trained(str(ckpt_dir))
     batch = paddle.to_tensor(np.stack([model_input(p) for p in paths]))

@@ -10,7 +10,7 @@ import pytest
 
 from adkit.errors import UserError
 from adkit.weights import read_state_dict, safe_load
-from datasets.image_io import find_images
+from adkit.image_io import find_images
 from adkit.trainer import CHECKPOINT_FILE as STATE_FILE
 from models.efficientad.distill import (DistillSampler, DistillTarget, RunningChannelStats,
                             projection_matrix, run_distill, target_statistics)

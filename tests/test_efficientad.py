@@ -343,7 +343,7 @@ def test_color_jitter_hand_values():
 
 
 def test_penalty_images_resize_grayscale_and_centre_crop(tmp_path):
-    from datasets.image_io import read_rgb, resize_rgb
+    from adkit.image_io import read_rgb, resize_rgb
 
     (tmp_path / "class_a").mkdir()
     picture = RNG.integers(0, 256, (30, 50, 3), dtype=np.uint8)

@@ -12,7 +12,7 @@ from adkit.errors import UserError
 from adkit.io_utils import default_dir_mode, default_file_mode
 from adkit.outputs import ImageOutputs, RunFolder, display_range
 from adkit.predictor import predict_files
-from datasets import collect_images, folder_label
+from adkit.image_io import collect_images, folder_label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BRICK_TEST = os.path.join(ROOT, "sample_data", "brick", "test")

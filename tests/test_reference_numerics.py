@@ -31,7 +31,7 @@ RUNS = {
 def weight_fingerprint(folder):
     """{first part of the parameter name: [sum, sum of squares]} over the trained model's
     inference net, as loaded from ``folder``: independent of how checkpoints are laid out."""
-    from models import load_trained
+    from adkit.registry import load_trained
 
     _, method = load_trained(folder)
     out = {}

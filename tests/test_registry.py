@@ -8,7 +8,7 @@ import pytest
 
 from adkit.config import resolve_config
 from adkit.errors import UserError
-from models import registry
+from adkit import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from datasets.synthetic import DEFAULT_KINDS, KINDS, make_defect, synthetic_defects
+from adkit.synthetic import DEFAULT_KINDS, KINDS, make_defect, synthetic_defects
 
 SEEDS = range(4)
 

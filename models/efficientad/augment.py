@@ -4,7 +4,7 @@ generic images of the optional ImageNet penalty.
 
 import numpy as np
 
-from datasets.image_io import find_images, read_rgb, resize_rgb, to_chw_float
+from adkit.image_io import find_images, read_rgb, resize_rgb, to_chw_float
 
 
 

@@ -32,7 +32,7 @@ from adkit.runtime import seed_everything
 from adkit.trainer import CHECKPOINT_FILE, Trainer
 from adkit.training import log, make_adam, progress, state_to_numpy
 from adkit.weights import save_atomic
-from datasets.image_io import find_images, read_rgb
+from adkit.image_io import find_images, read_rgb
 
 from ..backbones.encoders import build_encoder
 from ..graph_ops import bilinear_resize, imagenet_normalize

@@ -1,7 +1,7 @@
-"""EfficientAD's entry in the method registry (see models/registry.py)."""
+"""EfficientAD's entry in the method registry (see adkit/registry.py)."""
 from dataclasses import dataclass
 
-from ..registry import MethodSpec, setting
+from adkit.registry import MethodSpec, setting
 
 
 @dataclass

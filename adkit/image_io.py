@@ -4,7 +4,7 @@ import os
 import cv2
 import numpy as np
 
-from adkit.errors import UserError
+from .errors import UserError
 
 # A corrupt file must give our one error line, not an OpenCV warning before it.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

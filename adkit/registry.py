@@ -1,5 +1,8 @@
 """The method registry: each method declares itself once, in ``models/<method>/spec.py``.
 
+The methods sit above this package: they import it, it finds them by name at run time
+(``models.<folder>.spec``), so no static import goes upwards.
+
 A spec names the ``--model`` values it serves, its typed settings (a dataclass whose fields are
 its own options, with types and help), where its AnomalyMethod lives, any extra ``--mode`` it
 adds, and the options of a quick smoke run for tests and benchmarks. Specs import no Paddle, so
@@ -10,9 +13,12 @@ import dataclasses
 import importlib
 import os
 
-from adkit.errors import UserError
+from .config import RUNTIME_OPTIONS
+from .errors import UserError
+from .io_utils import read_json, write_json
 
-MODELS_DIR = os.path.dirname(os.path.abspath(__file__))
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+TRAIN_CONFIG_FILE = "train_config.json"
 
 
 def setting(help_text, default=None):
@@ -102,3 +108,33 @@ def with_setting_defaults(cfg):
 
 def setting_fields(model):
     return {f.name: f for f in dataclasses.fields(spec_for(model).settings)}
+
+
+# -- trained models on disk --------------------------------------------------------------
+
+def build_method(cfg):
+    """A fresh (untrained) method (its module is imported now: it pulls in Paddle)."""
+    return spec_for(cfg["model"]).build(cfg)
+
+
+def save_training_config(cfg, ckpt_dir):
+    write_json(os.path.join(ckpt_dir, TRAIN_CONFIG_FILE),
+               {k: v for k, v in cfg.items() if k not in RUNTIME_OPTIONS})
+
+
+def load_trained(ckpt_dir, runtime_cfg=None, expected_model=None):
+    """(cfg, method) for the model trained in ``ckpt_dir``; ``runtime_cfg`` supplies RUNTIME_OPTIONS."""
+    path = os.path.join(ckpt_dir, TRAIN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        what = expected_model or "model"
+        raise UserError(f"{ckpt_dir}: no trained {what} here (missing {TRAIN_CONFIG_FILE}); "
+                        "run main.py --mode train first")
+    cfg = read_json(path)
+    if expected_model and cfg.get("model") != expected_model:
+        raise UserError(f"{path}: checkpoint is for --model {cfg.get('model')}, not {expected_model}")
+    for key in RUNTIME_OPTIONS:
+        if runtime_cfg and key in runtime_cfg:
+            cfg[key] = runtime_cfg[key]
+    method = build_method(cfg)
+    method.load(ckpt_dir)
+    return cfg, method
