@@ -7,11 +7,12 @@ import numpy as np
 from adkit.image_io import find_images, read_rgb, resize_rgb, to_chw_float
 
 
-
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)  # ITU-R 601, as PIL
+
 
 def _grayscale(image):
     return (image * _LUMA).sum(axis=0, keepdims=True)
+
 
 def color_jitter(image, kind, factor):
     """One of torchvision's ColorJitter adjustments on a float [3,H,W] image in [0,1]:
@@ -25,11 +26,13 @@ def color_jitter(image, kind, factor):
         adjusted = factor * image + (1 - factor) * _grayscale(image)
     return np.clip(adjusted, 0.0, 1.0).astype(np.float32)
 
+
 def random_color_jitter(image):
     """The paper's AE augmentation as nelson1425 implements it: ONE of brightness, contrast,
     saturation chosen uniformly, factor uniform in [0.8, 1.2] (numpy's global RNG, which
     seed_step re-seeds every step)."""
     return color_jitter(image, np.random.randint(3), np.random.uniform(0.8, 1.2))
+
 
 class PenaltyImages:
     """Generic images (e.g. ImageNet train) for the penalty loss, prepared as the reference:

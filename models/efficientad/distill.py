@@ -37,6 +37,7 @@ from adkit.image_io import find_images, read_rgb
 from ..backbones.encoders import build_encoder
 from ..graph_ops import bilinear_resize, imagenet_normalize
 from .augment import color_jitter
+from .losses import RunningChannelStats
 from .method import MODEL_SIZES
 from .networks import PDN, TEACHER_CHANNELS, pdn_out_size
 
@@ -162,32 +163,6 @@ class DistillTarget(nn.Layer):
         stride16 = F.avg_pool2d(stride16, 3, stride=1, padding=1, exclusive=True)
         stride16 = bilinear_resize(stride16, stride8.shape[2:])
         return F.conv2d(paddle.concat([stride8, stride16], axis=1), self.projection)
-
-
-class RunningChannelStats:
-    """Per-channel population mean/std over every position of every batch (float64, Chan's
-    pairwise update, so no catastrophic cancellation)."""
-
-    def __init__(self):
-        self.count, self.mean, self.m2 = 0, None, None
-
-    def update(self, batch):
-        values = np.asarray(batch, dtype=np.float64)
-        values = values.transpose(1, 0, 2, 3).reshape(values.shape[1], -1)
-        count, mean = values.shape[1], values.mean(axis=1)
-        m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
-        if self.count == 0:
-            self.count, self.mean, self.m2 = count, mean, m2
-            return
-        delta, total = mean - self.mean, self.count + count
-        self.mean = self.mean + delta * count / total
-        self.m2 = self.m2 + m2 + delta ** 2 * self.count * count / total
-        self.count = total
-
-    def result(self):
-        # a constant channel (possible with an untrained backbone) must not divide by zero
-        std = np.maximum(np.sqrt(self.m2 / self.count), 1e-6)
-        return self.mean.astype(np.float32), std.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------- training

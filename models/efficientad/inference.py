@@ -11,16 +11,18 @@ from ..graph_ops import (imagenet_normalize, interpolation_matrix,
                          separable_map)
 
 
-
 MAP_PADDING = 4  # the unpadded PDN loses this many pixels per side (in map units) at 256 px
 
+
 QUANTILE_NAMES = ("q_st_start", "q_st_end", "q_ae_start", "q_ae_end")
+
 
 def _padded_resize_matrix(n_in, n_out):
     """[n_out, n_in]: zero-pad by MAP_PADDING on both sides, then resize bilinearly. The
     padded entries are zeros, so the padding is just the interpolation matrix without its
     first and last MAP_PADDING columns (one op fewer in the exported graph)."""
     return interpolation_matrix(n_in + 2 * MAP_PADDING, n_out, False)[:, MAP_PADDING:-MAP_PADDING]
+
 
 class EfficientADInference(nn.Layer):
     """The anomaly map, for every mode: x [B,3,H,W] RGB in [0,1] -> (map [B,1,H,W], score [B]).

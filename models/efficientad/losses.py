@@ -31,6 +31,7 @@ def quantile_linear(values, q):
         low_value, high_value = bottom[below], bottom[above]
     return low_value + (position - below) * (high_value - low_value)
 
+
 def hard_feature_loss(teacher_out, student_out, q=0.999):
     """Mean of the squared teacher-student differences at or above their q-quantile."""
     distance = (teacher_out - student_out[:, :teacher_out.shape[1]]) ** 2
@@ -38,15 +39,48 @@ def hard_feature_loss(teacher_out, student_out, q=0.999):
         hard = (distance >= quantile_linear(distance.detach(), q)).astype(distance.dtype)
     return (distance * hard).sum() / hard.sum()
 
+
 def penalty_loss(student_out):
     """Keeps the student's teacher half from imitating the teacher on unrelated images."""
     return paddle.mean(student_out[:, :student_out.shape[1] // 2] ** 2)
 
+
 def autoencoder_loss(teacher_out, ae_out):
     return paddle.mean((teacher_out - ae_out) ** 2)
 
+
 def student_ae_loss(ae_out, student_out):
     return paddle.mean((ae_out - student_out[:, ae_out.shape[1]:]) ** 2)
+
+
+class RunningChannelStats:
+    """Per-channel population mean/std over every position of every batch (float64, Chan's
+    pairwise update, so no catastrophic cancellation)."""
+
+    def __init__(self, min_std=1e-6):
+        self.count, self.mean, self.m2 = 0, None, None
+        self.min_std = min_std
+
+    def update(self, batch):
+        values = np.asarray(batch, dtype=np.float64)
+        values = values.transpose(1, 0, 2, 3).reshape(values.shape[1], -1)
+        count, mean = values.shape[1], values.mean(axis=1)
+        m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = count, mean, m2
+            return
+        delta, total = mean - self.mean, self.count + count
+        self.mean = self.mean + delta * count / total
+        self.m2 = self.m2 + m2 + delta ** 2 * self.count * count / total
+        self.count = total
+
+    def result(self):
+        if self.count == 0:
+            raise ValueError("no values were seen")
+        # a constant channel (possible with an untrained backbone) must not divide by zero
+        std = np.maximum(np.sqrt(self.m2 / self.count), self.min_std)
+        return self.mean.astype(np.float32), std.astype(np.float32)
+
 
 def teacher_channel_stats(teacher, images_iter):
     """Per-channel mean and std of the teacher's output over all images and positions.
@@ -54,28 +88,15 @@ def teacher_channel_stats(teacher, images_iter):
     ``images_iter`` yields float32 [B,3,H,W] RGB in [0,1]. The reference computes the mean of
     per-image channel means, then the std as the sqrt of the mean of per-image mean squared
     deviations from that mean; with equal-sized images that is exactly the population
-    mean/std over all positions of all images, which is computed here in one pass (per-batch
-    float64 mean and sum of squares combined with Chan's update, so no cancellation).
-    Returns two float32 arrays [C].
+    mean/std over all positions of all images, computed here in one pass
+    (``RunningChannelStats``). Returns two float32 arrays [C].
     """
-    count, mean, m2 = 0, None, None
+    stats = RunningChannelStats(min_std=0.0)  # as the reference: no floor
     with paddle.no_grad():
         for images in images_iter:
-            out = teacher(imagenet_normalize(paddle.to_tensor(images, dtype="float32")))
-            out = out.numpy().astype(np.float64)
-            values = out.transpose(1, 0, 2, 3).reshape(out.shape[1], -1)
-            batch_count, batch_mean = values.shape[1], values.mean(axis=1)
-            batch_m2 = ((values - batch_mean[:, None]) ** 2).sum(axis=1)
-            if count == 0:
-                count, mean, m2 = batch_count, batch_mean, batch_m2
-                continue
-            delta, total = batch_mean - mean, count + batch_count
-            mean = mean + delta * batch_count / total
-            m2 = m2 + batch_m2 + delta ** 2 * count * batch_count / total
-            count = total
-    if count == 0:
-        raise ValueError("teacher_channel_stats needs at least one image")
-    return mean.astype(np.float32), np.sqrt(m2 / count).astype(np.float32)
+            stats.update(teacher(imagenet_normalize(paddle.to_tensor(images, dtype="float32"))).numpy())
+    return stats.result()
+
 
 def map_normalization_quantiles(local_maps, global_maps):
     """The 0.9 and 0.995 quantiles of the raw validation maps (numpy linear = torch's)."""

@@ -31,13 +31,16 @@ MODEL_SIZES = {"efficientad_s": "small", "efficientad_m": "medium"}
 # Teachers shipped with the project (made by --mode distill, see weights/README.md).
 DEFAULT_TEACHER_DIR = Path(__file__).resolve().parents[2] / "weights"
 
+
 def default_teacher_path(size):
     """weights/teacher_<size>.pdparams if the project ships one for this PDN size, else None."""
     path = DEFAULT_TEACHER_DIR / f"teacher_{size}.pdparams"
     return path if path.is_file() else None
 
+
 def _nets_state(layer):
     return state_to_numpy(layer.state_dict())
+
 
 class EfficientADMethod(AnomalyMethod):
     """The paper's recipe (nelson1425/EfficientAD): batch 1, Adam lr 1e-4 wd 1e-5, lr x0.1 at

@@ -27,6 +27,7 @@ _PDN_LAYERS = {
                ("conv", None, 1, 0)),
 }
 
+
 def _conv(in_channels, out_channels, kernel, stride=1, padding=0):
     """Conv2D initialised as torch's default (uniform +-1/sqrt(fan_in) for weight and bias).
 
@@ -39,10 +40,12 @@ def _conv(in_channels, out_channels, kernel, stride=1, padding=0):
                      weight_attr=paddle.ParamAttr(initializer=init),
                      bias_attr=paddle.ParamAttr(initializer=init))
 
+
 def _pdn_layers(size):
     if size not in _PDN_LAYERS:
         raise UserError(f"PDN size must be one of {', '.join(_PDN_LAYERS)}, got {size!r}")
     return _PDN_LAYERS[size]
+
 
 def pdn_out_size(image_size, size="small", padding=False):
     """Side of the PDN feature map for a square input (256 -> 56 unpadded, 64 padded)."""
@@ -56,6 +59,7 @@ def pdn_out_size(image_size, size="small", padding=False):
         if side < 1:
             raise UserError(f"--image_size {image_size} is too small for the PDN")
     return side
+
 
 class PDN(nn.Layer):
     """Patch description network, PDN-S (``size='small'``) or PDN-M (``size='medium'``).
@@ -96,6 +100,7 @@ class PDN(nn.Layer):
                 x = F.relu(x)
         return x
 
+
 def _nelson_conv_indices(size):
     """Index of each conv in nelson1425's nn.Sequential (a ReLU after all convs but the last)."""
     layers = _pdn_layers(size)
@@ -108,6 +113,7 @@ def _nelson_conv_indices(size):
         else:
             position += 1
     return indices
+
 
 def teacher_state_from_torch(state, size, source="teacher weights"):
     """Rename a public teacher state dict to this module's PDN names (conv weights are
@@ -130,11 +136,13 @@ def teacher_state_from_torch(state, size, source="teacher weights"):
                     f"(teacher_{size}.pth: '0.weight', '3.weight', ...) or anomalib layout "
                     f"('conv1.weight', ...); found keys {found}")
 
+
 def autoencoder_upsample_sizes(image_size):
     """The decoder's six bilinear upsample sizes: the paper's (3, 8, 15, 32, 63, 127) at 256 px,
     scaled by image_size / 256 (rounded half up) for other sizes."""
     scale = image_size / 256
     return tuple(max(1, int(s * scale + 0.5)) for s in (3, 8, 15, 32, 63, 127))
+
 
 class AutoEncoder(nn.Layer):
     """The EfficientAD autoencoder: 6 strided convs to a 64x1x1 code, then bilinear upsampling

@@ -24,6 +24,7 @@ from ..graph_ops import interpolation_matrix, summed_separable_maps
 
 BLUR_SIGMA = 4.0
 
+
 BLUR_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: radius = round(4 * sigma)
 
 # backbone -> (block type, OCBE residual blocks, decoder blocks per stage, width_per_group),
@@ -34,7 +35,9 @@ ARCHITECTURES = {
     "wide_resnet101_2": (Bottleneck, 3, (3, 4, 23), 128),
 }
 
+
 GENERIC_ARCHITECTURE = (BasicBlock, 2, (2, 2, 2), 64)
+
 
 class OCBE(nn.Layer):
     """One-class bottleneck embedding: [f1, f2, f3] (strides 4/8/16) -> one code at stride 32
@@ -66,6 +69,7 @@ class OCBE(nn.Layer):
         b = self.relu(self.bn3(self.conv3(f2)))
         return self.bn_layer(paddle.concat([a, b, f3], axis=1))
 
+
 class ReverseDecoder(nn.Layer):
     """The encoder run backwards: three residual stages whose first block upsamples x2 with a
     2x2 transposed conv; outputs [d1, d2, d3] shaped like the encoder's [f1, f2, f3]."""
@@ -87,11 +91,13 @@ class ReverseDecoder(nn.Layer):
         d1 = self.layer3(d2)
         return [d1, d2, d3]
 
+
 def build_student(backbone, channels):
     """(OCBE, ReverseDecoder) sized for an encoder named ``backbone`` with ``channels``."""
     block, ocbe_blocks, decoder_layers, width = ARCHITECTURES.get(backbone, GENERIC_ARCHITECTURE)
     return (OCBE(channels, block, ocbe_blocks, width),
             ReverseDecoder(channels, block, decoder_layers, width))
+
 
 def rd4ad_loss(enc_feats, dec_feats, per_image=False):
     """Sum over scales of mean(1 - cos(teacher, student)).
@@ -107,12 +113,14 @@ def rd4ad_loss(enc_feats, dec_feats, per_image=False):
         total = total + (1.0 - F.cosine_similarity(enc, dec, axis=1)).mean()
     return total
 
+
 def gaussian_kernel1d(sigma, truncate):
     """Normalised 1-D Gaussian taps over [-r, r], r = int(truncate * sigma + 0.5) (as scipy)."""
     radius = int(truncate * sigma + 0.5)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     taps = np.exp(-0.5 * (x / sigma) ** 2)
     return taps / taps.sum()
+
 
 def gaussian_blur_matrix(n, sigma):
     """[n, n] matrix B with B @ v == scipy.ndimage.gaussian_filter1d(v, sigma, mode='reflect',
@@ -127,6 +135,7 @@ def gaussian_blur_matrix(n, sigma):
     np.add.at(matrix, (np.repeat(np.arange(n), len(taps)), source.ravel()), np.tile(taps, n))
     return matrix
 
+
 def anomaly_map(enc_feats, dec_feats, out_size):
     """[B,1,H,W] map: per scale 1 - cos along channels, bilinear (align_corners, as official)
     up to ``out_size`` (int or (H, W)), summed over scales, then Gaussian-blurred (sigma 4,
@@ -140,11 +149,13 @@ def anomaly_map(enc_feats, dec_feats, out_size):
                                  [_resize_and_blur(d.shape[2], out_h) for d in distances],
                                  [_resize_and_blur(d.shape[3], out_w) for d in distances])
 
+
 @functools.lru_cache(maxsize=None)
 def _resize_and_blur(n_in, n_out):
     """[n_out, n_in]: align-corners linear resize, then the sigma-4 blur. Cached: numpy's
     threads would compete with Paddle's spinning OpenMP threads on every forward pass."""
     return gaussian_blur_matrix(n_out, BLUR_SIGMA) @ interpolation_matrix(n_in, n_out, True)
+
 
 class RD4ADInference(nn.Layer):
     """x [B,3,H,W] RGB in [0,1] at ``image_size`` -> (map [B,1,H,W], score [B] = map max)."""
