@@ -5,13 +5,19 @@ from . import metrics
 from .training import progress
 
 
-def run_inference(run_batch, dataset, batch_size, desc="inference"):
-    """(maps float32 [N,H,W], scores float32 [N]) over ``dataset`` (``len`` and ``[i]`` ->
-    float32 [3,H,W]); ``run_batch`` is an engine's ``run`` (batch -> maps [B,1,H,W], scores)."""
-    maps, scores = [], []
+def batches(dataset, batch_size, desc):
+    """float32 [B,3,H,W] batches of ``dataset`` (``len`` and ``[i]`` -> [3,H,W]), in order,
+    with progress."""
     starts = range(0, len(dataset), batch_size)
     for start in progress(starts, total=len(starts), desc=desc):
-        batch = np.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        yield np.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+def run_inference(run_batch, dataset, batch_size, desc="inference"):
+    """(maps float32 [N,H,W], scores float32 [N]) over ``dataset``; ``run_batch`` is an
+    engine's ``run`` (batch -> maps [B,1,H,W], scores)."""
+    maps, scores = [], []
+    for batch in batches(dataset, batch_size, desc):
         amap, score = run_batch(batch)
         maps.append(np.asarray(amap)[:, 0])
         scores.append(np.asarray(score).reshape(-1))

@@ -11,9 +11,10 @@ import numpy as np
 import paddle
 
 from adkit.errors import UserError
+from adkit.evaluation import batches
 from adkit.runtime import seed_everything
 from adkit.trainer import CHECKPOINT_FILE, Trainer
-from adkit.training import batch_stream, log, make_adam, progress, state_to_numpy, total_steps
+from adkit.training import batch_stream, log, make_adam, state_to_numpy, total_steps
 from adkit.weights import load_into_layer, read_state_dict, safe_load, save_atomic
 
 from ..base import AnomalyMethod
@@ -184,9 +185,7 @@ class EfficientADMethod(AnomalyMethod):
         return (teacher_out - mean) / std
 
     def _batches(self, dataset, desc):
-        size = int(self.cfg.get("eval_batch_size") or 1)
-        for start in progress(range(0, len(dataset), size), desc=desc):
-            yield np.stack([dataset[i] for i in range(start, min(start + size, len(dataset)))])
+        return batches(dataset, int(self.cfg.get("eval_batch_size") or 1), desc)
 
     def _validation_quantiles(self, val_set):
         net = self._inference_net(quantiles=None)
