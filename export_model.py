@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 from adkit.errors import UserError, exit_on_user_error
-from adkit.runtime import cpu_threads_from_argv, set_cpu_threads
+from adkit.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
 
 
 def parse_args(argv):
@@ -34,6 +34,8 @@ def parse_args(argv):
     parser.add_argument("--threshold_policy", default=None,
                         help=f"threshold stored with the export: {POLICY_HELP} "
                              "(default: the policy chosen at training)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Paddle's own C++ messages (normally silenced)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="store this threshold instead (same as --threshold_policy manual:VALUE)")
     return parser.parse_args(argv)
@@ -134,12 +136,11 @@ def _swap_in(staging, save_dir):
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    set_cpu_threads(cpu_threads_from_argv(argv))
+    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
     args = parse_args(argv)
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging()
     out = export(args.model, args.checkpoint_dir, args.save_dir, args.to_onnx, args.opset,
                  args.threshold_policy, args.threshold)
     logging.getLogger("adkit").info("exported %s to %s", args.model, out)

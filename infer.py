@@ -12,7 +12,7 @@ import statistics
 import sys
 
 from adkit.errors import UserError, exit_on_user_error
-from adkit.runtime import cpu_threads_from_argv, set_cpu_threads
+from adkit.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
 
 TIME_KEYS = ("preprocess_time", "inference_time", "postprocess_time")
 
@@ -54,6 +54,8 @@ def parse_args(argv):
                         help="score threshold for labels (default: the one stored at export)")
     parser.add_argument("--threshold_policy", default=None,
                         help=f"recompute the threshold from the export's calibration: {POLICY_HELP}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Paddle's own C++ messages (normally silenced)")
     parser.add_argument("--skip_bad_images", action="store_true",
                         help="log unreadable images and go on (listed as skipped in df_test.csv)")
     args = parser.parse_args(argv)
@@ -112,12 +114,9 @@ def report_timings(args, model, engine, timings, num_images, size):
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    set_cpu_threads(cpu_threads_from_argv(argv))
+    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
     args = parse_args(argv)
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")  # stderr: stdout holds the results only
+    setup_logging()
     run(args)
 
 

@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from adkit.errors import UserError, exit_on_user_error
-from adkit.runtime import cpu_threads_from_argv, set_cpu_threads
+from adkit.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
 
 log = logging.getLogger("adkit")
 
@@ -43,8 +43,10 @@ def training_side(cfg, cls, category=None):
 def train(cfg, cls):
     from adkit.calibration import calibrate, check_policy_applies, write_calibration
     from adkit.engines import DygraphEngine
-    from adkit.thresholds import DEFAULT_POLICY
+    from adkit.io_utils import new_folder
     from adkit.registry import build_method, save_training_config
+    from adkit.thresholds import DEFAULT_POLICY
+    from adkit.trainer import CHECKPOINT_FILE
 
     train_set, val_set = training_side(cfg, cls)
     policy = cfg["threshold_policy"] or DEFAULT_POLICY
@@ -52,12 +54,15 @@ def train(cfg, cls):
     train_set.preload()
     val_set.preload()
     ckpt_dir = checkpoint_dir(cfg, cls)
-    os.makedirs(ckpt_dir, exist_ok=True)
-    log.info("[%s] training %s on %d images (%d held out for validation) -> %s",
-             cls, cfg["model"], len(train_set), len(val_set), ckpt_dir)
-    method = build_method(cfg)
-    save_training_config(cfg, ckpt_dir)  # first: eval/export can use interim checkpoints
-    method.fit(train_set, val_set, ckpt_dir, resume=cfg["resume"])
+    if cfg["log_dir"]:  # one curve per category
+        cfg = dict(cfg, log_dir=os.path.join(cfg["log_dir"], cfg["model"], cls))
+    # a run that fails before its first checkpoint leaves no folder behind
+    with new_folder(ckpt_dir, keep=lambda: os.path.isfile(os.path.join(ckpt_dir, CHECKPOINT_FILE))):
+        log.info("[%s] training %s on %d images (%d held out for validation) -> %s",
+                 cls, cfg["model"], len(train_set), len(val_set), ckpt_dir)
+        method = build_method(cfg)
+        save_training_config(cfg, ckpt_dir)  # first: eval/export can use interim checkpoints
+        method.fit(train_set, val_set, ckpt_dir, resume=cfg["resume"])
     calibration = calibrate(DygraphEngine(method.inference_net()).run, train_set, val_set,
                             cfg["eval_batch_size"], cfg["seed"], policy)
     write_calibration(ckpt_dir, calibration)
@@ -210,12 +215,11 @@ def resume_advice(argv):
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    set_cpu_threads(cpu_threads_from_argv(argv))  # must precede the first paddle import
+    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)  # must precede the first paddle import
     from adkit.config import resolve_config
 
     cfg = resolve_config(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S")
+    setup_logging()
     from adkit.runtime import seed_everything, set_device
 
     set_device(cfg["device"])

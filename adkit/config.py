@@ -42,15 +42,18 @@ OPTIONS = {
                               f"; train stores it with the model (default {DEFAULT_POLICY}), "
                               "eval/infer use the stored one unless given"),
     "save_format": (str, "eval/infer: " + SAVE_FORMAT_HELP),
+    "log_dir": (str, "train: where train_log.csv (and VisualDL scalars, if visualdl is "
+                     "installed) go (default: the checkpoint folder)"),
 }
 # Options that may differ between training and later use (eval, infer, export); every other
 # option is taken from the training run (train_config.json), so the same network is rebuilt.
 RUNTIME_OPTIONS = ("mode", "data_dir", "cls", "output_dir", "device", "cpu_threads",
                    "eval_batch_size", "img_path", "threshold", "threshold_policy", "save_format",
-                   "resume", "skip_bad_images")
+                   "resume", "skip_bad_images", "verbose", "log_dir")
 DEFAULTS = {"data_dir": "sample_data", "cls": "all", "output_dir": "output", "device": "cpu",
             "cpu_threads": 2, "img_path": None, "threshold": None, "threshold_policy": None,
-            "save_format": "npy", "resume": False, "skip_bad_images": False}
+            "save_format": "npy", "resume": False, "skip_bad_images": False, "verbose": False,
+            "log_dir": None}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -85,6 +88,8 @@ def build_parser(model=None):
     parser.add_argument("--config", help="a YAML file overriding configs/<model>.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue training from the last checkpoint in the output folder")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Paddle's own C++ messages (normally silenced)")
     parser.add_argument("--skip_bad_images", action="store_true",
                         help="eval/infer: log unreadable images and go on without them (listed "
                              "as skipped in df_test.csv) instead of stopping")

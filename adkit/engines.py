@@ -6,6 +6,7 @@ Each engine maps a float32 [N,3,H,W] batch to (maps [N,1,H,W], scores [N]); they
 import os
 
 from .errors import UserError
+from .runtime import framework_stdout_silenced
 
 
 class PaddleEngine:
@@ -50,14 +51,16 @@ class PaddleEngine:
                 config.disable_mkldnn()
         config.switch_ir_optim(True)
         self.config = config
-        self.predictor = inference.create_predictor(config)
+        with framework_stdout_silenced():
+            self.predictor = inference.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
 
     def run(self, batch):
         self.input.reshape(list(batch.shape))
         self.input.copy_from_cpu(batch)
-        self.predictor.run()
+        with framework_stdout_silenced():
+            self.predictor.run()
         amap, score = (out.copy_to_cpu() for out in self.outputs)
         return amap, score.reshape(-1)
 

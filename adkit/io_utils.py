@@ -3,6 +3,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import tempfile
 
 
@@ -20,6 +21,41 @@ def default_file_mode():
 def default_dir_mode():
     """What os.mkdir would give a new folder (mkdtemp's are 0700, owner-only)."""
     return 0o777 & ~_umask()
+
+
+def make_folders(path):
+    """``os.makedirs(path)``; returns the folders it created, deepest first."""
+    missing, folder = [], os.path.abspath(path)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for created in reversed(missing):
+        os.mkdir(created)
+    return missing
+
+
+def remove_folders(created):
+    """Undo ``make_folders``: the deepest with what is in it, then its empty parents."""
+    if created:
+        shutil.rmtree(created[0], ignore_errors=True)
+    for folder in created[1:]:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
+
+
+@contextlib.contextmanager
+def new_folder(path, keep=lambda: False):
+    """Create ``path`` (and parents) for a run; if the run fails, remove what this made unless
+    ``keep()`` says something in it is worth keeping (a checkpoint to resume from)."""
+    created = make_folders(path)
+    try:
+        yield
+    except BaseException:
+        if not keep():
+            remove_folders(created)
+        raise
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .errors import UserError
-from .io_utils import default_dir_mode, write_bytes, write_csv, write_json
+from .io_utils import default_dir_mode, make_folders, remove_folders, write_bytes, write_csv, write_json
 from .visualize import annotated_overlay, encode_png
 
 SAVE_FORMATS = ("png", "npy", "tiff")
@@ -65,14 +65,7 @@ class RunFolder:
         self._created_parents = []
 
     def __enter__(self):
-        parent = os.path.dirname(self.path)
-        missing = []
-        while not os.path.isdir(parent):
-            missing.append(parent)
-            parent = os.path.dirname(parent)
-        for folder in reversed(missing):
-            os.mkdir(folder)
-            self._created_parents.append(folder)
+        self._created_parents = make_folders(os.path.dirname(self.path))
         self.staging = tempfile.mkdtemp(dir=os.path.dirname(self.path),
                                         prefix=f".{os.path.basename(self.path)}.tmp-")
         os.chmod(self.staging, default_dir_mode())  # mkdtemp gives 0700
@@ -93,11 +86,7 @@ class RunFolder:
                 shutil.rmtree(old, ignore_errors=True)
             return False
         shutil.rmtree(self.staging, ignore_errors=True)
-        for folder in reversed(self._created_parents):
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
+        remove_folders(self._created_parents)
         return False
 
 

@@ -4,6 +4,7 @@
 set higher), so entry points call ``set_cpu_threads`` first: it imports Paddle quietly and then
 raises its OpenMP thread count explicitly.
 """
+import contextlib
 import ctypes
 import os
 import random
@@ -47,12 +48,20 @@ def keep_freed_memory():
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
-def set_cpu_threads(num_threads):
+_VERBOSE = False
+
+
+def set_cpu_threads(num_threads, verbose=False):
     """Use ``num_threads`` CPU threads in Paddle (dygraph) and the math libraries; also sets up
-    memory reuse (``keep_freed_memory``), which every entry point wants before Paddle loads."""
+    memory reuse (``keep_freed_memory``), which every entry point wants before Paddle loads, and
+    (unless ``verbose``) silences Paddle's C++ warnings, which say nothing a user can act on."""
+    global _VERBOSE
     num_threads = int(num_threads)
     if num_threads < 1:
         raise UserError(f"--cpu_threads must be >= 1, got {num_threads}")
+    _VERBOSE = _VERBOSE or verbose
+    if not _VERBOSE:
+        os.environ.setdefault("GLOG_minloglevel", "2")  # read when Paddle's C++ core loads
     keep_freed_memory()
     for var in _LIBRARY_THREAD_VARS:
         os.environ[var] = str(num_threads)
@@ -61,6 +70,32 @@ def set_cpu_threads(num_threads):
 
     core.set_num_threads(num_threads)
     return num_threads
+
+
+def setup_logging():
+    """Concise log lines on stderr (stdout carries results only). ``force``: Paddle installs a
+    root handler of its own format on import, which would otherwise win."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+
+
+@contextlib.contextmanager
+def framework_stdout_silenced():
+    """Paddle Inference's C++ code prints notes (e.g. "ReduceMeanCheckIfOneDNNSupport") straight
+    to file descriptor 1, between our result lines: send them to /dev/null (to stderr after
+    --verbose) while Paddle runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    target = os.dup(2) if _VERBOSE else os.open(os.devnull, os.O_WRONLY)
+    os.dup2(target, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(target)
 
 
 def cpu_threads_from_argv(argv, default=2):

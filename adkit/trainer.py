@@ -11,6 +11,7 @@ Checkpoint (``checkpoint.pdparams``, numpy only, read without executing code):
      "nets": {role: state dict}, "optimizer": state under structured names,
      "scheduler": state or None, "losses": float32 [step] total loss per step, "extra": {...}}
 """
+import contextlib
 import itertools
 import signal
 import threading
@@ -19,6 +20,7 @@ from collections import deque
 import numpy as np
 
 from .errors import UserError
+from .train_log import ScalarLog
 from .training import (load_train_state, log, optimizer_state, progress, restore_optimizer,
                        save_train_state, seed_step, set_state, state_to_numpy)
 
@@ -38,10 +40,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class Trainer:
     def __init__(self, name, path, nets, trained, optimizer, *, total, seed, log_interval,
-                 save_interval, scheduler=None, extra=None, on_save=None):
+                 save_interval, scheduler=None, extra=None, on_save=None, log_dir=None):
         """``path``: the checkpoint file; ``nets``: {role: Layer} saved and restored;
         ``trained``: the roles the optimizer updates; ``on_save(step)``: files a method
-        writes beside each checkpoint (EfficientAD's role files, the distilled teacher)."""
+        writes beside each checkpoint (EfficientAD's role files, the distilled teacher);
+        ``log_dir``: where the loss curves go (default: the checkpoint's folder)."""
         self.name, self.path = name, path
         self.nets, self.trained = nets, {role: nets[role] for role in trained}
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -49,6 +52,7 @@ class Trainer:
         self.log_interval, self.save_interval = int(log_interval), int(save_interval)
         self.extra = extra or {}
         self.on_save = on_save
+        self.log_dir = log_dir or str(path.parent)
         self.step = 0
         self.losses = []
         self._stop = None  # the signal that asked to stop, once one came
@@ -91,7 +95,8 @@ class Trainer:
         step_seed)`` does one optimisation step. Ends with a checkpoint at ``total``."""
         window = deque(self.losses[-self.log_interval:], maxlen=self.log_interval)
         bar = progress(total=self.total, initial=self.step, desc=f"{self.name} train")
-        with self._deferred_stop():
+        curves = None
+        with self._deferred_stop(), contextlib.ExitStack() as closing:
             for step, batch in itertools.islice(batches(self.step), max(self.total - self.step, 0)):
                 losses = train_step(batch, seed_step(self.seed, step))
                 total_loss = losses.get("total", next(iter(losses.values())))
@@ -101,6 +106,12 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(window):.4f}", refresh=False)
                 if self.step % self.log_interval == 0 or self.step == self.total:
+                    scalars = {"loss": float(np.mean(window)), "lr": self.optimizer.get_lr(),
+                               **{k: v for k, v in losses.items() if k != "total"}}
+                    if curves is None:  # columns: the losses this method reports
+                        curves = ScalarLog(self.log_dir, list(scalars))
+                        closing.callback(curves.close)
+                    curves.add(self.step, scalars)
                     log.info("%s step %d/%d loss %.5f (mean of the last %d) %s", self.name,
                              self.step, self.total, np.mean(window), len(window),
                              " ".join(f"{k} {v:.5f}" for k, v in losses.items() if k != "total"))

@@ -190,6 +190,9 @@ def test_infer_cli_outputs_match_dygraph(trained, images, tmp_path, model, engin
 
     rows = read_csv(tmp_path / "df_test.csv")
     assert [r["path"] for r in rows] == images
+    # stdout is the results and nothing else (Paddle's C++ notes, e.g. oneDNN's
+    # "ReduceMeanCheckIfOneDNNSupport" for EfficientAD, are silenced)
+    assert proc.stdout.splitlines() == [f"{r['score']}\t{r['prediction']}\t{r['path']}" for r in rows]
     scores = np.array([float(r["score"]) for r in rows])
     np.testing.assert_allclose(scores, run["scores"], rtol=0, atol=atol + CSV_ROUNDING)
     # An image whose score sits within the tolerance of the threshold may flip; every other

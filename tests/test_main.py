@@ -232,3 +232,45 @@ def test_eval_names_every_bad_test_file_before_running_or_skips_them(gravel_run,
     finally:
         for name, content in saved.items():
             open(os.path.join(crack, name), "wb").write(content)
+
+
+def test_a_training_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    out = tmp_path / "out"
+    code, lines = cli_error(["--model", "efficientad_s", "--mode", "train", "--data_dir", make_dataset(tmp_path),
+                             "--output_dir", str(out), "--steps", "1", "--image_size", "64",
+                             "--teacher_weights", str(tmp_path / "missing_teacher.pth")])
+    assert code == 2 and lines[-1].startswith("error: ") and "missing_teacher.pth" in lines[-1]
+    assert not out.exists()
+
+
+def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypatch):
+    from adkit.engines import DygraphEngine
+
+    data, out, common = gravel_run
+    good = os.path.join(data, "gravel", "test", "good")
+    bad = os.path.join(good, "zz_truncated.png")
+    with open(os.path.join(good, "000.png"), "rb") as f:
+        head = f.read()[:200]
+    forward_calls = []
+    monkeypatch.setattr(DygraphEngine, "run", lambda self, batch: forward_calls.append(1))
+    try:
+        with open(bad, "wb") as f:
+            f.write(head)
+        assert run_cli(common + ["--mode", "eval"]) == 2
+    finally:
+        os.remove(bad)
+    assert forward_calls == []
+
+
+def test_every_long_phase_reports_progress_off_a_terminal(tmp_path, monkeypatch, capsys):
+    from adkit import training
+
+    monkeypatch.setattr(training, "PLAIN_PROGRESS_SECONDS", 0.0)  # a line at every update
+    common = ["--model", "efficientad_s", "--data_dir", make_dataset(tmp_path), "--cls", "gravel",
+              "--output_dir", str(tmp_path / "out"), "--image_size", "64", "--teacher_weights", "none"]
+    assert run_cli(common + ["--mode", "train", "--steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err  # plain lines, no carriage-return bars, when stderr is not a terminal
+    for phase in ("teacher statistics", "efficientad_s train", "map quantiles",
+                  "scoring training images", "scoring synthetic defects"):
+        assert re.search(rf"INFO {phase} \d+/\d+", err), phase

@@ -115,3 +115,33 @@ def test_resuming_a_checkpoint_of_an_older_version_says_what_still_works(tmp_pat
     trainer, *_ = toy_run(tmp_path, 3)
     with pytest.raises(UserError, match="older version: it still loads for eval, export and infer"):
         trainer.resume()
+
+
+def test_training_curves_go_to_a_csv_and_to_visualdl_when_installed(tmp_path, monkeypatch):
+    import csv
+    import types
+
+    written = []
+
+    class FakeLogWriter:  # the documented visualdl.LogWriter interface
+        def __init__(self, logdir):
+            written.append(("open", logdir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, step, value))
+
+        def close(self):
+            written.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "visualdl", types.SimpleNamespace(LogWriter=FakeLogWriter))
+    trainer, net, batches, step = toy_run(tmp_path, 5)
+    trainer.run(batches, step)
+    with open(tmp_path / "train_log.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4, 5]  # log_interval 2, and the last step
+    losses = load_train_state(tmp_path / CHECKPOINT_FILE)["losses"]
+    # the logged loss is the running mean over the last log_interval steps
+    assert float(rows[1]["loss"]) == pytest.approx(np.mean(losses[2:4]), rel=1e-6)
+    assert float(rows[0]["lr"]) == pytest.approx(0.01)
+    assert written[0] == ("open", str(tmp_path / "visualdl")) and written[-1] == ("close",)
+    assert ("train/loss", 4, pytest.approx(float(rows[1]["loss"]))) in written

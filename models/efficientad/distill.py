@@ -268,7 +268,7 @@ def run_distill(cfg):
     trainer = Trainer(f"distill {settings['model']}", output_dir / CHECKPOINT_FILE,
                       {"student": student}, ("student",), optimizer, total=steps,
                       seed=settings["seed"], log_interval=settings["log_interval"],
-                      save_interval=settings["save_interval"],
+                      save_interval=settings["save_interval"], log_dir=cfg.get("log_dir"),
                       on_save=lambda step: _write_teacher(output_dir, settings, student))
     if cfg.get("resume"):
         extra = trainer.resume()

@@ -87,6 +87,7 @@ class EfficientADMethod(AnomalyMethod):
             self.name, ckpt_dir / CHECKPOINT_FILE, self._nets(), ("student", "autoencoder"),
             optimizer, scheduler=scheduler, total=steps, seed=cfg["seed"],
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
+            log_dir=cfg.get("log_dir"),
             on_save=lambda step: self._save_role_files(ckpt_dir, "tmp"))
         if resume:
             self.normalization = trainer.resume()["normalization"]

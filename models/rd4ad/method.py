@@ -53,6 +53,7 @@ class RD4ADMethod(AnomalyMethod):
             ("bottleneck", "decoder"), optimizer,
             total=total_steps(cfg, len(train_set), "paper: 200 epochs"), seed=cfg["seed"],
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
+            log_dir=cfg.get("log_dir"),
             extra={"backbone": cfg["backbone"], "backbone_weights": cfg["backbone_weights"] or "auto",
                    "encoder_sha256": self.encoder_sha256, "image_size": self.image_size})
         if resume:
