@@ -44,6 +44,17 @@ class MethodSpec:
         return _load(self.modes[mode])
 
 
+def lazy_attributes(package, where):
+    """A package ``__getattr__`` importing ``where[name]`` (a submodule) on first use, so that
+    a method package can list its public names without loading Paddle when its spec is read."""
+    def attribute(name):
+        if name in where:
+            return getattr(importlib.import_module(f".{where[name]}", package), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return attribute
+
+
 def _load(target):
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -100,10 +111,12 @@ def benchmark_cases():
     return cases
 
 
-def with_setting_defaults(cfg):
-    """``cfg`` with the method's settings filled in where missing (their declared defaults)."""
-    defaults = {name: field.default for name, field in setting_fields(cfg["model"]).items()}
-    return {**defaults, **cfg}
+def method_settings(cfg):
+    """The method's typed settings (its spec's dataclass) from ``cfg``; missing ones take their
+    declared defaults."""
+    spec = spec_for(cfg["model"])
+    names = setting_fields(cfg["model"])
+    return spec.settings(**{name: cfg[name] for name in names if name in cfg})
 
 
 def setting_fields(model):

@@ -7,14 +7,17 @@ directly and export_model.py saves it with paddle.jit, so the three can never di
 
 
 class AnomalyMethod:
-    """Base class. ``cfg`` is the flat dict of resolved options (configs/<model>.yaml + CLI)."""
+    """Base class. ``cfg``: the resolved options every method shares (configs/<model>.yaml +
+    CLI: image size, steps, lr, seed, ...); ``settings``: the method's own options, typed (the
+    dataclass its spec declares, models/<method>/spec.py)."""
 
     name = "base"
 
     def __init__(self, cfg):
-        from adkit.registry import with_setting_defaults
+        from adkit.registry import method_settings
 
-        self.cfg = with_setting_defaults(cfg)  # every setting of the method is present
+        self.cfg = cfg
+        self.settings = method_settings(cfg)
 
     def fit(self, train_set, val_set, ckpt_dir, resume=False):
         """Train on ``train_set`` (good images); ``val_set`` is held-out good images.

@@ -63,3 +63,18 @@ def test_help_per_method_shows_its_own_options():
     assert done.returncode == 0 and "rd4ad options:" in text
     assert re.search(r"--beta1 BETA1 Adam beta1 \(paper 0.5\) \(default: 0.5\)", text)
     assert "--teacher_weights" not in text
+
+
+@pytest.mark.parametrize("package", sorted({spec.method.split(":")[0].rsplit(".", 1)[0]
+                                            for spec in registry.all_specs().values()}))
+def test_method_packages_export_what_they_list_without_loading_paddle_for_the_spec(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        getattr(module, "nothing")
+    code = f"import sys; import {package}.spec; print('paddle' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

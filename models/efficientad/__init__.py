@@ -4,7 +4,7 @@ distill.py (teacher pretraining, --mode distill).
 
 The names below are imported on first use, so that reading the registry entry (spec.py)
 does not load Paddle."""
-import importlib
+from adkit.registry import lazy_attributes
 
 _WHERE = {
     "PenaltyImages": "augment",
@@ -32,9 +32,4 @@ _WHERE = {
     "teacher_state_from_torch": "networks",
 }
 __all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)

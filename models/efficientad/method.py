@@ -80,8 +80,8 @@ class EfficientADMethod(AnomalyMethod):
             raise UserError("EfficientAD needs validation images to normalise its maps: use "
                             "--val_ratio > 0 with at least 2 training images")
         steps = total_steps(self.cfg, len(train_set), "paper: 70000 steps")
-        penalty = PenaltyImages(cfg["penalty_dir"], int(cfg["image_size"])) \
-            if cfg["penalty_dir"] else None
+        penalty_dir = self.settings.penalty_dir
+        penalty = PenaltyImages(penalty_dir, int(cfg["image_size"])) if penalty_dir else None
         optimizer, scheduler = self._make_optimizer(steps)
         trainer = Trainer(
             self.name, ckpt_dir / CHECKPOINT_FILE, self._nets(), ("student", "autoencoder"),
@@ -130,12 +130,12 @@ class EfficientADMethod(AnomalyMethod):
             gamma=0.1)
         parameters = self.student.parameters() + self.autoencoder.parameters()
         optimizer = make_adam(parameters, scheduler,
-                              weight_decay=float(self.cfg["weight_decay"]))
+                              weight_decay=self.settings.weight_decay)
         return optimizer, scheduler
 
     def _load_teacher(self):
         """--teacher_weights PATH, or 'none' for random init, or unset: the shipped default."""
-        choice = self.cfg["teacher_weights"]
+        choice = self.settings.teacher_weights
         if choice is None:
             choice = default_teacher_path(self.size)
             if choice is None:

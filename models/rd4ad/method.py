@@ -41,24 +41,25 @@ class RD4ADMethod(AnomalyMethod):
         path = Path(ckpt_dir) / CHECKPOINT_FILE
         if resume:  # check the options before building anything
             saved = read_checkpoint(path, "--resume", "no rd4ad training to continue there")
-            for key in ("backbone", "image_size"):
-                if saved["extra"][key] != cfg[key]:
+            for key, now in (("backbone", self.settings.backbone), ("image_size", cfg["image_size"])):
+                if saved["extra"][key] != now:
                     raise UserError(f"{path}: trained with --{key} {saved['extra'][key]}, cannot "
-                                    f"resume with --{key} {cfg[key]}")
-        self._build(cfg["backbone"], cfg["backbone_weights"], cfg["image_size"])
+                                    f"resume with --{key} {now}")
+        settings = self.settings
+        self._build(settings.backbone, settings.backbone_weights, cfg["image_size"])
         optimizer = make_adam(self.bottleneck.parameters() + self.decoder.parameters(),
-                              float(cfg["lr"]), beta1=float(cfg["beta1"]), beta2=float(cfg["beta2"]))
+                              float(cfg["lr"]), beta1=settings.beta1, beta2=settings.beta2)
         trainer = Trainer(
             self.name, path, {"bottleneck": self.bottleneck, "decoder": self.decoder},
             ("bottleneck", "decoder"), optimizer,
             total=total_steps(cfg, len(train_set), "paper: 200 epochs"), seed=cfg["seed"],
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
             log_dir=cfg.get("log_dir"),
-            extra={"backbone": cfg["backbone"], "backbone_weights": cfg["backbone_weights"] or "auto",
+            extra={"backbone": settings.backbone, "backbone_weights": settings.backbone_weights or "auto",
                    "encoder_sha256": self.encoder_sha256, "image_size": self.image_size})
         if resume:
-            self._check_same_encoder(trainer.resume(), path, cfg["backbone_weights"])
-        per_image = bool(cfg["loss_per_image"])
+            self._check_same_encoder(trainer.resume(), path, settings.backbone_weights)
+        per_image = settings.loss_per_image
 
         def train_step(images, _step_seed):
             x = paddle.to_tensor(images)
@@ -89,7 +90,7 @@ class RD4ADMethod(AnomalyMethod):
     def load(self, ckpt_dir):
         nets, saved, path = _read_trained(Path(ckpt_dir))
         # the encoder is not stored: rebuild it from the same source (or the one given now)
-        weights = self.cfg.get("backbone_weights") or saved["backbone_weights"]
+        weights = self.settings.backbone_weights or saved["backbone_weights"]
         self._build(saved["backbone"], weights, saved["image_size"])
         self._check_same_encoder(saved, path, weights)
         set_state(self.bottleneck, nets["bottleneck"])
