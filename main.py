@@ -124,9 +124,10 @@ def evaluate(cfg, cls):
     result["skipped"] = [message for _, message in bad]
     write_json(os.path.join(ckpt_dir, EVAL_METRICS_FILE), result)
 
+    candidates = calibration["candidates"].items()
     notes = [f"{len(test_set)} test images from {category.root}",
              "Training-side thresholds: " + ", ".join(
-                 f"{k} {'-' if v is None else format(v, '.4g')}" for k, v in calibration["candidates"].items())]
+                 f"{k} {'-' if v is None else format(v, '.4g')}" for k, v in candidates)]
     notes += [f"skipped (unreadable): {message}" for _, message in bad]
     write_eval_folder(os.path.join(ckpt_dir, "eval"), test_set, category.root, maps, scores, result,
                       pro_curve, threshold, calibration, [(items[i], m) for i, m in bad],
@@ -188,14 +189,17 @@ def format_decision(cls, result):
     """The table users of the custom-dataset EfficientAD fork expect, at the deployment threshold."""
     decision, threshold = result["decision"], result["threshold"]
     overall, c = decision["overall"], decision["overall"]["confusion"]
-    lines = [f"{cls}: threshold {threshold['value']:.6g} ({threshold['policy']}: {threshold['source']})",
+    lines = [f"{cls}: threshold {threshold['value']:.6g} "
+             f"({threshold['policy']}: {threshold['source']})",
              f"{'type':<16}{'count':>7}{'flagged':>9}{'accuracy':>11}"]
     for name, row in decision["per_type"].items():
-        lines.append(f"{name:<16}{row['count']:>7}{row['predicted_defect']:>9}{_cell(row['accuracy'])}")
-    lines.append(f"{'overall':<16}{overall['count']:>7}{c['tp'] + c['fp']:>9}{_cell(overall['accuracy'])}"
-                 f"   precision {_cell(overall['precision'], 0)}  recall {_cell(overall['recall'], 0)}"
-                 f"  F1 {_cell(overall['f1'], 0)}")
-    lines.append(f"confusion (rows truth, cols predicted): good [{c['tn']} {c['fp']}]  defect [{c['fn']} {c['tp']}]")
+        lines.append(f"{name:<16}{row['count']:>7}{row['predicted_defect']:>9}"
+                     f"{_cell(row['accuracy'])}")
+    lines.append(f"{'overall':<16}{overall['count']:>7}{c['tp'] + c['fp']:>9}"
+                 f"{_cell(overall['accuracy'])}   precision {_cell(overall['precision'], 0)}"
+                 f"  recall {_cell(overall['recall'], 0)}  F1 {_cell(overall['f1'], 0)}")
+    lines.append(f"confusion (rows truth, cols predicted): good [{c['tn']} {c['fp']}]  "
+                 f"defect [{c['fn']} {c['tp']}]")
     return "\n".join(lines)
 
 
@@ -215,7 +219,8 @@ def resume_advice(argv):
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)  # must precede the first paddle import
+    # before the first Paddle import: threads, and whether Paddle's C++ messages show
+    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
     from adkit.config import resolve_config
 
     cfg = resolve_config(argv)

@@ -41,7 +41,8 @@ def calibrate(run_batch, train_set, val_set, batch_size, seed, policy_text):
     per_image = 0
     synthetic_entries, synthetic_scores = [], np.zeros(0)
     if len(val_set):
-        per_image = min(MAX_PER_IMAGE, max(1, math.ceil(SYNTHETIC_TARGET / (len(val_set) * len(DEFAULT_KINDS)))))
+        per_kind = SYNTHETIC_TARGET / (len(val_set) * len(DEFAULT_KINDS))
+        per_image = min(MAX_PER_IMAGE, max(1, math.ceil(per_kind)))
         images = [val_set.load_uint8(i) for i in range(len(val_set))]
         made = synthetic_defects(images, seed, DEFAULT_KINDS, per_image)
         _, synthetic_scores = run_inference(run_batch, _Arrays([to_chw_float(im) for im, _, _ in made]),
@@ -93,7 +94,8 @@ def resolve_threshold(folder, policy_text=None, manual=None, test_f1_threshold=N
     ``--threshold`` (manual) wins, then ``--threshold_policy`` recomputed from the folder's
     calibration, then the policy stored at training (or the export's stored threshold)."""
     if manual is not None:
-        return thresholds.Threshold(float(manual), f"manual:{float(manual):g}", "given by the user (--threshold)")
+        return thresholds.Threshold(float(manual), f"manual:{float(manual):g}",
+                                    "given by the user (--threshold)")
     calibration = read_calibration(folder)
     deploy_path = os.path.join(folder, "deploy_config.json")
     if policy_text is None:

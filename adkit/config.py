@@ -61,7 +61,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action):
         # identity, not ==: a default of 0 is a real default (0 == False)
-        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "(default:" in (action.help or ""):
+        no_default = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        if no_default or "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

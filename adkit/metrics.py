@@ -103,7 +103,8 @@ def decision_metrics(labels, scores, threshold, defect_types) -> dict:
         per_type[name] = {"count": int(members.sum()), "predicted_defect": int(flagged[members].sum()),
                           "accuracy": float(correct.mean())}
     return {"threshold": float(threshold),
-            "overall": {"count": int(labels.size), "accuracy": (tp + tn) / labels.size if labels.size else None,
+            "overall": {"count": int(labels.size),
+                        "accuracy": (tp + tn) / labels.size if labels.size else None,
                         "precision": precision, "recall": recall, "f1": f1,
                         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}},
             "per_type": per_type}

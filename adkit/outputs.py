@@ -112,7 +112,8 @@ class ImageOutputs:
         full_map = cv2.resize(np.asarray(model_map, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         base = self._unique_base(relative)
         label = label_of(float(score), self.threshold)
-        overlay = annotated_overlay(image_rgb, full_map, self.value_range, self.threshold, float(score), label)
+        overlay = annotated_overlay(image_rgb, full_map, self.value_range, self.threshold,
+                                    float(score), label)
         write_bytes(self.run.file(base + "_overlay.png"), encode_png(overlay))
         if self.threshold is not None:
             mask = (full_map >= self.threshold).astype(np.uint8) * 255
