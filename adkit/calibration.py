@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from . import thresholds
+from .deploy import DEPLOY_CONFIG
 from .errors import UserError
 from .evaluation import run_inference
 from .io_utils import read_json, write_json
@@ -97,7 +98,7 @@ def resolve_threshold(folder, policy_text=None, manual=None, test_f1_threshold=N
         return thresholds.Threshold(float(manual), f"manual:{float(manual):g}",
                                     "given by the user (--threshold)")
     calibration = read_calibration(folder)
-    deploy_path = os.path.join(folder, "deploy_config.json")
+    deploy_path = os.path.join(folder, DEPLOY_CONFIG)
     if policy_text is None:
         if os.path.isfile(deploy_path):
             stored = read_json(deploy_path)

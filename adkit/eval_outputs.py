@@ -28,7 +28,6 @@ def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, t
     items = test_set.items
     labels = np.array([item.label for item in items])
     picks = pick_examples(labels, scores, threshold.value)
-    examples = {name: [] for name in picks}
     wanted = {i: name for name, members in picks.items() for i in members}
     thumbnails = {}
     with RunFolder(folder) as run:
@@ -45,9 +44,9 @@ def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, t
         outputs.write_csv()
         write_training_csv(run, calibration, threshold.value)
         write_json(run.file("metrics.json"), result)
-        for name, members in picks.items():
-            examples[name] = [Example(f"{os.path.relpath(items[i].path, root)}  score {scores[i]:.4g}",
-                                      thumbnails[i]) for i in members]
+        examples = {name: [Example(f"{os.path.relpath(items[i].path, root)}  score {scores[i]:.4g}",
+                                   thumbnails[i]) for i in members]
+                    for name, members in picks.items()}
         write_report(run.file("report.html"), ReportData(
             title=title, metrics=result, decision=result["decision"] or {},
             threshold=threshold.as_dict(), labels=labels, scores=scores,
