@@ -215,16 +215,16 @@ def _check_types(cfg, fields):
 def _validate(cfg):
     if cfg["device"] not in ("cpu", "gpu"):
         raise UserError(f"--device must be cpu or gpu, got {cfg['device']!r}")
-    for name in ("batch_size", "eval_batch_size", "image_size", "cpu_threads", "save_interval",
-                 "log_interval"):
+    for name in ("batch_size", "eval_batch_size", "image_size", "cpu_threads"):
         if int(cfg[name]) < 1:
             raise UserError(f"--{name} must be >= 1, got {cfg[name]}")
-    for name in ("steps", "epochs"):
+    # training options: methods fitted in one pass (PatchCore, PaDiM) have none of them
+    for name in ("steps", "epochs", "save_interval", "log_interval"):
         if cfg.get(name) is not None and int(cfg[name]) < 1:
             raise UserError(f"--{name} must be >= 1, got {cfg[name]}")
     if cfg["image_size"] % 32:
         raise UserError(f"--image_size must be a multiple of 32, got {cfg['image_size']}")
-    if cfg["lr"] <= 0:
+    if cfg.get("lr") is not None and cfg["lr"] <= 0:
         raise UserError(f"--lr must be > 0, got {cfg['lr']}")
     if cfg.get("threshold_policy") is not None:
         parse_policy(cfg["threshold_policy"])

@@ -74,3 +74,66 @@ def bilinear_resize(x, size, align_corners=False):
     rows = interpolation_matrix(x.shape[2], int(size[0]), align_corners)
     cols = interpolation_matrix(x.shape[3], int(size[1]), align_corners)
     return separable_map(x, rows, cols)
+
+
+# -- constant linear maps of the anomaly-map post-processing (all separable) ---------------
+
+BLUR_SIGMA = 4.0  # RD4AD, PatchCore and PaDiM all smooth their maps with sigma 4
+BLUR_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: radius = round(4 * sigma)
+
+
+def gaussian_kernel1d(sigma, truncate=BLUR_TRUNCATE):
+    """Normalised 1-D Gaussian taps over [-r, r], r = int(truncate * sigma + 0.5) (as scipy)."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (x / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def gaussian_blur_matrix(n, sigma):
+    """[n, n] matrix B with B @ v == scipy.ndimage.gaussian_filter1d(v, sigma, mode='reflect',
+    truncate=4): borders extended half-sample symmetrically (d c b a | a b c d), reflected
+    again as often as the radius needs (paddle's own 'reflect' pad is scipy's 'mirror')."""
+    taps = gaussian_kernel1d(sigma)
+    radius = (len(taps) - 1) // 2
+    source = np.arange(n)[:, None] + np.arange(-radius, radius + 1)[None, :]  # [n, taps]
+    source = np.mod(source, 2 * n)
+    source = np.where(source >= n, 2 * n - 1 - source, source)
+    matrix = np.zeros((n, n), dtype=np.float64)
+    np.add.at(matrix, (np.repeat(np.arange(n), len(taps)), source.ravel()), np.tile(taps, n))
+    return matrix
+
+
+@functools.lru_cache(maxsize=None)
+def resize_and_blur(n_in, n_out, align_corners, sigma=BLUR_SIGMA):
+    """[n_out, n_in]: linear resize, then the Gaussian blur, as one matrix. Cached: numpy's
+    threads would compete with Paddle's spinning OpenMP threads on every forward pass."""
+    return (gaussian_blur_matrix(n_out, sigma) @ interpolation_matrix(n_in, n_out, align_corners)
+            ).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def nearest_matrix(n_in, n_out):
+    """[n_out, n_in] nearest-neighbour resize (F.interpolate mode='nearest': i -> floor(i*n_in/n_out))."""
+    matrix = np.zeros((n_out, n_in), dtype=np.float32)
+    matrix[np.arange(n_out), np.floor(np.arange(n_out) * n_in / n_out).astype(np.int64)] = 1.0
+    return matrix
+
+
+@functools.lru_cache(maxsize=None)
+def box_matrix(n, size=3):
+    """[n, n] moving average over ``size`` neighbours with zero padding, divided by ``size``
+    even at the borders (avg_pool, stride 1, padding size//2, padded zeros counted)."""
+    half = size // 2
+    offsets = np.arange(n)[:, None] - np.arange(n)[None, :]
+    return (np.abs(offsets) <= half).astype(np.float32) / size
+
+
+def adaptive_pool_matrix(n_in, n_out):
+    """[n_in, n_out] so that v @ M == adaptive_avg_pool1d(v, n_out): output i averages inputs
+    floor(i*n_in/n_out) .. ceil((i+1)*n_in/n_out)-1 (bins overlap or repeat when n_out > n_in)."""
+    matrix = np.zeros((n_in, n_out), dtype=np.float64)
+    for i in range(n_out):
+        start, stop = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        matrix[start:stop, i] = 1.0 / (stop - start)
+    return matrix

@@ -107,3 +107,13 @@ def encoder_fingerprint(encoder):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(value.numpy()).tobytes())
     return digest.hexdigest()
+
+
+def check_same_encoder(fingerprint, saved, path, weights):
+    """UserError unless an encoder's ``fingerprint`` is that of the weights a model was fit to
+    (``saved``: the checkpoint's extra with backbone, backbone_weights, encoder_sha256)."""
+    if fingerprint != saved["encoder_sha256"]:
+        raise UserError(f"{path}: the {saved['backbone']} weights from {weights or 'auto'!r} "
+                        "differ from the ones this model was trained with "
+                        f"({saved['backbone_weights']!r}); pass that file with "
+                        "--backbone_weights")

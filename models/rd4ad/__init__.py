@@ -13,7 +13,6 @@ _WHERE = {
     "anomaly_map": "networks",
     "build_student": "networks",
     "gaussian_blur_matrix": "networks",
-    "gaussian_kernel1d": "networks",
     "rd4ad_loss": "networks",
 }
 __all__ = sorted(_WHERE)

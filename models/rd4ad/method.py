@@ -8,7 +8,7 @@ from adkit.errors import UserError
 from adkit.trainer import CHECKPOINT_FILE, Trainer, read_checkpoint
 from adkit.training import batch_stream, load_train_state, make_adam, set_state, total_steps
 
-from ..backbones.encoders import build_encoder, encoder_fingerprint
+from ..backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint
 from ..base import AnomalyMethod
 from .networks import RD4ADInference, build_student, rd4ad_loss
 
@@ -58,7 +58,7 @@ class RD4ADMethod(AnomalyMethod):
             extra={"backbone": settings.backbone, "backbone_weights": settings.backbone_weights or "auto",
                    "encoder_sha256": self.encoder_sha256, "image_size": self.image_size})
         if resume:
-            self._check_same_encoder(trainer.resume(), path, settings.backbone_weights)
+            check_same_encoder(self.encoder_sha256, trainer.resume(), path, settings.backbone_weights)
         per_image = settings.loss_per_image
 
         def train_step(images, _step_seed):
@@ -78,13 +78,6 @@ class RD4ADMethod(AnomalyMethod):
         self.bottleneck.eval()
         self.decoder.eval()
 
-    def _check_same_encoder(self, saved, path, weights):
-        if self.encoder_sha256 != saved["encoder_sha256"]:
-            raise UserError(f"{path}: the {saved['backbone']} weights from {weights or 'auto'!r} "
-                            "differ from the ones this model was trained with "
-                            f"({saved['backbone_weights']!r}); pass that file with "
-                            "--backbone_weights")
-
     # -- using a trained model -----------------------------------------------------------
 
     def load(self, ckpt_dir):
@@ -92,7 +85,7 @@ class RD4ADMethod(AnomalyMethod):
         # the encoder is not stored: rebuild it from the same source (or the one given now)
         weights = self.settings.backbone_weights or saved["backbone_weights"]
         self._build(saved["backbone"], weights, saved["image_size"])
-        self._check_same_encoder(saved, path, weights)
+        check_same_encoder(self.encoder_sha256, saved, path, weights)
         set_state(self.bottleneck, nets["bottleneck"])
         set_state(self.decoder, nets["decoder"])
         self.bottleneck.eval()

@@ -10,22 +10,15 @@ Architecture follows the official code (hq-deng/RD4AD): for ResNet encoders the 
 decoder use the encoder's block type and depths; for other encoders (EfficientNet-Lite) the
 same structure is built from BasicBlocks at the encoder's channel widths.
 """
-import functools
-
-import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
 
 from ..backbones.resnet import BasicBlock, Bottleneck, conv3x3, init_like_torchvision, make_stage
-from ..graph_ops import interpolation_matrix, summed_separable_maps
+from ..graph_ops import gaussian_blur_matrix, resize_and_blur, summed_separable_maps  # noqa: F401 (re-exported)
 
 
-BLUR_SIGMA = 4.0
-
-
-BLUR_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: radius = round(4 * sigma)
 
 # backbone -> (block type, OCBE residual blocks, decoder blocks per stage, width_per_group),
 # as the official wide_resnet50_2/de_wide_resnet50_2, resnet18/de_resnet18 pairs.
@@ -114,28 +107,6 @@ def rd4ad_loss(enc_feats, dec_feats, per_image=False):
     return total
 
 
-def gaussian_kernel1d(sigma, truncate):
-    """Normalised 1-D Gaussian taps over [-r, r], r = int(truncate * sigma + 0.5) (as scipy)."""
-    radius = int(truncate * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    taps = np.exp(-0.5 * (x / sigma) ** 2)
-    return taps / taps.sum()
-
-
-def gaussian_blur_matrix(n, sigma):
-    """[n, n] matrix B with B @ v == scipy.ndimage.gaussian_filter1d(v, sigma, mode='reflect',
-    truncate=4): borders extended half-sample symmetrically (d c b a | a b c d), reflected
-    again as often as the radius needs (paddle's own 'reflect' pad is scipy's 'mirror')."""
-    taps = gaussian_kernel1d(sigma, BLUR_TRUNCATE)
-    radius = (len(taps) - 1) // 2
-    source = np.arange(n)[:, None] + np.arange(-radius, radius + 1)[None, :]  # [n, taps]
-    source = np.mod(source, 2 * n)
-    source = np.where(source >= n, 2 * n - 1 - source, source)
-    matrix = np.zeros((n, n), dtype=np.float64)
-    np.add.at(matrix, (np.repeat(np.arange(n), len(taps)), source.ravel()), np.tile(taps, n))
-    return matrix
-
-
 def anomaly_map(enc_feats, dec_feats, out_size):
     """[B,1,H,W] map: per scale 1 - cos along channels, bilinear (align_corners, as official)
     up to ``out_size`` (int or (H, W)), summed over scales, then Gaussian-blurred (sigma 4,
@@ -146,15 +117,8 @@ def anomaly_map(enc_feats, dec_feats, out_size):
     distances = [1.0 - F.cosine_similarity(enc, dec, axis=1).unsqueeze(1)
                  for enc, dec in zip(enc_feats, dec_feats)]
     return summed_separable_maps(distances,
-                                 [_resize_and_blur(d.shape[2], out_h) for d in distances],
-                                 [_resize_and_blur(d.shape[3], out_w) for d in distances])
-
-
-@functools.lru_cache(maxsize=None)
-def _resize_and_blur(n_in, n_out):
-    """[n_out, n_in]: align-corners linear resize, then the sigma-4 blur. Cached: numpy's
-    threads would compete with Paddle's spinning OpenMP threads on every forward pass."""
-    return gaussian_blur_matrix(n_out, BLUR_SIGMA) @ interpolation_matrix(n_in, n_out, True)
+                                 [resize_and_blur(d.shape[2], out_h, True) for d in distances],
+                                 [resize_and_blur(d.shape[3], out_w, True) for d in distances])
 
 
 class RD4ADInference(nn.Layer):

@@ -1,0 +1,74 @@
+"""Methods that fit statistics of a frozen backbone's features in one pass, without training
+(PatchCore's memory bank, PaDiM's Gaussians): the shared fit / load around them.
+
+A subclass provides ``fit_arrays(train_set) -> {name: ndarray}`` (from ``self.encoder``),
+``describe() -> dict`` (its settings stored with them) and ``build_net(arrays, extra)``.
+"""
+import paddle
+
+from adkit.errors import UserError
+from adkit.fitted import load_fitted, save_fitted
+from adkit.training import log
+
+from .backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint
+from .base import AnomalyMethod
+
+
+class FittedFeatureMethod(AnomalyMethod):
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.encoder = self.encoder_sha256 = self.net = None
+        self.image_size = int(cfg["image_size"])
+
+    def _build_encoder(self, backbone, weights):
+        self.encoder = build_encoder(backbone, weights)
+        self.encoder_sha256 = encoder_fingerprint(self.encoder)
+
+    def fit(self, train_set, val_set, ckpt_dir, resume=False):
+        if resume:
+            log.info("%s fits in one pass without training: --resume fits again", self.name)
+        settings = self.settings
+        paddle.seed(int(self.cfg["seed"]))
+        self._build_encoder(settings.backbone, settings.backbone_weights)
+        arrays = self.fit_arrays(train_set)
+        extra = {"backbone": settings.backbone, "backbone_weights": settings.backbone_weights or "auto",
+                 "encoder_sha256": self.encoder_sha256, "image_size": self.image_size,
+                 **self.describe()}
+        save_fitted(ckpt_dir, self.name, arrays, extra)
+        self.net = self.build_net(arrays, extra)
+
+    def load(self, ckpt_dir):
+        arrays, saved = load_fitted(ckpt_dir, self.name)
+        weights = self.settings.backbone_weights or saved["backbone_weights"]
+        self._build_encoder(saved["backbone"], weights)
+        check_same_encoder(self.encoder_sha256, saved, ckpt_dir, weights)
+        self.image_size = int(saved["image_size"])
+        self.net = self.build_net(arrays, saved)
+
+    def inference_net(self):
+        if self.net is None:
+            raise RuntimeError(f"{type(self).__name__}: call fit() or load() before inference_net()")
+        return self.net.eval()
+
+    def features(self, train_set, desc):
+        """Yield the encoder's [f4, f8, f16] (paddle tensors) batch by batch over ``train_set``."""
+        from adkit.evaluation import batches
+
+        with paddle.no_grad():
+            for batch in batches(train_set, int(self.cfg["batch_size"]), desc):
+                yield self.encoder(paddle.to_tensor(batch))
+
+    def fit_arrays(self, train_set):
+        raise NotImplementedError
+
+    def describe(self):
+        raise NotImplementedError
+
+    def build_net(self, arrays, extra):
+        raise NotImplementedError
+
+
+def check_choice(option, value, choices):
+    if value not in choices:
+        raise UserError(f"--{option} {value}: expected one of {', '.join(choices)}")
