@@ -19,7 +19,7 @@ import tifffile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
 CLS = "brick"
-MODELS = ("rd4ad", "efficientad_s", "efficientad_m", "patchcore", "padim")
+MODELS = ("rd4ad", "efficientad_s", "efficientad_m", "stfpm", "patchcore", "padim")
 # Each model trains for 2 steps only: the graph must reproduce whatever weights it holds.
 TRAIN_ARGS = {
     # efficientnet_lite0 pads explicitly (TF "SAME"), which the ONNX conversion once got wrong
@@ -27,6 +27,7 @@ TRAIN_ARGS = {
     # EfficientAD needs validation images (for its quantiles); a random teacher is enough here
     "efficientad_s": ["--val_ratio", "0.2", "--teacher_weights", "none"],
     "efficientad_m": ["--val_ratio", "0.2", "--teacher_weights", "none"],
+    "stfpm": ["--backbone_weights", "none", "--batch_size", "2"],
     # float16 banks/statistics: the graph must cast them back exactly as dygraph does
     "patchcore": ["--backbone_weights", "none", "--coreset_ratio", "0.5", "--bank_dtype", "float16"],
     "padim": ["--backbone_weights", "none", "--stats_dtype", "float16"],

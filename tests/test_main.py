@@ -32,6 +32,7 @@ def run_cli(args):
     ("rd4ad", ["--backbone", "efficientnet_lite0", "--steps", "3", "--batch_size", "4"]),
     ("efficientad_s", ["--steps", "3", "--teacher_weights", "none"]),
     ("efficientad_m", ["--steps", "2", "--teacher_weights", "none"]),
+    ("stfpm", ["--steps", "3", "--batch_size", "4"]),
     ("patchcore", ["--coreset_ratio", "0.1"]),
     ("padim", []),
 ])
