@@ -6,7 +6,7 @@ r"""Export a trained model to a Paddle static inference graph (and optionally ON
 
 The graph takes float32 [N,3,H,W] RGB in [0,1] at the training image size (N dynamic) and returns
 (anomaly map [N,1,H,W], image score [N]). Input normalisation, teacher normalisation, map
-quantiles and RD4AD's Gaussian blur are all inside the graph.
+quantiles, Gaussian blurs, PatchCore's memory bank and PaDiM's Gaussians are all inside the graph.
 """
 import os
 import shutil

@@ -2,7 +2,7 @@
 """Fitting cost per method on 200 good images: seconds, peak memory, exported model size.
 
     python benchmark/bench_fit.py                       # every method at 256 px
-    python benchmark/bench_fit.py --cases padim-wrn50   # PaDiM's memory case (WRN-50-2, 224 px)
+    python benchmark/bench_fit.py --cases padim-wrn50 padim-wrn50-fp16   # PaDiM's memory case
 
 The 200 images are crops, flips and quarter turns of sample_data/brick's good images (written
 once into --work_dir). PatchCore and PaDiM run on ImageNet EfficientNet-Lite0 features (shipped
@@ -31,6 +31,8 @@ NUM_IMAGES = 200
 OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
 EXTRA_CASES = {  # label: (model, options, image size or None for --image_size)
     "padim-wrn50": ("padim", {"backbone": "wide_resnet50_2", "backbone_weights": "none"}, 224),
+    "padim-wrn50-fp16": ("padim", {"backbone": "wide_resnet50_2", "backbone_weights": "none",
+                                   "stats_dtype": "float16"}, 224),
 }
 
 
@@ -109,7 +111,7 @@ def worker(job):
 def main():
     table = cases()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", choices=sorted(table), help="default: all but padim-wrn50")
+    parser.add_argument("--cases", nargs="+", choices=sorted(table), help="default: all but the padim-wrn50 cases")
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--cpu_threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=0, help="trained methods: steps instead of one epoch")

@@ -126,3 +126,21 @@ def test_bad_settings_are_one_line(tmp_path, brick_train_set, option, value, say
 
     with pytest.raises(UserError, match=says):
         PaDiMMethod(train_cfg(tmp_path, **{option: value})).fit(brick_train_set, None, tmp_path)
+
+
+def test_float16_statistics_fitted_in_several_passes_equal_one_pass(tmp_path, brick_train_set, monkeypatch):
+    from models.padim import PaDiMMethod
+    from models.padim import method as padim_method
+
+    one = PaDiMMethod(train_cfg(tmp_path / "one", feature_dims=30, stats_dtype="float16"))
+    one.fit(brick_train_set, None, tmp_path / "one")
+    # 256 positions x 30 x 30 x 4 bytes = 921 600 bytes: a 300 kB budget means 4 passes
+    monkeypatch.setattr(padim_method, "ACCUMULATOR_BYTES", 300_000)
+    passes = []
+    real = padim_method.GaussianAccumulator
+    monkeypatch.setattr(padim_method, "GaussianAccumulator", lambda positions: passes.append(positions) or real(positions))
+    four = PaDiMMethod(train_cfg(tmp_path / "four", feature_dims=30, stats_dtype="float16"))
+    four.fit(brick_train_set, None, tmp_path / "four")
+    assert [(p.start, p.stop) for p in passes] == [(0, 64), (64, 128), (128, 192), (192, 256)]
+    np.testing.assert_array_equal(four.net.mean.numpy(), one.net.mean.numpy())
+    np.testing.assert_array_equal(four.net.inv_cov.numpy(), one.net.inv_cov.numpy())

@@ -1,24 +1,28 @@
-"""Fitting PaDiM's per-position Gaussians in one pass with memory for little more than the
-result: the [P, d, d] second moments accumulate in float32 in the array that then holds the
-inverse covariances, block of positions by block of positions (WRN-50-2, d = 550, 56 x 56
-positions: 3.8 GB; nothing else of that size is ever allocated)."""
+"""Fitting PaDiM's per-position Gaussians with memory for little more than the result: the
+[P, d, d] second moments accumulate in float32 in the array that then holds the inverse
+covariances, inverted a few positions at a time (WRN-50-2, d = 550, 56 x 56 positions: 3.6 GiB;
+nothing else of that size is ever allocated). An accumulator may cover a range of positions
+only, so that float16 statistics can be fitted in several passes without ever holding all of
+them in float32 (see PaDiMMethod)."""
 import numpy as np
 
 REGULARISATION = 0.01  # the paper's epsilon * I added to each covariance
-POSITION_BLOCK = 64
+POSITION_BLOCK = 32  # positions per float32 outer-product block (d = 550: 39 MB)
+INVERSE_BLOCK = 8  # positions inverted at a time, in float64 (d = 550: a few 19 MB temporaries)
 
 
 class GaussianAccumulator:
     """Sums of (x - k) and (x - k)(x - k)^T per position, k being the first image's embedding:
     shifting by a sample keeps float32 sums accurate (no large mean to cancel)."""
 
-    def __init__(self):
+    def __init__(self, positions=slice(None)):
+        self.positions = positions
         self.n = 0
         self.shift = self.sums = self.moments = None
 
     def add(self, batch):
-        """``batch`` [B, d, P] float32."""
-        x = np.ascontiguousarray(batch.transpose(2, 0, 1), dtype=np.float32)   # [P, B, d]
+        """``batch`` [B, d, P] float32 (all positions; this accumulator takes its range)."""
+        x = np.ascontiguousarray(batch[:, :, self.positions].transpose(2, 0, 1), dtype=np.float32)
         if self.moments is None:
             positions, _, d = x.shape
             self.shift = x[:, 0].astype(np.float64)                              # [P, d]
@@ -37,11 +41,13 @@ class GaussianAccumulator:
             raise ValueError("PaDiM needs at least 2 training images")
         mean = self.sums / self.n                                                 # shifted
         eye = REGULARISATION * np.eye(self.moments.shape[1])
-        for start in range(0, len(self.moments), POSITION_BLOCK):
-            m = mean[start:start + POSITION_BLOCK]
-            block = self.moments[start:start + POSITION_BLOCK].astype(np.float64)
-            cov = (block - self.n * m[:, :, None] * m[:, None, :]) / (self.n - 1) + eye
-            self.moments[start:start + POSITION_BLOCK] = np.linalg.inv(cov)
+        for start in range(0, len(self.moments), INVERSE_BLOCK):
+            m = mean[start:start + INVERSE_BLOCK]
+            cov = self.moments[start:start + INVERSE_BLOCK].astype(np.float64)
+            cov -= self.n * m[:, :, None] * m[:, None, :]
+            cov /= self.n - 1
+            cov += eye
+            self.moments[start:start + INVERSE_BLOCK] = np.linalg.inv(cov)
         inv_cov = self.moments if dtype == np.float32 else self.moments.astype(dtype)
         self.moments = None
         return (mean + self.shift).astype(np.float32), inv_cov

@@ -1,4 +1,6 @@
-"""Fitting PaDiM: one pass over the good images accumulates each position's Gaussian."""
+"""Fitting PaDiM: a pass over the good images accumulates each position's Gaussian."""
+import math
+
 import numpy as np
 
 from adkit.errors import UserError
@@ -8,6 +10,9 @@ from .gaussian import GaussianAccumulator
 from .networks import PaDiMEmbedding, PaDiMInference, channel_subset, default_dims
 
 STATS_DTYPES = ("float32", "float16")
+# float16 statistics are accumulated in float32 over at most this much at a time (more passes
+# over the images instead); float32 ones in one pass, in the array that becomes the result
+ACCUMULATOR_BYTES = 1 << 30
 
 
 class PaDiMMethod(FittedFeatureMethod):
@@ -27,10 +32,24 @@ class PaDiMMethod(FittedFeatureMethod):
         check_choice("stats_dtype", self.settings.stats_dtype, STATS_DTYPES)
         subset = channel_subset(self.encoder.channels, self._dims(), int(self.cfg["seed"]))
         embed = PaDiMEmbedding(self.encoder.channels, subset)
-        gaussian = GaussianAccumulator()
-        for feats in self.features(train_set, "padim features"):
-            gaussian.add(embed(feats).flatten(2).numpy())
-        mean, inv_cov = gaussian.finish(np.dtype(self.settings.stats_dtype))
+        dtype, dims = np.dtype(self.settings.stats_dtype), len(subset)
+        positions = (self.image_size // 4) ** 2  # the stride-4 grid
+        passes = 1 if dtype == np.float32 else math.ceil(positions * dims * dims * 4 / ACCUMULATOR_BYTES)
+        bounds = np.linspace(0, positions, passes + 1).astype(int)
+        mean = inv_cov = None
+        for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            gaussian = GaussianAccumulator(slice(start, stop))
+            desc = "padim features" + (f" (pass {k + 1}/{passes})" if passes > 1 else "")
+            for feats in self.features(train_set, desc):
+                gaussian.add(embed(feats).flatten(2).numpy())
+            part_mean, part_inv = gaussian.finish(dtype)
+            if passes == 1:
+                mean, inv_cov = part_mean, part_inv
+                break
+            if mean is None:
+                mean = np.empty((positions, dims), np.float32)
+                inv_cov = np.empty((positions, dims, dims), dtype)
+            mean[start:stop], inv_cov[start:stop] = part_mean, part_inv
         return {"subset": subset, "mean": mean, "inv_cov": inv_cov}
 
     def describe(self):
