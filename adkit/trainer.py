@@ -164,3 +164,12 @@ def read_checkpoint(path, what, advice):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a checkpoint of this version (format {FORMAT})")
     return state
+
+
+def check_resumable(path, method, options):
+    """Before anything is built: UserError unless ``path`` holds a checkpoint of ``method``
+    trained with the same ``options`` {name: value} (those stored in its extras)."""
+    saved = read_checkpoint(path, "--resume", f"no {method} training to continue there")["extra"]
+    for key, now in options.items():
+        if saved[key] != now:
+            raise UserError(f"{path}: trained with --{key} {saved[key]}, cannot resume with --{key} {now}")

@@ -78,38 +78,21 @@ def test_inference_net_matches_a_numpy_pipeline():
         assert float(score.numpy()[i]) == pytest.approx(want.max(), rel=1e-4)
 
 
-def train_cfg(tmp_path, **settings):
-    from adkit.config import resolve_config
-
-    args = ["--model", "padim", "--mode", "train", "--image_size", "64", "--backbone_weights", "none",
-            "--output_dir", str(tmp_path)]
-    for key, value in settings.items():
-        args += [f"--{key}", str(value)]
-    return resolve_config(args)
-
-
-@pytest.fixture(scope="module")
-def brick_train_set():
-    from datasets.mvtec import ImageDataset, MVTecCategory
-
-    return ImageDataset(MVTecCategory("sample_data", "brick").train_paths()[:6], 64).preload()
-
-
-def test_fit_reload_and_float16_statistics(tmp_path, brick_train_set):
+def test_fit_reload_and_float16_statistics(train_cfg, tmp_path, brick_train_set):
     from models.padim import PaDiMMethod
 
-    method = PaDiMMethod(train_cfg(tmp_path, feature_dims=30))
+    method = PaDiMMethod(train_cfg("padim", tmp_path, feature_dims=30))
     method.fit(brick_train_set, None, tmp_path)
     assert method.net.inv_cov.shape == [16 * 16, 30, 30] and method.net.mean.shape == [256, 30]
     x = paddle.to_tensor(np.stack([brick_train_set[i] for i in range(3)]))
     with paddle.no_grad():
         first = method.inference_net()(x)
-    again = PaDiMMethod(train_cfg(tmp_path))
+    again = PaDiMMethod(train_cfg("padim", tmp_path))
     again.load(tmp_path)
     with paddle.no_grad():
         second = again.inference_net()(x)
     np.testing.assert_array_equal(first[0].numpy(), second[0].numpy())
-    half = PaDiMMethod(train_cfg(tmp_path / "half", feature_dims=30, stats_dtype="float16"))
+    half = PaDiMMethod(train_cfg("padim", tmp_path / "half", feature_dims=30, stats_dtype="float16"))
     half.fit(brick_train_set, None, tmp_path / "half")
     assert half.net.inv_cov.dtype == paddle.float16
     with paddle.no_grad():
@@ -121,25 +104,25 @@ def test_fit_reload_and_float16_statistics(tmp_path, brick_train_set):
     ("feature_dims", 500, r"--feature_dims must be in 1\.\.176 for efficientnet_lite0, got 500"),
     ("stats_dtype", "float64", "--stats_dtype float64: expected one of float32, float16"),
 ])
-def test_bad_settings_are_one_line(tmp_path, brick_train_set, option, value, says):
+def test_bad_settings_are_one_line(train_cfg, tmp_path, brick_train_set, option, value, says):
     from models.padim import PaDiMMethod
 
     with pytest.raises(UserError, match=says):
-        PaDiMMethod(train_cfg(tmp_path, **{option: value})).fit(brick_train_set, None, tmp_path)
+        PaDiMMethod(train_cfg("padim", tmp_path, **{option: value})).fit(brick_train_set, None, tmp_path)
 
 
-def test_float16_statistics_fitted_in_several_passes_equal_one_pass(tmp_path, brick_train_set, monkeypatch):
+def test_float16_statistics_fitted_in_several_passes_equal_one_pass(train_cfg, tmp_path, brick_train_set, monkeypatch):
     from models.padim import PaDiMMethod
     from models.padim import method as padim_method
 
-    one = PaDiMMethod(train_cfg(tmp_path / "one", feature_dims=30, stats_dtype="float16"))
+    one = PaDiMMethod(train_cfg("padim", tmp_path / "one", feature_dims=30, stats_dtype="float16"))
     one.fit(brick_train_set, None, tmp_path / "one")
     # 256 positions x 30 x 30 x 4 bytes = 921 600 bytes: a 300 kB budget means 4 passes
     monkeypatch.setattr(padim_method, "ACCUMULATOR_BYTES", 300_000)
     passes = []
     real = padim_method.GaussianAccumulator
     monkeypatch.setattr(padim_method, "GaussianAccumulator", lambda positions: passes.append(positions) or real(positions))
-    four = PaDiMMethod(train_cfg(tmp_path / "four", feature_dims=30, stats_dtype="float16"))
+    four = PaDiMMethod(train_cfg("padim", tmp_path / "four", feature_dims=30, stats_dtype="float16"))
     four.fit(brick_train_set, None, tmp_path / "four")
     assert [(p.start, p.stop) for p in passes] == [(0, 64), (64, 128), (128, 192), (192, 256)]
     np.testing.assert_array_equal(four.net.mean.numpy(), one.net.mean.numpy())

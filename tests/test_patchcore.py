@@ -116,27 +116,10 @@ def test_inference_net_matches_a_numpy_pipeline():
         assert float(score[i]) == pytest.approx(want, rel=1e-4)
 
 
-def train_cfg(tmp_path, **settings):
-    from adkit.config import resolve_config
-
-    args = ["--model", "patchcore", "--mode", "train", "--image_size", "64", "--backbone_weights", "none",
-            "--output_dir", str(tmp_path)]
-    for key, value in settings.items():
-        args += [f"--{key}", str(value)]
-    return resolve_config(args)
-
-
-@pytest.fixture(scope="module")
-def brick_train_set():
-    from datasets.mvtec import ImageDataset, MVTecCategory
-
-    return ImageDataset(MVTecCategory("sample_data", "brick").train_paths()[:6], 64).preload()
-
-
-def test_fit_keeps_the_coreset_share_and_a_reload_gives_the_same_maps(tmp_path, brick_train_set):
+def test_fit_keeps_the_coreset_share_and_a_reload_gives_the_same_maps(train_cfg, tmp_path, brick_train_set):
     from models.patchcore import PatchCoreMethod
 
-    method = PatchCoreMethod(train_cfg(tmp_path, coreset_ratio=0.25))
+    method = PatchCoreMethod(train_cfg("patchcore", tmp_path, coreset_ratio=0.25))
     method.fit(brick_train_set, None, tmp_path)
     bank = method.net.bank.numpy()
     # 8x8 patches per 64 px image; D = 1024 capped at Lite0's 40 + 112 channels
@@ -144,14 +127,14 @@ def test_fit_keeps_the_coreset_share_and_a_reload_gives_the_same_maps(tmp_path, 
     x = paddle.to_tensor(np.stack([brick_train_set[i] for i in range(2)]))
     with paddle.no_grad():
         first = method.inference_net()(x)
-    again = PatchCoreMethod(train_cfg(tmp_path))
+    again = PatchCoreMethod(train_cfg("patchcore", tmp_path))
     again.load(tmp_path)
     with paddle.no_grad():
         second = again.inference_net()(x)
     np.testing.assert_array_equal(first[0].numpy(), second[0].numpy())
     np.testing.assert_array_equal(first[1].numpy(), second[1].numpy())
     # float16 storage: half the bytes, scores within float16 rounding of the float32 ones
-    half = PatchCoreMethod(train_cfg(tmp_path / "half", coreset_ratio=0.25, bank_dtype="float16"))
+    half = PatchCoreMethod(train_cfg("patchcore", tmp_path / "half", coreset_ratio=0.25, bank_dtype="float16"))
     half.fit(brick_train_set, None, tmp_path / "half")
     assert half.net.bank.numpy().dtype == np.float16
     with paddle.no_grad():
@@ -164,11 +147,11 @@ def test_fit_keeps_the_coreset_share_and_a_reload_gives_the_same_maps(tmp_path, 
     ("bank_dtype", "int8", "--bank_dtype int8: expected one of float32, float16"),
     ("neighbours", 0, "--neighbours must be at least 1"),
 ])
-def test_bad_settings_are_one_line(tmp_path, brick_train_set, option, value, says):
+def test_bad_settings_are_one_line(train_cfg, tmp_path, brick_train_set, option, value, says):
     from models.patchcore import PatchCoreMethod
 
     with pytest.raises(UserError, match=re_escape(says)):
-        PatchCoreMethod(train_cfg(tmp_path, **{option: value})).fit(brick_train_set, None, tmp_path)
+        PatchCoreMethod(train_cfg("patchcore", tmp_path, **{option: value})).fit(brick_train_set, None, tmp_path)
 
 
 def re_escape(text):

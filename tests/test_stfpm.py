@@ -8,6 +8,7 @@ from adkit.errors import UserError
 from models.stfpm.networks import STFPMInference, Student, anomaly_map, stfpm_loss
 from tests.numpy_reference import bilinear
 
+SHORT = {"steps": 2, "batch_size": 2, "seed": 3}
 SHAPES = [(2, 6, 16, 16), (2, 10, 8, 8), (2, 14, 4, 4)]
 
 
@@ -60,22 +61,7 @@ def test_the_student_trains_and_the_teacher_does_not(backbone):
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def train_cfg(tmp_path, *extra):
-    from adkit.config import resolve_config
-
-    return resolve_config(["--model", "stfpm", "--mode", "train", "--image_size", "64", "--steps", "2",
-                           "--batch_size", "2", "--backbone_weights", "none", "--seed", "3",
-                           "--output_dir", str(tmp_path), *extra])
-
-
-@pytest.fixture(scope="module")
-def brick_train_set():
-    from datasets.mvtec import ImageDataset, MVTecCategory
-
-    return ImageDataset(MVTecCategory("sample_data", "brick").train_paths()[:6], 64).preload()
-
-
-def test_fit_trains_batchnorm_then_evaluates_and_a_reload_gives_the_same_maps(tmp_path, brick_train_set,
+def test_fit_trains_batchnorm_then_evaluates_and_a_reload_gives_the_same_maps(train_cfg, tmp_path, brick_train_set,
                                                                               monkeypatch):
     from models.stfpm import STFPMMethod
     from models.stfpm import method as stfpm_method
@@ -88,7 +74,7 @@ def test_fit_trains_batchnorm_then_evaluates_and_a_reload_gives_the_same_maps(tm
         return real_loss(t, s)
 
     monkeypatch.setattr(stfpm_method, "stfpm_loss", spying_loss)
-    method = STFPMMethod(train_cfg(tmp_path))
+    method = STFPMMethod(train_cfg("stfpm", tmp_path, **SHORT))
     before = {k: v.numpy().copy() for k, v in Student("efficientnet_lite0").state_dict().items()}
     method.fit(brick_train_set, None, tmp_path)
     assert modes == [True, True] and not method.student.training
@@ -99,7 +85,7 @@ def test_fit_trains_batchnorm_then_evaluates_and_a_reload_gives_the_same_maps(tm
     x = paddle.to_tensor(np.stack([brick_train_set[i] for i in range(3)]))
     with paddle.no_grad():
         first = method.inference_net()(x)
-    again = STFPMMethod(train_cfg(tmp_path))
+    again = STFPMMethod(train_cfg("stfpm", tmp_path, **SHORT))
     again.load(tmp_path)
     with paddle.no_grad():
         second = again.inference_net()(x)
@@ -107,9 +93,9 @@ def test_fit_trains_batchnorm_then_evaluates_and_a_reload_gives_the_same_maps(tm
     assert isinstance(method.inference_net(), STFPMInference)
 
 
-def test_resume_refuses_another_backbone(tmp_path, brick_train_set):
+def test_resume_refuses_another_backbone(train_cfg, tmp_path, brick_train_set):
     from models.stfpm import STFPMMethod
 
-    STFPMMethod(train_cfg(tmp_path)).fit(brick_train_set, None, tmp_path)
+    STFPMMethod(train_cfg("stfpm", tmp_path, **SHORT)).fit(brick_train_set, None, tmp_path)
     with pytest.raises(UserError, match="trained with --backbone efficientnet_lite0, cannot resume with --backbone resnet18"):
-        STFPMMethod(train_cfg(tmp_path, "--backbone", "resnet18")).fit(brick_train_set, None, tmp_path, resume=True)
+        STFPMMethod(train_cfg("stfpm", tmp_path, backbone="resnet18", **SHORT)).fit(brick_train_set, None, tmp_path, resume=True)

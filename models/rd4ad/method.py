@@ -5,7 +5,7 @@ from pathlib import Path
 import paddle
 
 from adkit.errors import UserError
-from adkit.trainer import CHECKPOINT_FILE, Trainer, read_checkpoint
+from adkit.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
 from adkit.training import batch_stream, load_train_state, make_adam, set_state, total_steps
 
 from ..backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint
@@ -37,15 +37,10 @@ class RD4ADMethod(AnomalyMethod):
     # -- training ------------------------------------------------------------------------
 
     def fit(self, train_set, val_set, ckpt_dir, resume=False):
-        cfg = self.cfg
+        cfg, settings = self.cfg, self.settings
         path = Path(ckpt_dir) / CHECKPOINT_FILE
         if resume:  # check the options before building anything
-            saved = read_checkpoint(path, "--resume", "no rd4ad training to continue there")
-            for key, now in (("backbone", self.settings.backbone), ("image_size", cfg["image_size"])):
-                if saved["extra"][key] != now:
-                    raise UserError(f"{path}: trained with --{key} {saved['extra'][key]}, cannot "
-                                    f"resume with --{key} {now}")
-        settings = self.settings
+            check_resumable(path, self.name, {"backbone": settings.backbone, "image_size": cfg["image_size"]})
         self._build(settings.backbone, settings.backbone_weights, cfg["image_size"])
         optimizer = make_adam(self.bottleneck.parameters() + self.decoder.parameters(),
                               float(cfg["lr"]), beta1=settings.beta1, beta2=settings.beta2)

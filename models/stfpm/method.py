@@ -4,8 +4,7 @@ from pathlib import Path
 
 import paddle
 
-from adkit.errors import UserError
-from adkit.trainer import CHECKPOINT_FILE, Trainer, read_checkpoint
+from adkit.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
 from adkit.training import batch_stream, set_state, total_steps
 
 from ..backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint
@@ -35,11 +34,7 @@ class STFPMMethod(AnomalyMethod):
         cfg, settings = self.cfg, self.settings
         path = Path(ckpt_dir) / CHECKPOINT_FILE
         if resume:  # check the options before building anything
-            saved = read_checkpoint(path, "--resume", "no stfpm training to continue there")
-            for key, now in (("backbone", settings.backbone), ("image_size", cfg["image_size"])):
-                if saved["extra"][key] != now:
-                    raise UserError(f"{path}: trained with --{key} {saved['extra'][key]}, cannot "
-                                    f"resume with --{key} {now}")
+            check_resumable(path, self.name, {"backbone": settings.backbone, "image_size": cfg["image_size"]})
         self._build(settings.backbone, settings.backbone_weights, cfg["image_size"])
         optimizer = paddle.optimizer.Momentum(
             learning_rate=float(cfg["lr"]), momentum=settings.momentum,
