@@ -48,6 +48,22 @@ def keep_freed_memory():
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def zeros_outside_heap(shape, dtype):
+    """A zero-filled numpy array in its own anonymous memory map, not from malloc: with
+    ``keep_freed_memory`` the heap never shrinks, so a gigabyte-sized array freed there would
+    hold its pages for the rest of the run (PaDiM's statistics); this one is unmapped when the
+    array goes away."""
+    import mmap
+
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    if size == 0:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
+
+
 _VERBOSE = False
 
 

@@ -1,4 +1,4 @@
-"""Methods that fit statistics of a frozen backbone's features in one pass, without training
+"""Methods that fit statistics of a frozen backbone's features without training
 (PatchCore's memory bank, PaDiM's Gaussians): the shared fit / load around them.
 
 A subclass provides ``fit_arrays(train_set) -> {name: ndarray}`` (from ``self.encoder``),
@@ -27,7 +27,7 @@ class FittedFeatureMethod(AnomalyMethod):
 
     def fit(self, train_set, val_set, ckpt_dir, resume=False):
         if resume:
-            log.info("%s fits in one pass without training: --resume fits again", self.name)
+            log.info("%s is fitted without training: --resume fits it again", self.name)
         settings = self.settings
         paddle.seed(int(self.cfg["seed"]))
         self._build_encoder(settings.backbone, settings.backbone_weights)

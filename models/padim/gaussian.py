@@ -6,6 +6,8 @@ only, so that float16 statistics can be fitted in several passes without ever ho
 them in float32 (see PaDiMMethod)."""
 import numpy as np
 
+from adkit.runtime import zeros_outside_heap
+
 REGULARISATION = 0.01  # the paper's epsilon * I added to each covariance
 POSITION_BLOCK = 32  # positions per float32 outer-product block (d = 550: 39 MB)
 INVERSE_BLOCK = 8  # positions inverted at a time, in float64 (d = 550: a few 19 MB temporaries)
@@ -27,7 +29,7 @@ class GaussianAccumulator:
             positions, _, d = x.shape
             self.shift = x[:, 0].astype(np.float64)                              # [P, d]
             self.sums = np.zeros((positions, d), np.float64)
-            self.moments = np.zeros((positions, d, d), np.float32)
+            self.moments = zeros_outside_heap((positions, d, d), np.float32)
         x -= self.shift[:, None].astype(np.float32)
         self.sums += x.sum(axis=1)
         for start in range(0, x.shape[0], POSITION_BLOCK):
@@ -48,6 +50,9 @@ class GaussianAccumulator:
             cov /= self.n - 1
             cov += eye
             self.moments[start:start + INVERSE_BLOCK] = np.linalg.inv(cov)
-        inv_cov = self.moments if dtype == np.float32 else self.moments.astype(dtype)
+        inv_cov = self.moments
+        if dtype != np.float32:
+            inv_cov = zeros_outside_heap(self.moments.shape, dtype)
+            inv_cov[...] = self.moments
         self.moments = None
         return (mean + self.shift).astype(np.float32), inv_cov

@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from adkit.errors import UserError
+from adkit.runtime import zeros_outside_heap
 
 from ..fitted_method import FittedFeatureMethod, check_choice
 from .gaussian import GaussianAccumulator
@@ -48,7 +49,7 @@ class PaDiMMethod(FittedFeatureMethod):
                 break
             if mean is None:
                 mean = np.empty((positions, dims), np.float32)
-                inv_cov = np.empty((positions, dims, dims), dtype)
+                inv_cov = zeros_outside_heap((positions, dims, dims), dtype)
             mean[start:stop], inv_cov[start:stop] = part_mean, part_inv
         return {"subset": subset, "mean": mean, "inv_cov": inv_cov}
 
