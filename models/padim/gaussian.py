@@ -37,22 +37,20 @@ class GaussianAccumulator:
             self.moments[start:start + POSITION_BLOCK] += np.matmul(block.transpose(0, 2, 1), block)
         self.n += x.shape[1]
 
-    def finish(self, dtype=np.float32):
-        """(mean [P, d] float32, inverse covariance [P, d, d] in ``dtype``), computed in place."""
+    def finish(self, out=None):
+        """(mean [P, d] float32, inverse covariances [P, d, d]), computed in place in float32,
+        or written into ``out`` (e.g. a float16 slice of the final array: no second copy)."""
         if self.n < 2:
             raise ValueError("PaDiM needs at least 2 training images")
         mean = self.sums / self.n                                                 # shifted
         eye = REGULARISATION * np.eye(self.moments.shape[1])
+        target = self.moments if out is None else out
         for start in range(0, len(self.moments), INVERSE_BLOCK):
             m = mean[start:start + INVERSE_BLOCK]
             cov = self.moments[start:start + INVERSE_BLOCK].astype(np.float64)
             cov -= self.n * m[:, :, None] * m[:, None, :]
             cov /= self.n - 1
             cov += eye
-            self.moments[start:start + INVERSE_BLOCK] = np.linalg.inv(cov)
-        inv_cov = self.moments
-        if dtype != np.float32:
-            inv_cov = zeros_outside_heap(self.moments.shape, dtype)
-            inv_cov[...] = self.moments
+            target[start:start + INVERSE_BLOCK] = np.linalg.inv(cov)
         self.moments = None
-        return (mean + self.shift).astype(np.float32), inv_cov
+        return (mean + self.shift).astype(np.float32), target

@@ -37,20 +37,16 @@ class PaDiMMethod(FittedFeatureMethod):
         positions = (self.image_size // 4) ** 2  # the stride-4 grid
         passes = 1 if dtype == np.float32 else math.ceil(positions * dims * dims * 4 / ACCUMULATOR_BYTES)
         bounds = np.linspace(0, positions, passes + 1).astype(int)
-        mean = inv_cov = None
+        in_place = dtype == np.float32  # one pass; the accumulator becomes the result
+        mean = np.empty((positions, dims), np.float32)
+        inv_cov = None if in_place else zeros_outside_heap((positions, dims, dims), dtype)
         for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
             gaussian = GaussianAccumulator(slice(start, stop))
             desc = "padim features" + (f" (pass {k + 1}/{passes})" if passes > 1 else "")
             for feats in self.features(train_set, desc):
                 gaussian.add(embed(feats).flatten(2).numpy())
-            part_mean, part_inv = gaussian.finish(dtype)
-            if passes == 1:
-                mean, inv_cov = part_mean, part_inv
-                break
-            if mean is None:
-                mean = np.empty((positions, dims), np.float32)
-                inv_cov = zeros_outside_heap((positions, dims, dims), dtype)
-            mean[start:stop], inv_cov[start:stop] = part_mean, part_inv
+            mean[start:stop], part = gaussian.finish(out=None if in_place else inv_cov[start:stop])
+            inv_cov = part if in_place else inv_cov
         return {"subset": subset, "mean": mean, "inv_cov": inv_cov}
 
     def describe(self):
