@@ -86,9 +86,8 @@ def worker(job):
     from export_model import export
 
     model, options, size = job["model"], job["options"], job["image_size"]
-    argv = ["--model", model, "--mode", "train", "--image_size", str(size), "--epochs", "1",
-            "--steps", str(job["steps"]) if job["steps"] else "0"]
-    argv = argv if job["steps"] else argv[:-2]
+    argv = ["--model", model, "--mode", "train", "--image_size", str(size), "--epochs", "1"]
+    argv += ["--steps", str(job["steps"])] if job["steps"] else []
     argv += [word for key, value in options.items() for word in (f"--{key}", str(value))]
     cfg = resolve_config(argv + ["--save_interval", str(10 ** 9), "--log_interval", str(10 ** 9)])
     train = ImageDataset(job["images"][:-10], size).preload()

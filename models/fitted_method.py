@@ -10,7 +10,7 @@ from adkit.errors import UserError
 from adkit.fitted import load_fitted, save_fitted
 from adkit.training import log
 
-from .backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint
+from .backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint, encoder_record
 from .base import AnomalyMethod
 
 
@@ -32,9 +32,8 @@ class FittedFeatureMethod(AnomalyMethod):
         paddle.seed(int(self.cfg["seed"]))
         self._build_encoder(settings.backbone, settings.backbone_weights)
         arrays = self.fit_arrays(train_set)
-        extra = {"backbone": settings.backbone, "backbone_weights": settings.backbone_weights or "auto",
-                 "encoder_sha256": self.encoder_sha256, "image_size": self.image_size,
-                 **self.describe()}
+        extra = {**encoder_record(settings.backbone, settings.backbone_weights, self.encoder_sha256),
+                 "image_size": self.image_size, **self.describe()}
         save_fitted(ckpt_dir, self.name, arrays, extra)
         self.net = self.build_net(arrays, extra)
 

@@ -109,6 +109,12 @@ def encoder_fingerprint(encoder):
     return digest.hexdigest()
 
 
+def encoder_record(backbone, weights, fingerprint):
+    """What a checkpoint stores about the frozen encoder it was fit to (its ``extra`` entries,
+    read back by ``check_same_encoder``)."""
+    return {"backbone": backbone, "backbone_weights": weights or "auto", "encoder_sha256": fingerprint}
+
+
 def check_same_encoder(fingerprint, saved, path, weights):
     """UserError unless an encoder's ``fingerprint`` is that of the weights a model was fit to
     (``saved``: the checkpoint's extra with backbone, backbone_weights, encoder_sha256)."""

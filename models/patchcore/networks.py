@@ -79,21 +79,15 @@ def nearest_in_bank(queries, bank, bank_squares):
     return paddle.sqrt(paddle.clip(best, min=0.0)), best_index
 
 
-def bank_rows(bank, index):
-    """float32 rows of the bank (Paddle has no float16 gather on CPU: such banks are cast
-    first, a temporary of the float32 bank's size)."""
-    return paddle.gather(bank if bank.dtype == paddle.float32 else bank.astype("float32"), index)
-
-
 def reweighted_score(max_patch, nearest_row, bank, bank_squares, neighbours):
     """The paper's image score (Eq. 7): s* = ||m_test* - m*||, the largest patch distance, where
     m* is that patch's nearest bank entry, scaled by 1 - exp(s*) / sum over N_b(m*) of
     exp(||m_test* - m||), N_b(m*) being the b bank entries nearest to m* (m* among them).
-    ``max_patch`` [B, D], ``nearest_row`` [B, D] = m*; returns [B]."""
+    ``max_patch`` [B, D], ``nearest_row`` [B, D] = m*, ``bank`` float32; returns [B]."""
     to_bank = paddle.concat([d for _, d in squared_distances(nearest_row, bank, bank_squares)],
                             axis=1)                                              # [B, M]
     _, support = paddle.topk(to_bank, k=min(neighbours, bank.shape[0]), axis=1, largest=False)
-    support_rows = bank_rows(bank, support.flatten()).reshape(
+    support_rows = paddle.gather(bank, support.flatten()).reshape(
         [-1, support.shape[1], max_patch.shape[1]])                               # [B, b, D]
     distances = paddle.sqrt((max_patch.unsqueeze(1) - support_rows).square().sum(axis=2))
     score = paddle.sqrt((max_patch - nearest_row).square().sum(axis=1))
@@ -134,6 +128,8 @@ class PatchCoreInference(nn.Layer):
         pick = paddle.nn.functional.one_hot(per_image.argmax(axis=1), h * w)     # [B, hw]
         max_patch = (pick.unsqueeze(2) * queries.reshape([-1, h * w, emb.shape[1]])).sum(axis=1)
         nearest_index = (pick.astype(index.dtype) * index.reshape([-1, h * w])).sum(axis=1)
-        nearest_row = bank_rows(self.bank, nearest_index)
-        return amap, reweighted_score(max_patch, nearest_row, self.bank, self.bank_squares,
-                                      self.neighbours)
+        # rows are picked from the bank: Paddle has no float16 gather on CPU, so a float16 bank
+        # is cast once here (a temporary of the float32 bank's size; no-op for float32)
+        bank = self.bank.astype("float32")
+        nearest_row = paddle.gather(bank, nearest_index)
+        return amap, reweighted_score(max_patch, nearest_row, bank, self.bank_squares, self.neighbours)

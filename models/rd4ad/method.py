@@ -8,7 +8,8 @@ from adkit.errors import UserError
 from adkit.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
 from adkit.training import batch_stream, load_train_state, make_adam, set_state, total_steps
 
-from ..backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint
+from ..backbones.encoders import (build_encoder, check_same_encoder, encoder_fingerprint,
+                                  encoder_record)
 from ..base import AnomalyMethod
 from .networks import RD4ADInference, build_student, rd4ad_loss
 
@@ -50,8 +51,8 @@ class RD4ADMethod(AnomalyMethod):
             total=total_steps(cfg, len(train_set), "paper: 200 epochs"), seed=cfg["seed"],
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
             log_dir=cfg.get("log_dir"),
-            extra={"backbone": settings.backbone, "backbone_weights": settings.backbone_weights or "auto",
-                   "encoder_sha256": self.encoder_sha256, "image_size": self.image_size})
+            extra={**encoder_record(settings.backbone, settings.backbone_weights, self.encoder_sha256),
+                   "image_size": self.image_size})
         if resume:
             check_same_encoder(self.encoder_sha256, trainer.resume(), path, settings.backbone_weights)
         per_image = settings.loss_per_image

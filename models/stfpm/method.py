@@ -7,7 +7,8 @@ import paddle
 from adkit.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
 from adkit.training import batch_stream, set_state, total_steps
 
-from ..backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint
+from ..backbones.encoders import (build_encoder, check_same_encoder, encoder_fingerprint,
+                                  encoder_record)
 from ..base import AnomalyMethod
 from .networks import STFPMInference, Student, stfpm_loss
 
@@ -45,8 +46,8 @@ class STFPMMethod(AnomalyMethod):
             total=total_steps(cfg, len(train_set), "paper: 100 epochs"), seed=cfg["seed"],
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
             log_dir=cfg.get("log_dir"),
-            extra={"backbone": settings.backbone, "backbone_weights": settings.backbone_weights or "auto",
-                   "encoder_sha256": self.teacher_sha256, "image_size": self.image_size})
+            extra={**encoder_record(settings.backbone, settings.backbone_weights, self.teacher_sha256),
+                   "image_size": self.image_size})
         if resume:
             check_same_encoder(self.teacher_sha256, trainer.resume(), path, settings.backbone_weights)
 
