@@ -36,6 +36,7 @@ class MethodSpec:
     modes: dict = dataclasses.field(default_factory=dict)  # extra --mode: "module:function"
     smoke_options: dict = dataclasses.field(default_factory=dict)  # quick run, no downloads
     variants: dict = dataclasses.field(default_factory=dict)  # more benchmark cases: label: options
+    trains: bool = True  # False: fitted in one pass (no steps, no optimiser), e.g. a memory bank
 
     def build(self, cfg):
         return _load(self.method)(cfg)

@@ -26,8 +26,9 @@ class FittedFeatureMethod(AnomalyMethod):
         self.encoder_sha256 = encoder_fingerprint(self.encoder)
 
     def fit(self, train_set, val_set, ckpt_dir, resume=False):
-        if resume:
-            log.info("%s is fitted without training: --resume fits it again", self.name)
+        ignored = [f"--{o}" for o in ("steps", "epochs") if self.cfg.get(o)] + (["--resume"] if resume else [])
+        if ignored:  # training options: say so rather than pretend
+            log.info("%s is fitted without training: %s ignored", self.name, ", ".join(ignored))
         settings = self.settings
         paddle.seed(int(self.cfg["seed"]))
         self._build_encoder(settings.backbone, settings.backbone_weights)

@@ -26,5 +26,6 @@ SPEC = MethodSpec(
     settings=PatchCoreSettings,
     method="models.patchcore.method:PatchCoreMethod",
     smoke_options={"backbone": "efficientnet_lite0", "backbone_weights": "none"},
+    trains=False,
     variants={"patchcore-1%": {"coreset_ratio": 0.01}},
 )
