@@ -26,16 +26,21 @@ def categories_for(cfg):
     from datasets import find_categories
 
     if cfg["cls"] == "all":
-        return find_categories(cfg["data_dir"])
+        return find_categories(cfg)
     return [cfg["cls"]]
 
 
 def training_side(cfg, cls, category=None):
-    """(train set, validation set) of good images, split as training split them (seeded)."""
-    from datasets import ImageDataset, MVTecCategory, split_train_val
+    """(train set, validation set) of good images: the dataset's own validation images where
+    it has them (MVTec LOCO), else split off the training images as training split them."""
+    from datasets import ImageDataset, open_category, split_train_val
 
-    category = category or MVTecCategory(cfg["data_dir"], cls)
-    train_paths, val_paths = split_train_val(category.train_paths(), cfg["val_ratio"], cfg["seed"])
+    category = category or open_category(cfg, cls)
+    val_paths = category.val_paths()
+    if val_paths is None:
+        train_paths, val_paths = split_train_val(category.train_paths(), cfg["val_ratio"], cfg["seed"])
+    else:
+        train_paths = category.train_paths()
     size = cfg["image_size"]
     return ImageDataset(train_paths, size), ImageDataset(val_paths, size)
 
@@ -87,17 +92,16 @@ def evaluate(cfg, cls):
     from adkit.calibration import (EVAL_METRICS_FILE, calibrate, read_calibration,
                                    resolve_threshold, write_calibration)
     from adkit.engines import DygraphEngine
-    from adkit.eval_outputs import write_eval_folder
+    from adkit.eval_outputs import MAPS_FOLDER, write_eval_folder
     from adkit.evaluation import evaluate_dataset
     from adkit.io_utils import write_json
     from adkit.thresholds import DEFAULT_POLICY
-    from datasets import MVTecCategory, TestDataset
-    from datasets.mvtec import raise_if_bad
+    from datasets import TestDataset, open_category, raise_if_bad
 
-    category = MVTecCategory(cfg["data_dir"], cls)
+    category = open_category(cfg, cls)
     items = category.test_items()
     cfg, method, ckpt_dir = load_trained(cfg, cls)
-    test_set = TestDataset(items, cfg["image_size"])
+    test_set = TestDataset(items, cfg["image_size"], category.defect_kinds)
     bad = test_set.find_bad()  # every image and mask read before the first forward pass
     if bad and not cfg["skip_bad_images"]:
         raise_if_bad(bad)
@@ -112,7 +116,8 @@ def evaluate(cfg, cls):
                                 cfg["eval_batch_size"], cfg["seed"],
                                 cfg["threshold_policy"] or DEFAULT_POLICY)
         write_calibration(ckpt_dir, calibration)
-    result, scores, maps, pro_curve = evaluate_dataset(engine.run, test_set, cfg["eval_batch_size"])
+    result, scores, maps, pro_curve = evaluate_dataset(engine.run, test_set, cfg["eval_batch_size"],
+                                                       cfg["eval_resolution"], category.subsets)
     threshold = resolve_threshold(ckpt_dir, cfg["threshold_policy"], cfg["threshold"],
                                   test_f1_threshold=result["f1_threshold"])
     labels = np.array([item.label for item in test_set.items])
@@ -129,11 +134,16 @@ def evaluate(cfg, cls):
              "Training-side thresholds: " + ", ".join(
                  f"{k} {'-' if v is None else format(v, '.4g')}" for k, v in candidates)]
     notes += [f"skipped (unreadable): {message}" for _, message in bad]
+    notes.append(f"Pixel metrics at the {cfg['eval_resolution']} resolution; image AUROC from "
+                 f"{result['image_score']}")
     write_eval_folder(os.path.join(ckpt_dir, "eval"), test_set, category.root, maps, scores, result,
                       pro_curve, threshold, calibration, [(items[i], m) for i, m in bad],
-                      cfg["save_format"], f"{cfg['model']} / {cls}", notes)
+                      cfg["save_format"], f"{cfg['model']} / {cls}", notes, maps_folder=cls)
     log.info("[%s] overlays, masks, maps, df_test.csv, df_training.csv and report.html in %s",
              cls, os.path.join(ckpt_dir, "eval"))
+    if cfg["save_format"] == "tiff":
+        log.info("[%s] maps for the official MVTec evaluation scripts: --anomaly_maps_dir %s "
+                 "--evaluated_objects %s", cls, os.path.join(ckpt_dir, "eval", MAPS_FOLDER), cls)
     return result
 
 
@@ -158,13 +168,16 @@ def report(cfg, results):
     from adkit.evaluation import mean_over_categories
     from adkit.io_utils import write_json
 
-    summary = {"model": cfg["model"], "categories": results,
-               "mean": mean_over_categories(list(results.values()))}
+    summary = {"model": cfg["model"], "eval_resolution": cfg["eval_resolution"],
+               "categories": results, "mean": mean_over_categories(list(results.values()))}
     for path in (os.path.join(cfg["output_dir"], "metrics.json"),
                  os.path.join(cfg["output_dir"], cfg["model"], "metrics.json")):
         write_json(path, summary)
     print(format_table(summary))
     for cls, result in results.items():
+        if result.get("subsets") or result.get("au_spro"):
+            print()
+            print(format_subsets(cls, result))
         if result.get("decision"):
             print()
             print(format_decision(cls, result))
@@ -182,6 +195,21 @@ def format_table(summary):
         decision = (values.get("decision") or {}).get("overall", values)
         merged = {**values, **{k: decision.get(k) for k in ("accuracy", "precision", "recall")}}
         lines.append(f"{name:<16}" + "".join(_cell(merged.get(k), 12) for k in keys))
+    return "\n".join(lines)
+
+
+def format_subsets(cls, result):
+    """Each subset (MVTec LOCO: logical, structural) and the whole set, with AU-sPRO at the
+    official script's FPR limits when the dataset defines saturation thresholds."""
+    limits = list(result.get("au_spro") or {})
+    keys = ("image_auroc", "pixel_auroc", "aupro")
+    lines = [f"{cls + ' subsets':<16}" + "".join(f"{k:>12}" for k in keys)
+             + "".join(f"{'au_spro@' + limit:>14}" for limit in limits)]
+    rows = list((result.get("subsets") or {}).items()) + [("all", result)]
+    for name, values in rows:
+        spro = values.get("au_spro") or {}
+        lines.append(f"{name:<16}" + "".join(_cell(values.get(k), 12) for k in keys)
+                     + "".join(_cell(spro.get(limit), 14) for limit in limits))
     return "\n".join(lines)
 
 

@@ -9,17 +9,29 @@ import sys
 import yaml
 
 from .errors import UserError
+from .evaluation import EVAL_RESOLUTION_HELP, EVAL_RESOLUTIONS
 from .outputs import SAVE_FORMAT_HELP, SAVE_FORMATS
 from .thresholds import DEFAULT_POLICY, POLICY_HELP, parse_policy
 
 BASE_MODES = ("train", "eval", "infer")
+DATA_FORMATS = ("mvtec", "loco", "visa", "folder")  # the layouts datasets.open_category reads
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 # Options every method takes: name: (type, help). A method's own options come from its typed
 # settings in the registry (models/<method>/spec.py). Defaults come from the model's YAML, so
 # argparse defaults are None.
 OPTIONS = {
-    "data_dir": (str, "dataset root in MVTec AD layout (distill: any folder of images)"),
+    "data_dir": (str, "dataset root (--data_format mvtec/loco: category folders; visa: the folder "
+                      "holding split_csv/; distill: any folder of images)"),
+    "data_format": (str, "dataset layout: " + ", ".join(DATA_FORMATS) + " (folder: your own "
+                         "folders, given by --train_dir, --test_good_dir, --test_defect_dir, --mask_dir)"),
+    "train_dir": (str, "--data_format folder: good images for training (subfolders too)"),
+    "test_good_dir": (str, "--data_format folder: good test images"),
+    "test_defect_dir": (str, "--data_format folder: defective test images (a subfolder's name is "
+                             "their defect type)"),
+    "mask_dir": (str, "--data_format folder: masks of the defective images, matched by relative "
+                      "path and name (optionally ending in _mask)"),
+    "eval_resolution": (str, "eval: " + EVAL_RESOLUTION_HELP),
     "cls": (str, "category folder under --data_dir, or 'all' for every category"),
     "output_dir": (str, "where checkpoints, metrics and pictures go"),
     "steps": (int, "optimisation steps (overrides --epochs; default: the method's paper schedule)"),
@@ -47,10 +59,12 @@ OPTIONS = {
 }
 # Options that may differ between training and later use (eval, infer, export); every other
 # option is taken from the training run (train_config.json), so the same network is rebuilt.
-RUNTIME_OPTIONS = ("mode", "data_dir", "cls", "output_dir", "device", "cpu_threads",
+RUNTIME_OPTIONS = ("mode", "data_dir", "data_format", "train_dir", "test_good_dir", "test_defect_dir",
+                   "mask_dir", "eval_resolution", "cls", "output_dir", "device", "cpu_threads",
                    "eval_batch_size", "img_path", "threshold", "threshold_policy", "save_format",
                    "resume", "skip_bad_images", "verbose", "log_dir")
-DEFAULTS = {"data_dir": "sample_data", "cls": "all", "output_dir": "output", "device": "cpu",
+DEFAULTS = {"data_dir": "sample_data", "data_format": "mvtec", "train_dir": None, "test_good_dir": None,
+            "test_defect_dir": None, "mask_dir": None, "eval_resolution": "model", "cls": "all", "output_dir": "output", "device": "cpu",
             "cpu_threads": 2, "img_path": None, "threshold": None, "threshold_policy": None,
             "save_format": "npy", "resume": False, "skip_bad_images": False, "verbose": False,
             "log_dir": None}
@@ -228,6 +242,9 @@ def _validate(cfg):
         raise UserError(f"--lr must be > 0, got {cfg['lr']}")
     if cfg.get("threshold_policy") is not None:
         parse_policy(cfg["threshold_policy"])
+    for name, allowed in (("data_format", DATA_FORMATS), ("eval_resolution", EVAL_RESOLUTIONS)):
+        if cfg[name] not in allowed:
+            raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {cfg[name]!r}")
     if cfg["save_format"] not in SAVE_FORMATS:
         raise UserError(f"--save_format must be one of {', '.join(SAVE_FORMATS)}, got {cfg['save_format']!r}")
     if cfg["mode"] == "infer" and not cfg.get("img_path"):

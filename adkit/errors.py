@@ -22,3 +22,14 @@ def exit_on_user_error(main_fn):
             sys.exit(130)
 
     return wrapper
+
+
+def raise_if_bad(messages, shown=5):
+    """One UserError line for the files that failed a check (``messages``, one string each):
+    a single message as it is, else "N bad files: m1; m2; ...; and K more" naming the first
+    ``shown``. Nothing happens when ``messages`` is empty."""
+    if not messages:
+        return
+    more = f"; and {len(messages) - shown} more" if len(messages) > shown else ""
+    prefix = "" if len(messages) == 1 else f"{len(messages)} bad files: "
+    raise UserError(prefix + "; ".join(messages[:shown]) + more)

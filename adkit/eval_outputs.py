@@ -15,13 +15,15 @@ from .training import progress
 from .visualize import encode_png
 
 EXAMPLES_PER_GROUP = 6
+MAPS_FOLDER = "anomaly_maps"
 THUMBNAIL_WIDTH = 260
 
 
 def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, threshold,
-                      calibration, skipped, save_format, title, notes):
+                      calibration, skipped, save_format, title, notes, maps_folder=""):
     """``test_set``: the datasets.TestDataset that was scored; ``root``: the category folder the
-    outputs mirror; ``maps``/``scores``: model-size maps and image scores; ``result``: the
+    outputs mirror (maps under anomaly_maps/<maps_folder>/, the official scripts' layout when
+    ``maps_folder`` is the category name); ``maps``/``scores``: model-size maps and image scores; ``result``: the
     metrics dict with its decision table; ``skipped``: [(TestItem, message)] not scored."""
     from .image_io import read_rgb
 
@@ -33,7 +35,8 @@ def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, t
     with RunFolder(folder) as run:
         run.info.update(title=title, threshold=threshold.as_dict(), images=len(items) + len(skipped))
         value_range = display_range(calibration["map_range"], threshold.value)
-        outputs = ImageOutputs(run, threshold.value, value_range, save_format)
+        outputs = ImageOutputs(run, threshold.value, value_range, save_format,
+                               os.path.join(MAPS_FOLDER, maps_folder))
         for i, item in enumerate(progress(items, total=len(items), desc="writing outputs")):
             overlay = outputs.add(item.path, os.path.relpath(item.path, root), read_rgb(item.path),
                                   maps[i], scores[i], item.defect_type, _truth(item))

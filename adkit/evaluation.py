@@ -26,15 +26,95 @@ def run_inference(run_batch, dataset, batch_size, desc="inference"):
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def evaluate_dataset(run_batch, test_set, batch_size):
-    """(metrics dict of adkit.metrics.evaluate, per-image scores, model-size maps, PRO curve)."""
+EVAL_RESOLUTIONS = ("model", "original")
+EVAL_RESOLUTION_HELP = ("model: maps and masks at the model's input size; original: maps upsampled "
+                        "(bilinear) to each image's own size and scored against its full-size mask, "
+                        "image score = max of that map, as the official MVTec evaluation scripts do")
+
+
+def evaluate_dataset(run_batch, test_set, batch_size, resolution="model", subsets=None):
+    """(metrics dict of adkit.metrics.evaluate, per-image model scores, model-size maps, PRO
+    curve). ``resolution``: EVAL_RESOLUTIONS. ``subsets`` {name: defect types}: also scored
+    apart, each with all good images (MVTec LOCO: logical, structural). When the test set knows
+    saturation thresholds (``test_set.defect_kinds``), AU-sPRO is reported at the official
+    LOCO FPR limits, for the whole set and each subset."""
+    if resolution not in EVAL_RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {EVAL_RESOLUTIONS}, got {resolution!r}")
     maps, scores = run_inference(run_batch, test_set, batch_size, desc="eval")
-    masks, has_mask = zip(*(test_set.mask(i) for i in range(len(test_set))))
     labels = np.array([item.label for item in test_set.items])
     types = [item.defect_type for item in test_set.items]
-    result, curve = metrics.evaluate(labels, scores, types, masks=np.stack(masks), maps=maps,
-                                     mask_available=np.array(has_mask), with_pro_curve=True)
+    groups = {"all": None, **(subsets or {})}
+    with_spro = test_set.defect_kinds is not None
+    streamed, image_scores = None, scores
+    if resolution == "original" or with_spro or subsets:
+        streamed, full_scores = stream_pixel_metrics(test_set, maps, groups, resolution == "original")
+        if resolution == "original":
+            image_scores = full_scores
+    if resolution == "model":
+        masks, has_mask = zip(*(test_set.mask(i) for i in range(len(test_set))))
+        result, curve = metrics.evaluate(labels, scores, types, masks=np.stack(masks), maps=maps,
+                                         mask_available=np.array(has_mask), with_pro_curve=True)
+    else:
+        result = metrics.evaluate(labels, image_scores, types)
+        # F1-max and its threshold stay on the model's scores: the ones a deployment thresholds
+        result["f1_max"], result["f1_threshold"] = map(metrics.json_number, metrics.f1_max(labels, scores))
+        result.update(pixel_auroc=metrics.json_number(streamed["all"].pixel_auroc()),
+                      aupro=metrics.json_number(streamed["all"].aupro()))
+        curve = streamed["all"].pro_curve() if result["aupro"] is not None else None
+    result["eval_resolution"] = resolution
+    result["image_score"] = ("max of the map at the image's size" if resolution == "original"
+                             else "the model's score")
+    if with_spro:
+        result["au_spro"] = _au_spro(streamed["all"])
+    if subsets:
+        result["subsets"] = {name: {"image_auroc": metrics.json_number(metrics.image_auroc(*_members(
+                                        labels, image_scores, types, kinds))),
+                                    "pixel_auroc": metrics.json_number(streamed[name].pixel_auroc()),
+                                    "aupro": metrics.json_number(streamed[name].aupro()),
+                                    **({"au_spro": _au_spro(streamed[name])} if with_spro else {})}
+                             for name, kinds in subsets.items()}
     return result, scores, maps, curve
+
+
+def stream_pixel_metrics(test_set, maps, groups, full_size):
+    """One image at a time (memory does not grow with the images' size or number): the map at
+    the image's own size (``full_size``) or the model's, with its mask and defects, goes into
+    the accumulator of every group it belongs to (good images: all; defects: those whose types
+    the group lists, None = every type). Returns ({group: PixelMetricAccumulator}, the max of
+    each image's map)."""
+    from .image_io import map_at_size
+    from .pixel_metrics import PixelMetricAccumulator
+
+    lo, hi = (float(maps.min()), float(maps.max())) if maps.size else (0.0, 0.0)
+    accumulators = {name: PixelMetricAccumulator(lo, hi) for name in groups}
+    map_max = np.zeros(len(test_set), np.float32)
+    for i in progress(range(len(test_set)), total=len(test_set), desc="pixel metrics"):
+        item = test_set.items[i]
+        if full_size:
+            test_set.load_uint8(i)
+            amap = map_at_size(maps[i], test_set.original_hw[i])
+            mask = test_set.full_mask(i)
+        else:
+            amap, mask = maps[i], test_set.mask(i)[0]
+        map_max[i] = amap.max()
+        if item.label == 1 and item.mask_path is None:
+            continue  # a defect type shipped without masks counts for image metrics only
+        defects = test_set.defects(i, at_model_size=not full_size)
+        for name, kinds in groups.items():
+            if item.label == 0 or kinds is None or item.defect_type in kinds:
+                accumulators[name].add(amap, mask > 0, defects)
+    return accumulators, map_max
+
+
+def _au_spro(accumulator):
+    from .pixel_metrics import LOCO_FPR_LIMITS
+
+    return {str(limit): metrics.json_number(accumulator.au_spro(limit)) for limit in LOCO_FPR_LIMITS}
+
+
+def _members(labels, scores, types, kinds):
+    keep = np.array([label == 0 or kind in kinds for label, kind in zip(labels, types)], bool)
+    return labels[keep], np.asarray(scores)[keep]
 
 
 SUMMARY_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")

@@ -1,4 +1,5 @@
-"""Reading images and masks from disk, and the one preprocessing step every mode shares."""
+"""Reading images and masks from disk (and writing PNGs), and the one preprocessing step every
+mode shares."""
 import os
 
 import cv2
@@ -95,15 +96,34 @@ def read_rgb(path):
     raise UserError(f"{path}: expected 1, 3 or 4 channels, found {channels}")
 
 
-def read_mask(path, expected_hw):
-    """A ground-truth mask as a {0,1} uint8 HxW array; must match its image's size."""
+def write_png(path, image):
+    """uint8 RGB HxWx3 or gray HxW -> a PNG file at ``path``, its folder created if need be.
+    Encoded in memory and written with ndarray.tofile, so non-ASCII paths work (cv2.imwrite
+    fails on them on Windows); OSError if OpenCV cannot encode the image."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, data = cv2.imencode(".png", pixels)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    data.tofile(path)
+
+
+def read_label_mask(path, expected_hw):
+    """A ground-truth mask's values as an HxW array (0 = good; nonzero = defect, in MVTec LOCO
+    the defect's id); must match its image's size."""
     mask = _read_raw(path)
     if mask.ndim == 3:
         mask = mask.max(axis=2)
     if mask.shape[:2] != tuple(expected_hw):
         raise UserError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                         f"{expected_hw[1]}x{expected_hw[0]} (width x height)")
-    return (mask > 0).astype(np.uint8)
+    return mask
+
+
+def read_mask(path, expected_hw):
+    """A ground-truth mask as a {0,1} uint8 HxW array; must match its image's size."""
+    return (read_label_mask(path, expected_hw) > 0).astype(np.uint8)
 
 
 def resize_rgb(image, size):
@@ -114,6 +134,14 @@ def resize_rgb(image, size):
     shrinking = h > size or w > size
     return cv2.resize(image, (size, size),
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def map_at_size(model_map, hw):
+    """A model-size anomaly map upsampled (bilinear) to an image's (height, width): the one
+    resize behind saved maps, overlays, the Predictor and full-resolution metrics. Bilinear
+    weights are convex, so the result stays within the model map's [min, max]."""
+    h, w = hw
+    return cv2.resize(np.asarray(model_map, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def resize_mask(mask, size):

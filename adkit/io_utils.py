@@ -1,10 +1,12 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind."""
+"""Atomic file and folder writes: a crash or Ctrl-C never leaves a half-written output behind."""
 import contextlib
 import csv
 import json
 import os
 import shutil
 import tempfile
+
+from .errors import UserError
 
 
 def _umask():
@@ -55,6 +57,41 @@ def new_folder(path, keep=lambda: False):
     except BaseException:
         if not keep():
             remove_folders(created)
+        raise
+
+
+@contextlib.contextmanager
+def staged_folder(path, option="--output_dir"):
+    """Yield a hidden sibling folder of ``path`` to fill; it becomes ``path`` when the block ends
+    without error. On any failure (Ctrl-C too) it is removed, with the parent folders this made.
+    ``path`` must not exist (UserError naming ``option``).
+
+    The sibling gets the mode os.mkdir would give (not mkdtemp's owner-only 0700). ``path`` is
+    checked again before the rename (os.replace would swap in over an empty folder made
+    meanwhile). An OSError while making, filling or renaming the folder becomes a UserError
+    "``option`` ``path``: cannot write (...)"."""
+    target = os.path.abspath(path)
+    if os.path.lexists(target):
+        raise UserError(f"{option} {path}: already exists; choose a new folder (it is never "
+                        "overwritten nor merged into)")
+    parent = os.path.dirname(target)
+    created, staging = [], None
+    try:
+        try:
+            created = make_folders(parent)
+            staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.tmp-")
+            os.chmod(staging, default_dir_mode())
+            yield staging
+            if os.path.lexists(target):
+                raise UserError(f"{option} {path}: appeared while writing; nothing written, "
+                                "choose a new folder")
+            os.replace(staging, target)
+        except OSError as err:
+            raise UserError(f"{option} {path}: cannot write ({err})") from None
+    except BaseException:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        remove_folders(created)
         raise
 
 

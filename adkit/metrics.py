@@ -136,12 +136,12 @@ def evaluate(labels, scores, defect_types, masks=None, maps=None, mask_available
     f1, threshold = f1_max(labels, scores)
     pixel_auc, pro, curve = _pixel_metrics_of_available(labels, masks, maps, mask_available, fpr_limit)
     result = {
-        "image_auroc": _plain(image_auroc(labels, scores)),
-        "pixel_auroc": _plain(pixel_auc),
-        "aupro": _plain(pro),
-        "f1_max": _plain(f1),
-        "f1_threshold": _plain(threshold),
-        "per_type": {name: {"image_auroc": _plain(auc), "count": int(np.sum(types == name))}
+        "image_auroc": json_number(image_auroc(labels, scores)),
+        "pixel_auroc": json_number(pixel_auc),
+        "aupro": json_number(pro),
+        "f1_max": json_number(f1),
+        "f1_threshold": json_number(threshold),
+        "per_type": {name: {"image_auroc": json_number(auc), "count": int(np.sum(types == name))}
                      for name, auc in per_type_auroc(types, labels, scores).items()},
     }
     return (result, curve) if with_pro_curve else result
@@ -188,7 +188,7 @@ def _auroc(negatives_sorted, positives) -> float:
 
 
 def _pro_area(curve, fpr_limit) -> float:
-    return math.nan if curve is None else _area_up_to(*curve, fpr_limit) / fpr_limit
+    return math.nan if curve is None else area_up_to(*curve, fpr_limit) / fpr_limit
 
 
 def _pro_curve(masks, maps, good_sorted):
@@ -216,7 +216,7 @@ def _pro_curve(masks, maps, good_sorted):
     return fpr, pro
 
 
-def _area_up_to(x, y, x_limit) -> float:
+def area_up_to(x, y, x_limit) -> float:
     """Trapezoid area under the polyline (x, y), x non-decreasing from 0 to >= x_limit, cut at
     x_limit with the end point interpolated linearly on the crossing segment."""
     inside = int(np.searchsorted(x, x_limit, side="right"))
@@ -277,7 +277,7 @@ def _type_names(defect_types, count):
     return types
 
 
-def _plain(value):
+def json_number(value):
     """JSON-ready float; nan (undefined metric) becomes None."""
     if value is None or math.isnan(value):
         return None

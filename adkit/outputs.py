@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from .errors import UserError
+from .image_io import map_at_size
 from .io_utils import default_dir_mode, make_folders, remove_folders, write_bytes, write_csv, write_json
 from .visualize import annotated_overlay, encode_png
 
@@ -95,21 +96,23 @@ class ImageOutputs:
     score), ``<name>_mask.png`` (pixels >= threshold, when there is one) and the map at the
     image's own size as ``<name>.npy`` / ``<name>.tiff``; collects the rows of df_test.csv."""
 
-    def __init__(self, run_folder, threshold, value_range=None, save_format="npy"):
-        """``value_range``: the overlay colour scale; None = set it before the first ``add``."""
+    def __init__(self, run_folder, threshold, value_range=None, save_format="npy", maps_folder=""):
+        """``value_range``: the overlay colour scale; None = set it before the first ``add``.
+        ``maps_folder``: where the maps go inside the run folder (eval: anomaly_maps/<cls>, the
+        layout the official MVTec evaluation scripts read), mirroring the input tree there too."""
         if save_format not in SAVE_FORMATS:
             raise UserError(f"--save_format {save_format}: expected one of {', '.join(SAVE_FORMATS)}")
         self.run = run_folder
         self.threshold = threshold
         self.value_range = value_range
         self.save_format = save_format
+        self.maps_folder = maps_folder
         self.rows = []
         self._used = set()
 
     def add(self, path, relative, image_rgb, model_map, score, defect_type="", ground_truth=""):
         """One image: ``model_map`` is the model-size map; it is resized (bilinear) to the image."""
-        h, w = image_rgb.shape[:2]
-        full_map = cv2.resize(np.asarray(model_map, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        full_map = map_at_size(model_map, image_rgb.shape[:2])
         base = self._unique_base(relative)
         label = label_of(float(score), self.threshold)
         overlay = annotated_overlay(image_rgb, full_map, self.value_range, self.threshold,
@@ -118,12 +121,13 @@ class ImageOutputs:
         if self.threshold is not None:
             mask = (full_map >= self.threshold).astype(np.uint8) * 255
             write_bytes(self.run.file(base + "_mask.png"), encode_png(mask))
+        map_base = self.run.file(os.path.join(self.maps_folder, base))
         if self.save_format == "npy":
             buf = io.BytesIO()
             np.save(buf, full_map)
-            write_bytes(self.run.file(base + ".npy"), buf.getvalue())
+            write_bytes(map_base + ".npy", buf.getvalue())
         elif self.save_format == "tiff":
-            write_bytes(self.run.file(base + ".tiff"), encode_tiff(full_map))
+            write_bytes(map_base + ".tiff", encode_tiff(full_map))
         self.rows.append([path, defect_type, format_score(score), label, ground_truth, "ok",
                           base + "_overlay.png"])
         return overlay
@@ -153,7 +157,9 @@ def result_line(row):
 
 
 def encode_tiff(amap):
-    ok, buf = cv2.imencode(".tiff", np.asarray(amap, np.float32))
+    """Uncompressed float32 TIFF: what tifffile (the official MVTec scripts' reader) reads
+    without extra codecs."""
+    ok, buf = cv2.imencode(".tiff", np.asarray(amap, np.float32), [cv2.IMWRITE_TIFF_COMPRESSION, 1])
     if not ok:
         raise RuntimeError("TIFF encoding failed")
     return buf.tobytes()

@@ -12,7 +12,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from .calibration import read_calibration, resolve_threshold
@@ -92,7 +91,7 @@ class Predictor:
 
     def predict(self, image):
         """One image (a path or an RGB uint8 HxWx3 array) -> Prediction."""
-        from .image_io import read_rgb
+        from .image_io import map_at_size, read_rgb
 
         if isinstance(image, (str, os.PathLike)):
             image = read_rgb(os.fspath(image))
@@ -100,8 +99,7 @@ class Predictor:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"predict: expected an RGB uint8 HxWx3 array, got {image.dtype} {image.shape}")
         maps, scores = self.run(self.preprocess(image)[None])
-        h, w = image.shape[:2]
-        full = cv2.resize(maps[0].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        full = map_at_size(maps[0], image.shape[:2])
         score = float(scores[0])
         return Prediction(full, score, label_of(score, self.threshold.value), self.threshold.value)
 

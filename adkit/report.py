@@ -124,9 +124,19 @@ def _metric_section(metrics: dict) -> list:
             ("F1-max threshold", _num(metrics.get("f1_threshold")))]
     per_type = metrics.get("per_type") or {}
     type_rows = [(name, _num(v.get("count")), _num(v.get("image_auroc"))) for name, v in per_type.items()]
+    if metrics.get("eval_resolution"):
+        rows.append(("Evaluated at", f"{metrics['eval_resolution']} resolution"))
     out = ["<h2>Metrics</h2>", _table(("Metric", "Value"), rows)]
     if type_rows:
         out.append(_table(("Defect type", "Count", "Image AUROC"), type_rows))
+    subsets = {**(metrics.get("subsets") or {}), "all": metrics}
+    limits = list(metrics.get("au_spro") or {})
+    if metrics.get("subsets") or limits:  # MVTec LOCO: logical / structural apart, AU-sPRO
+        header = ("Subset", "Image AUROC", "Pixel AUROC", "AU-PRO") + tuple(f"AU-sPRO@{l}" for l in limits)
+        out.append(_table(header, [(name, _num(v.get("image_auroc")), _num(v.get("pixel_auroc")),
+                                    _num(v.get("aupro")),
+                                    *(_num((v.get("au_spro") or {}).get(l)) for l in limits))
+                                   for name, v in subsets.items()]))
     return out
 
 

@@ -130,6 +130,222 @@ def _draw_perlin_blotch(image, rng):
     return (1 - beta) * image.astype(np.float32) + beta * tex, region
 
 
+def _visible(image, draft, support):
+    """The pixels of `support` where `draft` still differs from `image` once rounded to uint8.
+
+    Soft-edged kinds fade out to nothing; cutting the mask where the fade rounds away keeps the
+    mask exact without pushing faint fringe pixels into a visible hard step."""
+    rounded = np.clip(np.rint(draft), 0, 255)
+    return support & (rounded != image).any(-1)
+
+
+def _luma(pixels):
+    return pixels.astype(np.float32).mean(-1)
+
+
+def _smoothstep(t):
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _hsv_to_rgb(hue, sat, val):
+    """RGB 0-255 of one colour given hue in degrees and saturation, value in [0, 1]."""
+    hsv = np.array([[[hue % 360, sat, val]]], np.float32)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] * 255
+
+
+def _blob_field(shape, rng, frac, roughness):
+    """A field > 0 on a rotated ellipse of about `frac` of the image with a Perlin-wobbled
+    outline, rising to about 1 at its centre: its sign gives a shape, its value a soft alpha."""
+    h, w = shape
+    area = frac * h * w
+    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    a = np.sqrt(area / np.pi * aspect)
+    b = area / (np.pi * a)
+    angle = rng.uniform(0, np.pi)
+    reach = max(a, b)  # keep the whole blob inside the image when it fits
+    cy = rng.uniform(min(reach, h / 2), max(h - reach, h / 2))
+    cx = rng.uniform(min(reach, w / 2), max(w - reach, w / 2))
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+    v = (yy - cy) * np.cos(angle) - (xx - cx) * np.sin(angle)
+    noise = _perlin(shape, _cells(shape, 1.5 * min(a, b)), rng)
+    return 1 - (u / a) ** 2 - (v / b) ** 2 + roughness * noise
+
+
+def _walk(start, heading, length, step, jag, shape, rng):
+    """A jagged path: each step turns at random but is pulled back to the overall heading, so
+    the path zigzags along a straight-ish course. Bounces off the border to stay visible."""
+    h, w = shape
+    p, course, points = np.array(start, float), heading, [np.array(start, float)]
+    direction = course
+    for noise in rng.normal(0.0, jag, max(2, int(length / step))):
+        direction = course + 0.5 * (direction - course) + noise
+        d = step * np.array([np.cos(direction), np.sin(direction)])
+        if not 0 <= p[0] + d[0] < w:
+            d[0], course, direction = -d[0], np.pi - course, np.pi - direction
+        if not 0 <= p[1] + d[1] < h:
+            d[1], course, direction = -d[1], -course, -direction
+        p = p + d
+        points.append(p)
+    return np.array(points)
+
+
+def _thick_line(points, thick, shape):
+    line = np.zeros(shape, np.uint8)
+    cv2.polylines(line, [points.astype(np.int32)], False, 1)  # truncate: points lie in [0, size)
+    return cv2.dilate(line, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (thick, thick))).astype(bool)
+
+
+def _draw_crack(image, rng):
+    h, w = image.shape[:2]
+    scale = min(h, w) / 256
+    thick = max(1, int(round(rng.uniform(1, 2.5) * scale)))
+    total = rng.uniform(0.004, 0.015) * h * w / thick  # length from a target area, as for scratches
+    step = max(2.0, 4 * scale)
+    main_share = rng.uniform(0.5, 0.7)
+    trunk = _walk(rng.uniform([0, 0], [w, h]), rng.uniform(0, 2 * np.pi), main_share * total, step,
+                  0.5, (h, w), rng)
+    paths = [(trunk, thick)]
+    heading = np.arctan2(*(trunk[-1] - trunk[0])[::-1])
+    n_branches = int(rng.integers(2, 5))
+    for length in (1 - main_share) * total * rng.dirichlet(np.full(n_branches, 2.0)):
+        fork = trunk[rng.integers(len(trunk))]  # branches split off the trunk at an angle
+        angle = heading + rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 1.1) + rng.choice([0.0, np.pi])
+        paths.append((_walk(fork, angle, length, step, 0.5, (h, w), rng), max(1, thick - 1)))
+    draft, region = image.astype(np.float32), np.zeros((h, w), bool)
+    for points, width in paths:
+        line = _thick_line(points, width, (h, w))
+        draft[line] = image[line] * (1 - rng.uniform(0.55, 0.85))  # always darker: a shadowed gap
+        region |= line
+    return draft, region
+
+
+def _draw_stain(image, rng):
+    h, w = image.shape[:2]
+    field = _blob_field((h, w), rng, rng.uniform(0.008, 0.05), roughness=0.4)
+    support = field > 0
+    if not support.any():
+        return None, support
+    alpha = _smoothstep(field / rng.uniform(0.4, 0.8))[..., None] * rng.uniform(0.35, 0.7)
+    base = image[support].astype(np.float32).mean(0)
+    # Darker on a bright part, lighter on a dark one, with a colour cast: a discoloured tint.
+    shift = (-1.0 if _luma(base) >= 128 else 1.0) * rng.uniform(50, 110)
+    colour = np.clip(base + shift + rng.uniform(-40, 40, 3), 0, 255)
+    draft = image * (1 - alpha) + colour * alpha
+    return draft, _visible(image, draft, support)
+
+
+def _side_bite(shape, area, rng):
+    """A jagged half-ellipse bitten out of one side of the image, as polygon vertices (x, y)."""
+    h, w = shape
+    side = int(rng.integers(4))  # top, bottom, left, right
+    along, across = (w, h) if side < 2 else (h, w)
+    ratio = np.exp(rng.uniform(np.log(0.4), np.log(1.5)))  # depth / half-width
+    half = min(np.sqrt(2 * area / (np.pi * ratio)), 0.45 * along)
+    depth = min(ratio * half, 0.6 * across)
+    centre = rng.uniform(half, along - half)
+    t = np.linspace(0, np.pi, 32)
+    jag = np.cumsum(rng.normal(0, 0.06, t.size))
+    r = np.maximum(1 + jag - np.linspace(jag[0], jag[-1], t.size), 0.3)  # pinned ends stay on the border
+    x, y = centre + half * r * np.cos(t), depth * r * np.sin(t).clip(0)
+    return [np.stack([x, y], 1), np.stack([x, h - 1 - y], 1),
+            np.stack([y, x], 1), np.stack([w - 1 - y, x], 1)][side]
+
+
+def _corner_cut(shape, area, rng):
+    """A corner cut off along a jagged line, as polygon vertices (x, y)."""
+    h, w = shape
+    ratio = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    a = min(np.sqrt(2 * area * ratio), 0.7 * w)
+    b = min(2 * area / a, 0.7 * h)
+    t = np.linspace(0, 1, 24)[:, None]
+    cut = (1 - t) * [a, 0] + t * [0, b]
+    jag = np.cumsum(rng.normal(0, 0.04 * np.hypot(a, b), t.size))
+    jag -= np.linspace(jag[0], jag[-1], t.size)
+    normal = np.array([b, a]) / np.hypot(a, b)  # perpendicular to the cut, pointing inwards
+    points = np.vstack([[0, 0], cut + jag[:, None] * normal])
+    flip_x, flip_y = rng.integers(2, size=2)
+    if flip_x:
+        points[:, 0] = w - 1 - points[:, 0]
+    if flip_y:
+        points[:, 1] = h - 1 - points[:, 1]
+    return points
+
+
+def _draw_missing_piece(image, rng):
+    h, w = image.shape[:2]
+    area = rng.uniform(0.01, 0.06) * h * w
+    points = _corner_cut((h, w), area, rng) if rng.random() < 0.5 else _side_bite((h, w), area, rng)
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(region, [np.round(points).astype(np.int32)], 1)
+    region = region.astype(bool)
+    if not region.any():
+        return None, region
+    # What shows through the hole: a flat background, the far end of the range from the part.
+    dark = _luma(image[region]).mean() >= 128
+    level = rng.uniform(0, 20) if dark else rng.uniform(235, 255)
+    colour = np.clip(level + rng.uniform(-3, 3, 3), 0, 255)
+    return np.broadcast_to(colour, image.shape).astype(np.float32), region
+
+
+def _shift(mask, dy, dx):
+    """`mask` moved by (dy, dx) whole pixels; what moves in from outside is empty."""
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        mask[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def _draw_foreign_object(image, rng):
+    h, w = image.shape[:2]
+    frac = rng.uniform(0.006, 0.03)
+    body = _blob_field((h, w), rng, frac, roughness=0.3) > 0
+    if not body.any():
+        return None, body
+    # Opaque, coloured, and at the other end of the brightness range from what it lies on.
+    bright = _luma(image[body]).mean() < 128
+    colour = _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(0.3, 0.9),
+                         rng.uniform(0.7, 0.95) if bright else rng.uniform(0.05, 0.3))
+    radius = np.sqrt(frac * h * w / np.pi)
+    grain = _perlin((h, w), _cells((h, w), max(2.0, radius / 3)), rng)
+    texture = colour + rng.uniform(10, 30) * grain[..., None] + rng.normal(0, 4, (h, w, 1))
+    draft = image.astype(np.float32)
+    draft[body] = texture[body]
+    width = max(1, int(round(min(h, w) / 256)))
+    rim = body & ~cv2.erode(body.astype(np.uint8), np.ones((2 * width + 1,) * 2, np.uint8)).astype(bool)
+    draft[rim] *= 0.7  # a darker outline where the object meets the surface
+    # A hard shadow cast away from a light source, beside the object.
+    heading = rng.uniform(0, 2 * np.pi)
+    offset = max(1.0, radius * rng.uniform(0.15, 0.3))
+    dy, dx = int(round(offset * np.sin(heading))), int(round(offset * np.cos(heading)))
+    shadow = _shift(body, dy, dx) & ~body
+    draft[shadow] = image[shadow] * rng.uniform(0.55, 0.75)
+    return draft, body | _visible(image, draft, shadow)
+
+
+def _draw_colour_shift(image, rng):
+    h, w = image.shape[:2]
+    field = _blob_field((h, w), rng, rng.uniform(0.01, 0.06), roughness=0.3)
+    support = field > 0
+    if not support.any():
+        return None, support
+    alpha = _smoothstep(field / rng.uniform(0.15, 0.35))[..., None]  # soft-ish edge, solid core
+    hsv = cv2.cvtColor(image.astype(np.float32) / 255, cv2.COLOR_RGB2HSV)
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    mean_sat, mean_val = sat[support].mean(), val[support].mean()
+    # Each shift moves away from the nearer end of its range, so it shows even on grey or black.
+    hue_shift = rng.choice([-1.0, 1.0]) * rng.uniform(40, 140)
+    sat_shift = (1.0 if mean_sat < 0.5 else -1.0) * rng.uniform(0.25, 0.5)
+    val_shift = (1.0 if mean_val < 0.5 else -1.0) * rng.uniform(0.08, 0.2)
+    shifted = np.stack([(hue + hue_shift) % 360, np.clip(sat + sat_shift, 0, 1),
+                        np.clip(val + val_shift, 0, 1)], -1)
+    target = cv2.cvtColor(shifted.astype(np.float32), cv2.COLOR_HSV2RGB) * 255
+    draft = image * (1 - alpha) + target * alpha
+    return draft, _visible(image, draft, support)
+
+
 def _exact(image, draft, region):
     """Write `draft` into a copy of `image` on `region` only, and make every region pixel differ."""
     out = image.copy()
@@ -154,8 +370,12 @@ def _kind(draw):
 
 
 KINDS = {"cut_paste": _kind(_draw_cut_paste), "scratch": _kind(_draw_scratch),
-         "perlin_blotch": _kind(_draw_perlin_blotch)}
-DEFAULT_KINDS = ("cut_paste", "scratch", "perlin_blotch")
+         "perlin_blotch": _kind(_draw_perlin_blotch), "crack": _kind(_draw_crack),
+         "stain": _kind(_draw_stain), "missing_piece": _kind(_draw_missing_piece),
+         "foreign_object": _kind(_draw_foreign_object), "colour_shift": _kind(_draw_colour_shift)}
+DEFAULT_KINDS = ("cut_paste", "scratch", "perlin_blotch")  # threshold calibration: keep as is
+# The defects tools/make_synthetic.py draws: one per common kind of real surface defect.
+DATASET_KINDS = ("scratch", "crack", "stain", "missing_piece", "foreign_object", "colour_shift")
 
 
 def _check_kind(kind):

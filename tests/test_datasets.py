@@ -65,7 +65,7 @@ def make_category(root, n_train=5, with_masks=True):
 
 def test_mvtec_layout_masks_and_types(tmp_path):
     make_category(tmp_path)
-    assert find_categories(str(tmp_path)) == ["part"]
+    assert find_categories({"data_dir": str(tmp_path)}) == ["part"]
     category = MVTecCategory(str(tmp_path), "part")
     items = category.test_items()
     assert [(i.defect_type, i.label, i.mask_path is not None) for i in items] == [
@@ -84,7 +84,7 @@ def test_mvtec_layout_masks_and_types(tmp_path):
 
 def test_layout_errors_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="folder not found"):
-        find_categories(str(tmp_path / "nowhere"))
+        find_categories({"data_dir": str(tmp_path / "nowhere")})
     make_category(tmp_path)
     with pytest.raises(UserError, match="--cls bolt: no such category .*found: part"):
         MVTecCategory(str(tmp_path), "bolt")

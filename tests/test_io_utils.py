@@ -1,11 +1,14 @@
-"""Atomic writes (adkit.io_utils.atomic_path, used for outputs and checkpoints alike)."""
+"""Atomic writes (adkit.io_utils.atomic_path, used for outputs and checkpoints alike) and staged
+folders (adkit.io_utils.staged_folder, the datasets the tools write)."""
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from adkit.io_utils import atomic_path, read_json, write_json
+from adkit.errors import UserError
+from adkit.io_utils import atomic_path, default_dir_mode, read_json, staged_folder, write_json
 from adkit.weights import safe_load, save_atomic
 
 
@@ -28,3 +31,44 @@ def test_written_files_get_the_mode_open_would_give(tmp_path):
     for name in ("a.json", "b.pdparams"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == expected  # not mkstemp's 0600
     np.testing.assert_array_equal(safe_load(tmp_path / "b.pdparams")["w"], np.zeros(2))
+
+
+def test_staged_folder_becomes_the_target_with_the_default_folder_mode(tmp_path):
+    target = tmp_path / "new" / "cat"
+    with staged_folder(str(target)) as staging:
+        assert os.path.dirname(staging) == str(tmp_path / "new")
+        assert os.path.basename(staging).startswith(".cat.tmp-") and not target.exists()
+        (Path(staging) / "train").mkdir()
+        (Path(staging) / "train" / "a.png").write_bytes(b"x")
+    assert sorted(os.listdir(tmp_path / "new")) == ["cat"]  # renamed, no .tmp- sibling left
+    assert (target / "train" / "a.png").read_bytes() == b"x"
+    assert stat.S_IMODE(os.stat(target).st_mode) == default_dir_mode()  # not mkdtemp's 0700
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, ValueError])
+def test_failed_staged_folder_is_removed_with_the_parents_it_made(tmp_path, failure):
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(failure), staged_folder(str(tmp_path / "mine" / "new" / "parents" / "cat")) as staging:
+        Path(staging, "half.png").write_bytes(b"x")
+        raise failure
+    assert os.listdir(tmp_path) == ["mine"] and os.listdir(tmp_path / "mine") == []  # parent kept
+
+
+def test_staged_folder_refuses_an_existing_target_and_leaves_it_untouched(tmp_path):
+    target = tmp_path / "cat"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="--data_dir .*cat: already exists"):
+        with staged_folder(str(target), option="--data_dir"):
+            raise AssertionError("the block must not run")
+    assert os.listdir(tmp_path) == ["cat"] and os.listdir(target) == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_staged_folder_refuses_a_target_that_appeared_meanwhile(tmp_path):
+    target = tmp_path / "cat"
+    with pytest.raises(UserError, match="--output_dir .*cat: appeared while writing"):
+        with staged_folder(str(target)) as staging:
+            Path(staging, "a.png").write_bytes(b"x")
+            target.mkdir()  # somebody else's, empty: os.replace would silently take its place
+    assert os.listdir(tmp_path) == ["cat"] and os.listdir(target) == []

@@ -74,7 +74,8 @@ def test_train_eval_infer_on_sample_data(tmp_path, model, extra):
         rel = os.path.relpath(row["path"], os.path.join(SAMPLE, "brick"))
         assert row["overlay"] == rel.replace(".png", "_overlay.png")
         assert os.path.isfile(os.path.join(eval_dir, row["overlay"]))
-        assert os.path.isfile(os.path.join(eval_dir, rel.replace(".png", ".npy")))
+        # maps in the official scripts' layout: anomaly_maps/<category>/<path in the category>
+        assert os.path.isfile(os.path.join(eval_dir, "anomaly_maps", "brick", rel.replace(".png", ".npy")))
     # the decision table counts exactly what the CSV says
     confusion = brick["decision"]["overall"]["confusion"]
     pairs = [(r["ground_truth"], r["prediction"]) for r in rows]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from adkit.synthetic import DEFAULT_KINDS, KINDS, make_defect, synthetic_defects
+from adkit.synthetic import (DATASET_KINDS, DEFAULT_KINDS, KINDS, MAX_AREA, MIN_AREA, make_defect,
+                             synthetic_defects)
 
 SEEDS = range(4)
 
@@ -128,3 +129,128 @@ def test_unknown_kind_and_bad_images_raise():
         make_defect(IMAGES["brick"][:16], "scratch", np.random.default_rng(0))
     with pytest.raises(ValueError):
         make_defect(IMAGES["brick"][..., 0], "scratch", np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset kinds (tools/make_synthetic.py)
+
+NEW_KINDS = tuple(k for k in DATASET_KINDS if k not in DEFAULT_KINDS)
+SHAPES = {"grey256": brick(),
+          "colour256": cv2.resize(data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA),
+          "colour96x160": cv2.resize(data.astronaut(), (160, 96), interpolation=cv2.INTER_AREA)}
+BRIGHT = np.clip(brick().astype(int) + 110, 0, 255).astype(np.uint8)  # a light grey part
+
+
+def changed_pixels(out, image):
+    return (out != image).any(-1)
+
+
+def ring(mask, radius=5):
+    """Pixels within `radius` of the mask, outside it: its surroundings."""
+    grown = cv2.dilate(mask, np.ones((2 * radius + 1,) * 2, np.uint8)).astype(bool)
+    return grown & ~mask.astype(bool)
+
+
+def test_dataset_kinds_are_registered_and_calibration_kinds_unchanged():
+    assert DATASET_KINDS == ("scratch", "crack", "stain", "missing_piece", "foreign_object", "colour_shift")
+    assert set(DATASET_KINDS) <= set(KINDS)
+    assert DEFAULT_KINDS == ("cut_paste", "scratch", "perlin_blotch")
+    assert {"cut_paste", "perlin_blotch"} <= set(KINDS)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_new_kinds_exact_masks_in_bounds_visible(kind, name):
+    image = SHAPES[name]
+    before = image.copy()
+    for seed in SEEDS:
+        out, mask = make_defect(image, kind, np.random.default_rng(seed))
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        assert mask.dtype == np.uint8 and mask.shape == image.shape[:2] and set(np.unique(mask)) == {0, 1}
+        np.testing.assert_array_equal(mask.astype(bool), changed_pixels(out, image))
+        assert MIN_AREA <= mask.mean() <= MAX_AREA, (kind, name, seed, mask.mean())
+        step = np.abs(out.astype(int) - image.astype(int)).max(-1)[mask == 1].mean()
+        assert step >= 10, (kind, name, seed, step)
+        np.testing.assert_array_equal(image, before)
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_new_kinds_same_seed_same_bytes_other_seed_differs(kind):
+    image = SHAPES["colour96x160"]
+    first = make_defect(image, kind, np.random.default_rng([5, 1]))
+    again = make_defect(image, kind, np.random.default_rng([5, 1]))
+    other = make_defect(image, kind, np.random.default_rng([5, 2]))
+    assert first[0].tobytes() == again[0].tobytes() and first[1].tobytes() == again[1].tobytes()
+    assert first[0].tobytes() != other[0].tobytes() and first[1].tobytes() != other[1].tobytes()
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_new_kinds_on_flat_saturated_and_smallest_images(kind):
+    images = [np.full((48, 64, 3), v, np.uint8) for v in (0, 255)] + [brick()[:32, :32].copy(),
+                                                                        brick()[:32, :200].copy()]
+    for image in images:
+        for seed in SEEDS:
+            out, mask = make_defect(image, kind, np.random.default_rng(seed))
+            np.testing.assert_array_equal(mask.astype(bool), changed_pixels(out, image))
+            assert MIN_AREA <= mask.mean() <= MAX_AREA
+
+
+def test_crack_is_thin_and_darker_than_its_surroundings():
+    for seed in SEEDS:
+        out, mask = make_defect(BRIGHT, "crack", np.random.default_rng(seed))
+        on = mask.astype(bool)
+        luma = out.mean(-1)
+        assert (luma[on] < BRIGHT.mean(-1)[on]).all()  # every crack pixel got darker
+        assert luma[on].mean() < 0.6 * luma[ring(mask)].mean()
+        opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+        assert opened.sum() < 0.1 * mask.sum()
+
+
+def test_stain_is_one_soft_edged_see_through_blob():
+    image = SHAPES["grey256"]
+    for seed in SEEDS:
+        out, mask = make_defect(image, "stain", np.random.default_rng(seed))
+        change = np.abs(out.astype(int) - image.astype(int)).max(-1)
+        core = cv2.erode(mask, np.ones((7, 7), np.uint8)).astype(bool)
+        edge = mask.astype(bool) & ~cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)
+        assert change[edge].mean() < 0.5 * change[core].mean()  # fades out: no hard outline
+        # semi-transparent: the texture below still shows through the tint
+        assert np.corrcoef(out.mean(-1)[core], image.mean(-1)[core])[0, 1] > 0.6
+        assert cv2.connectedComponents(mask, connectivity=8)[0] == 2
+
+
+def test_missing_piece_is_flat_far_from_the_part_and_at_the_border():
+    image = SHAPES["grey256"]
+    for seed in SEEDS:
+        out, mask = make_defect(image, "missing_piece", np.random.default_rng(seed))
+        on = mask.astype(bool)
+        pixels = out[on].astype(int)
+        flat = np.median(pixels, 0)
+        assert (np.abs(pixels - flat).max(-1) <= 3).mean() >= 0.95
+        assert abs(flat.mean() - image[on].mean()) >= 80
+        assert on[0].any() or on[-1].any() or on[:, 0].any() or on[:, -1].any()
+
+
+def test_foreign_object_is_opaque_and_one_piece():
+    # the same draw on two different bright surfaces: an opaque object looks the same on both
+    flipped = BRIGHT[:, ::-1].copy()
+    for seed in SEEDS:
+        out_a, mask_a = make_defect(BRIGHT, "foreign_object", np.random.default_rng(seed))
+        out_b, mask_b = make_defect(flipped, "foreign_object", np.random.default_rng(seed))
+        hidden = (mask_a & mask_b).astype(bool) & (BRIGHT != flipped).any(-1) & (out_a == out_b).all(-1)
+        assert hidden.sum() >= 0.5 * mask_a.sum()
+        _, _, stats, _ = cv2.connectedComponentsWithStats(mask_a, connectivity=8)
+        assert stats[1:, cv2.CC_STAT_AREA].max() >= 0.9 * mask_a.sum()  # object and its shadow
+        assert np.median(out_a.mean(-1)[mask_a == 1]) < 100  # dark on a light part
+
+
+def test_colour_shift_colours_a_grey_part_with_a_soft_edge():
+    image = SHAPES["grey256"]  # every channel equal: no saturation at all
+    for seed in SEEDS:
+        out, mask = make_defect(image, "colour_shift", np.random.default_rng(seed))
+        chroma = out.max(-1).astype(int) - out.min(-1)
+        assert chroma[mask == 1].mean() >= 20
+        assert chroma[mask == 0].max() == 0
+        core = cv2.erode(mask, np.ones((7, 7), np.uint8)).astype(bool)
+        edge = mask.astype(bool) & ~cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)
+        assert chroma[edge].mean() < chroma[core].mean()  # soft-ish edge
