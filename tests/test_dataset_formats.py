@@ -303,3 +303,43 @@ def test_original_resolution_matches_an_independent_computation(tmp_path):
     model_result = evaluate_dataset(smooth_maps, test_set, 4, "model")[0]
     assert model_result["eval_resolution"] == "model"
     assert model_result["aupro"] != result["aupro"]  # the two protocols do differ
+
+
+# ----------------------------------------------------------------------------- the dataset makers
+
+def tool(*args):
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_coco_and_synthetic_datasets_train_and_evaluate(tmp_path):
+    """What tools/prepare_dataset.py and tools/make_synthetic.py write is a dataset main.py
+    trains and evaluates on, with the masks the annotations and the defects say."""
+    labeled, normal = tmp_path / "labeled", tmp_path / "normal"
+    images, annotations = [], []
+    for i, path in enumerate(brick("test", "scratch") + brick("test", "stain")):
+        name = f"part{i}.png"
+        put(labeled / name, source=path)
+        images.append({"id": i, "file_name": name, "height": 256, "width": 256})
+        contours, _ = cv2.findContours((brick_mask(path) > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)
+        polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+        annotations.append({"id": i, "image_id": i, "category_id": 1 + (i >= 3), "segmentation": polygons})
+    for i, path in enumerate(brick("train", "good")):
+        put(normal / f"{i:03d}.png", source=path)
+    coco = tmp_path / "instances.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "Scratch"}, {"id": 2, "name": "stain"}]}))
+    data = tmp_path / "data"
+    tool("tools/prepare_dataset.py", "--annotations", str(coco), "--labeled_dir", str(labeled),
+         "--unlabeled_dir", str(normal), "--output_dir", str(data / "coco_part"), "--train_ratio", "0.8")
+    tool("tools/make_synthetic.py", "--good_dir", str(normal), "--output_dir", str(data / "synth_part"),
+         "--per_kind", "1", "--kinds", "scratch,missing_piece,foreign_object")
+    coco_result, _ = train_and_eval(tmp_path / "a", ["--data_dir", str(data)], "coco_part")
+    assert set(coco_result["per_type"]) == {"scratch", "stain"} and coco_result["pixel_auroc"] is not None
+    synth_result, _ = train_and_eval(tmp_path / "b", ["--data_dir", str(data)], "synth_part")
+    assert set(synth_result["per_type"]) == {"scratch", "missing_piece", "foreign_object"}
+    # the polygon outlines cover the annotated pixels (cv2 fills the interior and the boundary)
+    mask = cv2.imread(str(data / "coco_part" / "ground_truth" / "scratch" / "part0_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert np.all(mask[brick_mask(brick("test", "scratch")[0]) > 0] == 255)

@@ -11,6 +11,7 @@ Deterministic: a fixed seed and a fixed order of random draws give the same byte
     python tools/make_sample_data.py [--out DIR] [--force]
 """
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -327,6 +328,13 @@ def readme_text() -> str:
         "crack, contamination = a patch of another texture, misc = pit plus scratch) are drawn",
         "procedurally with a fixed random seed.",
         "",
+        f"`{COCO_EXAMPLE}` holds brick's test defects as a COCO instances file (polygons, RLE and",
+        "one bbox-only annotation), the input of `tools/prepare_dataset.py`:",
+        "",
+        f"    python tools/prepare_dataset.py --annotations sample_data/{COCO_EXAMPLE} \\",
+        "        --labeled_dir sample_data/brick/test --unlabeled_dir sample_data/brick/train/good \\",
+        "        --output_dir coco_data/brick_coco --train_ratio 0.8",
+        "",
         "## Sources and license",
         "",
         "Derived from two texture photos shipped inside the scikit-image package",
@@ -338,9 +346,54 @@ def readme_text() -> str:
     return "\n".join(lines)
 
 
+COCO_EXAMPLE = "brick_coco.json"
+
+
+def coco_example(root: Path) -> dict:
+    """brick's test defects as a COCO instances file, as a labelling tool would export them:
+    each 8-connected part of a mask one annotation, polygons (outer contours) for scratches and
+    contamination, uncompressed RLE for stains, and a bbox-only annotation for the maskless
+    'misc' images (tools/prepare_dataset.py reports it as skipped). file_name is relative to
+    brick/test."""
+    kinds = ("scratch", "stain", "contamination")
+    images, annotations = [], []
+    for kind in kinds + ("misc",):
+        for path in sorted((root / "brick" / "test" / kind).glob("*.png")):
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": f"{kind}/{path.name}",
+                           "height": IMAGE_SIZE, "width": IMAGE_SIZE})
+            if kind == "misc":
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": len(kinds) + 1, "bbox": [10, 10, 20, 20]})
+                continue
+            mask = cv2.imread(str(root / "brick" / "ground_truth" / kind / f"{path.stem}_mask.png"),
+                              cv2.IMREAD_GRAYSCALE) > 0
+            count, parts = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+            for part in range(1, count):
+                region = (parts == part).astype(np.uint8)
+                if kind == "stain":
+                    flat = region.flatten(order="F")  # COCO RLE runs are column-major
+                    edges = np.flatnonzero(np.diff(flat)) + 1
+                    runs = np.diff(np.concatenate(([0], edges, [flat.size])))
+                    counts = ([0] if flat[0] else []) + runs.tolist()
+                    segmentation = {"size": [IMAGE_SIZE, IMAGE_SIZE], "counts": counts}
+                else:
+                    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                    segmentation = [c.reshape(-1).tolist() for c in contours if len(c) >= 3]
+                    if not segmentation:
+                        continue
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": kinds.index(kind) + 1, "iscrowd": 0,
+                                    "segmentation": segmentation})
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(kinds + ("misc",))]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
 def generate(root: Path) -> None:
     for index, cat in enumerate(CATEGORIES):
         write_category(root, cat, index)
+    (root / COCO_EXAMPLE).write_text(json.dumps(coco_example(root), separators=(",", ":")),
+                                     encoding="utf-8")
     (root / "README.md").write_text(readme_text(), encoding="utf-8")
 
 
