@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-import main as cli
+from test_main import run_cli
 from adkit import metrics
 from adkit.errors import UserError
 from adkit.evaluation import evaluate_dataset
@@ -219,14 +219,6 @@ def test_folder_format_bad_input_is_one_line(tmp_path, damage, says):
 
 
 # ----------------------------------------------------------------------------- end to end
-
-def run_cli(args):
-    try:
-        cli.main(args)
-    except SystemExit as stop:
-        return stop.code
-    return 0
-
 
 def train_and_eval(tmp_path, data_args, cls, *eval_args):
     out = str(tmp_path / "out")
