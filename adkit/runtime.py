@@ -64,12 +64,48 @@ def zeros_outside_heap(shape, dtype):
     return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
 
 
+def mkl_dispatch_for_amd():
+    """On AMD CPUs, make Paddle's MKL (mklml 2019.0.5, its BLAS for conv and matmul) use its
+    AVX-512 (or AVX2) kernels instead of the generic code path it picks for non-Intel CPUs.
+
+    MKL of that version honours ``MKL_DEBUG_CPU_TYPE`` (7: AVX-512 as on Skylake-SP, 5: AVX2),
+    so this runs before ``import paddle``. Measured on an AMD EPYC (Zen 4, 2 threads): sgemm
+    3.5-4x faster, conv2d forward+backward ~2x, training steps 3.5x (RD4AD-WRN50) to 6x
+    (EfficientAD-S); per-op results change by float32 rounding only (another summation order).
+    Intel CPUs are left alone (MKL dispatches correctly there), as is a value the user set (an
+    empty ``MKL_DEBUG_CPU_TYPE=`` keeps MKL's own choice). Returns the value set, or None.
+    """
+    if "MKL_DEBUG_CPU_TYPE" in os.environ or not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            text = cpuinfo.read(65536)
+    except OSError:
+        return None
+    if "AuthenticAMD" not in text:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if {"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"} <= flags:
+        value = "7"
+    elif {"avx2", "fma"} <= flags:
+        value = "5"
+    else:
+        return None
+    os.environ["MKL_DEBUG_CPU_TYPE"] = value
+    return value
+
+
 _VERBOSE = False
 
 
 def set_cpu_threads(num_threads, verbose=False):
     """Use ``num_threads`` CPU threads in Paddle (dygraph) and the math libraries; also sets up
-    memory reuse (``keep_freed_memory``), which every entry point wants before Paddle loads, and
+    memory reuse (``keep_freed_memory``) and MKL's AVX-512 kernels on AMD CPUs
+    (``mkl_dispatch_for_amd``), which every entry point wants before Paddle loads, and
     (unless ``verbose``) silences Paddle's C++ warnings, which say nothing a user can act on."""
     global _VERBOSE
     num_threads = int(num_threads)
@@ -79,6 +115,7 @@ def set_cpu_threads(num_threads, verbose=False):
     if not _VERBOSE:
         os.environ.setdefault("GLOG_minloglevel", "2")  # read when Paddle's C++ core loads
     keep_freed_memory()
+    mkl_dispatch_for_amd()
     for var in _LIBRARY_THREAD_VARS:
         os.environ[var] = str(num_threads)
     import_paddle_quietly()

@@ -2,12 +2,14 @@
 """Does the optimiser slow down later ops? (design.md §3: plain Adam did, 5-6x, on Paddle 3.3.1)
 
 Times a fixed conv forward before and after a few Adam steps, for the default Adam and for
-use_multi_tensor=True (what adkit.training.make_adam uses). Prints the after/before ratio.
+use_multi_tensor=True (what adkit.training.make_adam uses), each in its own process (a slowdown
+left by one would otherwise show in the next). Prints the after/before ratio.
 
     python benchmark/bench_adam.py --cpu_threads 2
 """
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -46,15 +48,24 @@ def main():
     parser.add_argument("--cpu_threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--mode", choices=("plain", "multi_tensor"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ["OMP_NUM_THREADS"] = str(args.cpu_threads)
+    if args.mode is None:  # each optimiser in a fresh process: a slowdown would outlive its run
+        for mode in ("plain", "multi_tensor"):
+            subprocess.run([sys.executable, __file__, "--mode", mode, "--cpu_threads",
+                            str(args.cpu_threads), "--repeats", str(args.repeats), "--steps",
+                            str(args.steps)], check=True)
+        return
+    from adkit.runtime import set_cpu_threads
+
+    set_cpu_threads(args.cpu_threads)
     import paddle
 
-    print(f"paddle {paddle.__version__}, {args.cpu_threads} threads")
-    for multi in (False, True):
-        before, after = measure(multi, args.repeats, args.steps)
-        print(f"Adam(use_multi_tensor={multi!s:5}): forward {before * 1e3:7.1f} ms before, "
-              f"{after * 1e3:7.1f} ms after {args.steps} steps -> ratio {after / before:.2f}")
+    multi = args.mode == "multi_tensor"
+    before, after = measure(multi, args.repeats, args.steps)
+    print(f"paddle {paddle.__version__}, {args.cpu_threads} threads: "
+          f"Adam(use_multi_tensor={multi!s:5}): forward {before * 1e3:7.1f} ms before, "
+          f"{after * 1e3:7.1f} ms after {args.steps} steps -> ratio {after / before:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,14 @@ Speed does not depend on the weights, so encoders/teachers are random ('none'). 
 is the difference between a run of S+N steps and one of S steps (set-up and the per-run teacher
 statistics / validation cancel out), divided by N.
 
+``--compare_torch`` instead times the training step of EfficientAD-S (batch 1) and RD4AD (batch
+16) against the same networks in torch eager (benchmark/torch_reference.py, same weights, same
+threads), alternating Paddle and torch steps in one process so that a shared machine slows both
+alike; it prints the first-step loss difference as a sanity check. Without torch it times
+Paddle alone.
+
     python benchmark/bench_train.py --cpu_threads 2 --steps 10
+    python benchmark/bench_train.py --compare_torch --steps 4 --rd4ad_backbone wide_resnet50_2
 """
 import argparse
 import os
@@ -47,6 +54,12 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--models", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
+    parser.add_argument("--compare_torch", action="store_true",
+                        help="time the training steps against torch eager (alternating)")
+    parser.add_argument("--compare_models", default="efficientad_s,rd4ad",
+                        help="with --compare_torch: efficientad_s and/or rd4ad")
+    parser.add_argument("--rd4ad_backbone", default="wide_resnet50_2",
+                        help="with --compare_torch: wide_resnet50_2 (the paper's) or resnet18")
     args = parser.parse_args()
 
     from adkit.runtime import set_cpu_threads
@@ -55,6 +68,11 @@ def main():
     import logging
 
     logging.getLogger("adkit").setLevel(logging.WARNING)
+    if args.compare_torch:
+        from compare_torch import compare
+
+        compare(args, ROOT)
+        return
     from adkit.engines import DygraphEngine
     from adkit.evaluation import run_inference
     from datasets import ImageDataset, MVTecCategory, TestDataset, split_train_val

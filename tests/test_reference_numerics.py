@@ -6,9 +6,10 @@ method registry / trainer restructure.
 
 Each method trains a few steps at 64 px on sample_data/brick (random backbone or teacher, so
 nothing depends on downloaded weights); the fingerprint is the sum and the sum of squares of
-every weight of the loaded inference net (grouped by sub-network) and the test scores. The tolerance (relative 1e-4) absorbs float32
-reordering between CPUs (AVX-512 vs AVX2 kernels); a different seed, batch order, initialisation
-or loss moves these numbers by percents.
+every weight of the loaded inference net (grouped by sub-network) and the test scores. The
+tolerances absorb float32 reordering between CPUs and MKL code paths (AVX-512, AVX2, generic);
+a different seed, batch order, initialisation or loss moves these numbers by percents.
+Recorded with MKL's AVX-512 kernels (adkit.runtime.mkl_dispatch_for_amd on AMD CPUs).
 """
 import json
 import os
@@ -20,6 +21,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, "tests", "data", "reference_numerics.json")
 RTOL = 1e-4
+# RD4AD's three Adam steps at lr 0.005 turn rounding-level differences of near-zero gradients
+# into full-size updates. Measured between MKL's AVX-512, AVX2 and generic code paths on one
+# AMD EPYC (MKL_DEBUG_CPU_TYPE 7 / 5 / unset): weight sums within 4e-4 relative, test scores
+# within 2.4e-3 of the largest, image AUROC one pair of 60 apart (0.017).
+LOOSER = {"rd4ad": {"weights": 1e-3, "scores": 5e-3, "metrics": 0.02}}
 RUNS = {
     "rd4ad": ["--backbone", "efficientnet_lite0", "--backbone_weights", "none", "--steps", "3",
               "--batch_size", "4"],
@@ -58,8 +64,8 @@ def fingerprint(model, out_dir):
             "metrics": {k: result[k] for k in ("image_auroc", "pixel_auroc", "aupro")}}
 
 
-def close(got, want):
-    return np.allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=RTOL, atol=1e-7)
+def close(got, want, rtol=RTOL):
+    return np.allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=rtol, atol=1e-7)
 
 
 @pytest.mark.parametrize("model", sorted(RUNS))
@@ -67,16 +73,18 @@ def test_training_reproduces_the_reference_numbers(tmp_path, model):
     with open(REFERENCE, encoding="utf-8") as f:
         want = json.load(f)[model]
     got = fingerprint(model, tmp_path)
+    looser = LOOSER.get(model, {})
     assert sorted(got["weights"]) == sorted(want["weights"])
     for name, values in want["weights"].items():
-        assert close(got["weights"][name], values), (name, got["weights"][name], values)
+        assert close(got["weights"][name], values, looser.get("weights", RTOL)), (name, got["weights"][name], values)
     # Scores pass through EfficientAD's quantile normalisation, which divides by the (small,
     # after 2 steps) quantile spread and so magnifies float32 reordering: seen 1.3e-4 relative
     # when other tests ran first in the same process (thread settings). 1e-3 of the largest score.
     scale = float(np.max(np.abs(want["test_scores"])))
-    np.testing.assert_allclose(got["test_scores"], want["test_scores"], rtol=0, atol=1e-3 * scale)
+    np.testing.assert_allclose(got["test_scores"], want["test_scores"], rtol=0,
+                               atol=looser.get("scores", 1e-3) * scale)
     for key, value in want["metrics"].items():
-        assert got["metrics"][key] == pytest.approx(value, abs=1e-3), key
+        assert got["metrics"][key] == pytest.approx(value, abs=looser.get("metrics", 1e-3)), key
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--record"]:

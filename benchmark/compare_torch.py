@@ -1,0 +1,163 @@
+"""``bench_train.py --compare_torch``: the Paddle training steps of EfficientAD-S and RD4AD timed
+against the same networks in torch eager (torch_reference.py), alternating in one process.
+
+Paddle runs the methods' own step code (``EfficientADMethod._train_step``; RD4AD's step as in
+``RD4ADMethod.fit``). The torch nets get copies of the Paddle weights, so the first-step losses
+must agree to float32 rounding (printed); the AE's dropout is off for those two checking steps
+and on for the timed ones. The ImageNet penalty image is left out of both.
+"""
+import os
+import time
+
+import numpy as np
+
+EFFICIENTAD_BATCH, RD4AD_BATCH = 1, 16
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _data(root, image_size):
+    from datasets import ImageDataset, MVTecCategory
+
+    category = MVTecCategory(os.path.join(root, "sample_data"), "gravel")
+    return ImageDataset(category.train_paths(), image_size)
+
+
+def _batches(dataset, batch_size, count, seed=0):
+    from adkit.training import batch_stream
+
+    stream = batch_stream(dataset, batch_size, seed)
+    return [next(stream)[1] for _ in range(count)]
+
+
+def _efficientad(args, dataset, torch):
+    from adkit.config import resolve_config
+    from adkit.registry import build_method
+    from models.efficientad.augment import random_color_jitter
+    from models.efficientad.losses import teacher_channel_stats
+
+    cfg = resolve_config(["--model", "efficientad_s", "--mode", "train", "--steps", "100",
+                          "--image_size", str(args.image_size), "--teacher_weights", "none",
+                          "--device", "cpu"])
+    method = build_method(cfg)
+    batches = _batches(dataset, EFFICIENTAD_BATCH, args.steps + 2)
+    mean, std = teacher_channel_stats(method.teacher, batches[:2])
+    method.normalization = {"teacher_mean": mean, "teacher_std": std}
+    optimizer, _ = method._make_optimizer(100)
+    method.student.train()
+    method.autoencoder.train()
+
+    def paddle_step(images, seed):
+        np.random.seed(seed)
+        return method._train_step(images, None, optimizer)["total"]
+
+    if torch is None:
+        return paddle_step, None, batches, None
+    from torch_reference import EfficientADStep
+
+    reference = EfficientADStep(method, lr=float(cfg["lr"]), weight_decay=method.settings.weight_decay)
+
+    def torch_step(images, seed):
+        np.random.seed(seed)
+        ae_images = np.stack([random_color_jitter(image) for image in images])
+        return reference(images, ae_images)
+
+    def dropout(on):
+        method.autoencoder.dropout.train(on)
+        reference.set_dropout(on)
+
+    return paddle_step, torch_step, batches, dropout
+
+
+def _rd4ad(args, dataset, torch):
+    import paddle
+
+    from adkit.config import resolve_config
+    from adkit.registry import build_method
+    from adkit.training import make_adam
+    from models.rd4ad.networks import rd4ad_loss
+
+    cfg = resolve_config(["--model", "rd4ad", "--mode", "train", "--steps", "100",
+                          "--image_size", str(args.image_size), "--backbone", args.rd4ad_backbone,
+                          "--backbone_weights", "none", "--device", "cpu"])
+    method = build_method(cfg)
+    settings = method.settings
+    method._build(settings.backbone, "none", cfg["image_size"])
+    optimizer = make_adam(method.bottleneck.parameters() + method.decoder.parameters(),
+                          float(cfg["lr"]), beta1=settings.beta1, beta2=settings.beta2)
+    method.bottleneck.train()
+    method.decoder.train()
+    batches = _batches(dataset, RD4AD_BATCH, args.steps + 2)
+
+    def paddle_step(images, _seed):
+        if hasattr(method, "_train_step"):
+            return method._train_step(images, optimizer)["total"]
+        x = paddle.to_tensor(images)  # the step of RD4ADMethod.fit
+        with paddle.no_grad():
+            enc = method.encoder(x)
+        loss = rd4ad_loss(enc, method.decoder(method.bottleneck(enc)), settings.loss_per_image)
+        optimizer.clear_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    if torch is None:
+        return paddle_step, None, batches, None
+    from torch_reference import RD4ADStep
+
+    reference = RD4ADStep(method, args.rd4ad_backbone, lr=float(cfg["lr"]),
+                          betas=(settings.beta1, settings.beta2))
+    return paddle_step, lambda images, _seed: reference(images), batches, None
+
+
+def _timed(step, images, seed):
+    start = time.perf_counter()
+    loss = step(images, seed)
+    return time.perf_counter() - start, loss
+
+
+def compare(args, root):
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(args.cpu_threads)
+    else:
+        print("torch is not installed: timing Paddle alone (pip install torch for the ratio)")
+    dataset = _data(root, args.image_size)
+    builders = {"efficientad_s": _efficientad, "rd4ad": _rd4ad}
+    print(f"{args.cpu_threads} threads, {args.image_size} px, {args.steps} timed steps each"
+          + (f", torch {torch.__version__}" if torch else ""))
+    rows = []
+    for name in args.compare_models.split(","):
+        paddle_step, torch_step, batches, dropout = builders[name](args, dataset, torch)
+        label = name if name != "rd4ad" else f"rd4ad ({args.rd4ad_backbone}, batch {RD4AD_BATCH})"
+        # two checking steps (weights equal before the first, after one Adam update the second)
+        if dropout:
+            dropout(False)
+        for k in range(2):
+            _, loss_p = _timed(paddle_step, batches[k], k)
+            if torch_step:
+                _, loss_t = _timed(torch_step, batches[k], k)
+                print(f"{label}: step {k + 1} loss paddle {loss_p:.6f} torch {loss_t:.6f} "
+                      f"|diff| {abs(loss_p - loss_t):.2e} (rel {abs(loss_p - loss_t) / abs(loss_t):.1e})",
+                      flush=True)
+        if dropout:
+            dropout(True)
+        p_times, t_times = [], []
+        for k in range(2, 2 + args.steps):  # alternate: paddle, torch, paddle, torch ...
+            p_times.append(_timed(paddle_step, batches[k], k)[0])
+            if torch_step:
+                t_times.append(_timed(torch_step, batches[k], k)[0])
+            print(f"  step {k - 1}: paddle {p_times[-1] * 1e3:.0f} ms"
+                  + (f", torch {t_times[-1] * 1e3:.0f} ms" if t_times else ""), flush=True)
+        rows.append((label, np.median(p_times), np.median(t_times) if t_times else None,
+                     np.median(np.asarray(p_times) / np.asarray(t_times)) if t_times else None))
+    print(f"\n{'model':<34}{'paddle ms/step':>16}{'torch ms/step':>16}{'ratio':>8}")
+    for label, p, t, ratio in rows:
+        print(f"{label:<34}{p * 1e3:>16.0f}" + (f"{t * 1e3:>16.0f}{ratio:>8.2f}" if t else f"{'-':>16}{'-':>8}"))
+    print("(medians over the steps; ratio = median of per-pair paddle/torch)")
