@@ -5,6 +5,8 @@
     python main.py --model rd4ad --mode eval  --data_dir sample_data --cls brick
     python main.py --model rd4ad --mode infer --cls brick --img_path some/image.png
     python main.py --model efficientad_s --mode distill --data_dir IMAGES --output_dir weights
+
+Several devices: python -m paddle.distributed.launch --devices 0,1 main.py ... (README).
 """
 import contextlib
 import logging
@@ -46,6 +48,7 @@ def training_side(cfg, cls, category=None):
 
 
 def train(cfg, cls):
+    from adkit import distributed
     from adkit.calibration import calibrate, check_policy_applies, write_calibration
     from adkit.engines import DygraphEngine
     from adkit.io_utils import new_folder
@@ -61,16 +64,23 @@ def train(cfg, cls):
     ckpt_dir = checkpoint_dir(cfg, cls)
     if cfg["log_dir"]:  # one curve per category
         cfg = dict(cfg, log_dir=os.path.join(cfg["log_dir"], cfg["model"], cls))
+    main_process = distributed.is_main()  # several processes: only it writes files
     # a run that fails before its first checkpoint leaves no folder behind
-    with new_folder(ckpt_dir, keep=lambda: os.path.isfile(os.path.join(ckpt_dir, CHECKPOINT_FILE))):
+    with (new_folder(ckpt_dir, keep=lambda: os.path.isfile(os.path.join(ckpt_dir, CHECKPOINT_FILE)))
+          if main_process else contextlib.nullcontext()):
         log.info("[%s] training %s on %d images (%d held out for validation) -> %s",
                  cls, cfg["model"], len(train_set), len(val_set), ckpt_dir)
         method = build_method(cfg)
-        save_training_config(cfg, ckpt_dir)  # first: eval/export can use interim checkpoints
+        if main_process:
+            save_training_config(cfg, ckpt_dir)  # first: eval/export can use interim checkpoints
         method.fit(train_set, val_set, ckpt_dir, resume=cfg["resume"])
     calibration = calibrate(DygraphEngine(method.inference_net()).run, train_set, val_set,
                             cfg["eval_batch_size"], cfg["seed"], policy)
+    if not main_process:  # it scored its share of the images; the main process writes
+        distributed.barrier()
+        return
     write_calibration(ckpt_dir, calibration)
+    distributed.barrier()
     value = calibration["threshold"]["value"]
     log.info("[%s] training done; threshold %s (%s)", cls,
              "-" if value is None else f"{value:.6g}", calibration["policy"])
@@ -88,12 +98,12 @@ def evaluate(cfg, cls):
     """Metrics, decision tables, report.html and per-image outputs (<ckpt>/eval/) for one category."""
     import numpy as np
 
-    from adkit import metrics
+    from adkit import distributed, metrics
     from adkit.calibration import (EVAL_METRICS_FILE, calibrate, read_calibration,
                                    resolve_threshold, write_calibration)
     from adkit.engines import DygraphEngine
     from adkit.eval_outputs import MAPS_FOLDER, write_eval_folder
-    from adkit.evaluation import evaluate_dataset
+    from adkit.evaluation import evaluate_dataset, run_inference
     from adkit.io_utils import write_json
     from adkit.thresholds import DEFAULT_POLICY
     from datasets import TestDataset, open_category, raise_if_bad
@@ -110,12 +120,17 @@ def evaluate(cfg, cls):
     test_set = test_set.without(i for i, _ in bad)
     engine = DygraphEngine(method.inference_net())
     calibration = read_calibration(ckpt_dir)
+    distributed.barrier()  # several processes: all have read it before the main one writes it
     if calibration is None:  # a checkpoint from before calibration existed: make it now
         train_set, val_set = training_side(cfg, cls, category)
         calibration = calibrate(engine.run, train_set.preload(), val_set.preload(),
                                 cfg["eval_batch_size"], cfg["seed"],
                                 cfg["threshold_policy"] or DEFAULT_POLICY)
-        write_calibration(ckpt_dir, calibration)
+        if distributed.is_main():
+            write_calibration(ckpt_dir, calibration)
+    if not distributed.is_main():  # several processes: score this one's share, gathered to
+        run_inference(engine.run, test_set, cfg["eval_batch_size"], desc="eval")  # the main one
+        return None  # (the run_inference call that evaluate_dataset makes there)
     result, scores, maps, pro_curve = evaluate_dataset(engine.run, test_set, cfg["eval_batch_size"],
                                                        cfg["eval_resolution"], category.subsets)
     threshold = resolve_threshold(ckpt_dir, cfg["threshold_policy"], cfg["threshold"],
@@ -164,6 +179,39 @@ def infer(cfg, cls):
                         cfg["eval_batch_size"], cfg["skip_bad_images"])
 
 
+def method_is_data_parallel(cfg):
+    """Whether several processes train one model together (RD4AD, STFPM: ``data_parallel``
+    on the method's class) or each its own categories (the others)."""
+    import importlib
+
+    from adkit.registry import spec_for
+
+    module, _, name = spec_for(cfg["model"]).method.partition(":")
+    return bool(getattr(getattr(importlib.import_module(module), name), "data_parallel", False))
+
+
+def train_categories(cfg, categories, argv):
+    """Several processes: a data-parallel method trains each category with all of them; any
+    other gives each process every world_size-th category, trained alone (EfficientAD's batch
+    is 1; PatchCore and PaDiM fit in one pass). One process: each category in turn."""
+    from adkit import distributed
+
+    world = distributed.world_size()
+    if world == 1 or method_is_data_parallel(cfg):
+        distributed.check_batch_size(cfg["batch_size"])  # split evenly over the processes
+        for cls in categories:
+            with resume_advice(argv):
+                train(cfg, cls)
+        return
+    mine = categories[distributed.rank()::world]
+    logging.getLogger("adkit").setLevel(logging.INFO)  # each process reports its own categories
+    log.info("process %d of %d: %s trains each category in one process; this one: %s",
+             distributed.rank(), world, cfg["model"], ", ".join(mine) or "none")
+    for cls in mine:
+        with resume_advice(argv), distributed.local():
+            train(cfg, cls)
+
+
 def report(cfg, results):
     from adkit.evaluation import mean_over_categories
     from adkit.io_utils import write_json
@@ -189,13 +237,19 @@ def _cell(value, width=11):
 
 def format_table(summary):
     keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "precision", "recall")
-    lines = [f"{'category':<16}" + "".join(f"{k:>12}" for k in keys)]
     rows = list(summary["categories"].items()) + [("mean", summary["mean"])]
+    width = _name_width(name for name, _ in rows)
+    lines = [f"{'category':<{width}}" + "".join(f"{k:>12}" for k in keys)]
     for name, values in rows:
         decision = (values.get("decision") or {}).get("overall", values)
         merged = {**values, **{k: decision.get(k) for k in ("accuracy", "precision", "recall")}}
-        lines.append(f"{name:<16}" + "".join(_cell(merged.get(k), 12) for k in keys))
+        lines.append(f"{name:<{width}}" + "".join(_cell(merged.get(k), 12) for k in keys))
     return "\n".join(lines)
+
+
+def _name_width(names, least=16):
+    """First-column width: long category or defect-type names keep the columns aligned."""
+    return max([least] + [len(str(name)) + 2 for name in names])
 
 
 def format_subsets(cls, result):
@@ -203,12 +257,14 @@ def format_subsets(cls, result):
     official script's FPR limits when the dataset defines saturation thresholds."""
     limits = list(result.get("au_spro") or {})
     keys = ("image_auroc", "pixel_auroc", "aupro")
-    lines = [f"{cls + ' subsets':<16}" + "".join(f"{k:>12}" for k in keys)
-             + "".join(f"{'au_spro@' + limit:>14}" for limit in limits)]
     rows = list((result.get("subsets") or {}).items()) + [("all", result)]
+    title = f"{cls} subsets"
+    width = _name_width([name for name, _ in rows] + [title])
+    lines = [f"{title:<{width}}" + "".join(f"{k:>12}" for k in keys)
+             + "".join(f"{'au_spro@' + limit:>14}" for limit in limits)]
     for name, values in rows:
         spro = values.get("au_spro") or {}
-        lines.append(f"{name:<16}" + "".join(_cell(values.get(k), 12) for k in keys)
+        lines.append(f"{name:<{width}}" + "".join(_cell(values.get(k), 12) for k in keys)
                      + "".join(_cell(spro.get(limit), 14) for limit in limits))
     return "\n".join(lines)
 
@@ -217,13 +273,14 @@ def format_decision(cls, result):
     """The table users of the custom-dataset EfficientAD fork expect, at the deployment threshold."""
     decision, threshold = result["decision"], result["threshold"]
     overall, c = decision["overall"], decision["overall"]["confusion"]
+    width = _name_width(decision["per_type"])
     lines = [f"{cls}: threshold {threshold['value']:.6g} "
              f"({threshold['policy']}: {threshold['source']})",
-             f"{'type':<16}{'count':>7}{'flagged':>9}{'accuracy':>11}"]
+             f"{'type':<{width}}{'count':>7}{'flagged':>9}{'accuracy':>11}"]
     for name, row in decision["per_type"].items():
-        lines.append(f"{name:<16}{row['count']:>7}{row['predicted_defect']:>9}"
+        lines.append(f"{name:<{width}}{row['count']:>7}{row['predicted_defect']:>9}"
                      f"{_cell(row['accuracy'])}")
-    lines.append(f"{'overall':<16}{overall['count']:>7}{c['tp'] + c['fp']:>9}"
+    lines.append(f"{'overall':<{width}}{overall['count']:>7}{c['tp'] + c['fp']:>9}"
                  f"{_cell(overall['accuracy'])}   precision {_cell(overall['precision'], 0)}"
                  f"  recall {_cell(overall['recall'], 0)}  F1 {_cell(overall['f1'], 0)}")
     lines.append(f"confusion (rows truth, cols predicted): good [{c['tn']} {c['fp']}]  "
@@ -234,12 +291,16 @@ def format_decision(cls, result):
 @contextlib.contextmanager
 def resume_advice(argv):
     """An interrupted training run names the exact command that continues it."""
+    from adkit.distributed import launched_world_size
     from adkit.trainer import TrainingInterrupted
 
     try:
         yield
     except TrainingInterrupted as stop:
-        command = shlex.join(["python", "main.py", *argv]
+        world = launched_world_size()  # started by paddle.distributed.launch: the same again
+        launcher = (["python", "-m", "paddle.distributed.launch", "--nproc_per_node", str(world)]
+                    if world > 1 else ["python"])
+        command = shlex.join(launcher + ["main.py", *argv]
                              + ([] if "--resume" in argv else ["--resume"]))
         raise TrainingInterrupted(f"{stop}; continue with: {command}", stop.step) from None
 
@@ -256,6 +317,12 @@ def main(argv=None):
     from adkit.runtime import seed_everything, set_device
 
     set_device(cfg["device"])
+    from adkit import distributed
+    from adkit.trainer import set_mixed_precision
+
+    if distributed.init() > 1 and not distributed.is_main():
+        logging.getLogger("adkit").setLevel(logging.WARNING)  # the main process logs
+    set_mixed_precision(cfg["amp"])
     seed_everything(cfg["seed"])
     from adkit.registry import spec_for
 
@@ -267,15 +334,15 @@ def main(argv=None):
     if cfg["mode"] == "infer":
         if cfg["cls"] == "all":
             raise UserError("--mode infer needs --cls NAME: the category whose model to use")
-        infer(cfg, cfg["cls"])
+        infer(cfg, cfg["cls"])  # several processes: each scores its share (predict_into_folder)
         return
     categories = categories_for(cfg)
     if cfg["mode"] == "train":
-        for cls in categories:
-            with resume_advice(argv):
-                train(cfg, cls)
+        train_categories(cfg, categories, argv)
     else:
-        report(cfg, {cls: evaluate(cfg, cls) for cls in categories})
+        results = {cls: evaluate(cfg, cls) for cls in categories}
+        if distributed.is_main():
+            report(cfg, results)
 
 
 if __name__ == "__main__":

@@ -33,21 +33,29 @@ class _Arrays:
 
 
 def calibrate(run_batch, train_set, val_set, batch_size, seed, policy_text):
-    """Score the training side with ``run_batch`` and return the calibration dict (see module)."""
+    """Score the training side with ``run_batch`` and return the calibration dict (see module).
+    Several processes (adkit.distributed): every one must call this; each scores its share of
+    the images, and the main process gets the dict, the others None."""
+    from . import distributed
     from .image_io import to_chw_float
     from .synthetic import DEFAULT_KINDS, synthetic_defects
 
-    train_maps, train_scores = run_inference(run_batch, train_set, batch_size, "scoring training images")
-    val_maps, val_scores = run_inference(run_batch, val_set, batch_size, "scoring validation images")
-    per_image = 0
-    synthetic_entries, synthetic_scores = [], np.zeros(0)
+    train_out = run_inference(run_batch, train_set, batch_size, "scoring training images")
+    val_out = run_inference(run_batch, val_set, batch_size, "scoring validation images")
+    per_image, made, synthetic_out = 0, [], None
     if len(val_set):
         per_kind = SYNTHETIC_TARGET / (len(val_set) * len(DEFAULT_KINDS))
         per_image = min(MAX_PER_IMAGE, max(1, math.ceil(per_kind)))
         images = [val_set.load_uint8(i) for i in range(len(val_set))]
         made = synthetic_defects(images, seed, DEFAULT_KINDS, per_image)
-        _, synthetic_scores = run_inference(run_batch, _Arrays([to_chw_float(im) for im, _, _ in made]),
-                                            batch_size, "scoring synthetic defects")
+        synthetic_out = run_inference(run_batch, _Arrays([to_chw_float(im) for im, _, _ in made]),
+                                      batch_size, "scoring synthetic defects")
+    if not distributed.is_main():
+        return None
+    (train_maps, train_scores), (val_maps, val_scores) = train_out, val_out
+    synthetic_entries, synthetic_scores = [], np.zeros(0)
+    if synthetic_out is not None:
+        synthetic_scores = synthetic_out[1]
         sources = [p for p in val_set.paths for _ in range(len(DEFAULT_KINDS) * per_image)]
         synthetic_entries = [{"path": path, "kind": kind, "score": float(score)}
                              for path, (_, _, kind), score in zip(sources, made, synthetic_scores)]

@@ -14,6 +14,7 @@ from .outputs import SAVE_FORMAT_HELP, SAVE_FORMATS
 from .thresholds import DEFAULT_POLICY, POLICY_HELP, parse_policy
 
 BASE_MODES = ("train", "eval", "infer")
+AMP_CHOICES = ("fp16", "bf16")  # adkit.trainer.AMP_MODES (config reads no Paddle module)
 DATA_FORMATS = ("mvtec", "loco", "visa", "folder")  # the layouts datasets.open_category reads
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -41,6 +42,9 @@ OPTIONS = {
     "lr": (float, "learning rate"),
     "image_size": (int, "square model input size in pixels"),
     "device": (str, "cpu or gpu"),
+    "amp": (str, "train/distill: mixed precision on GPU, " + " or ".join(AMP_CHOICES) + " (fp16 "
+                 "with loss scaling; bf16 needs no scaling, Ampere or newer); off by default. "
+                 "Several GPUs: python -m paddle.distributed.launch --devices 0,1 main.py ..."),
     "cpu_threads": (int, "CPU threads for Paddle (set before Paddle loads)"),
     "seed": (int, "random seed (data order, init, augmentation)"),
     "img_path": (str, "infer: an image file, or a folder of images (subfolders too; outputs "
@@ -65,7 +69,7 @@ RUNTIME_OPTIONS = ("mode", "data_dir", "data_format", "train_dir", "test_good_di
                    "resume", "skip_bad_images", "verbose", "log_dir")
 DEFAULTS = {"data_dir": "sample_data", "data_format": "mvtec", "train_dir": None, "test_good_dir": None,
             "test_defect_dir": None, "mask_dir": None, "eval_resolution": "model", "cls": "all", "output_dir": "output", "device": "cpu",
-            "cpu_threads": 2, "img_path": None, "threshold": None, "threshold_policy": None,
+            "amp": None, "cpu_threads": 2, "img_path": None, "threshold": None, "threshold_policy": None,
             "save_format": "npy", "resume": False, "skip_bad_images": False, "verbose": False,
             "log_dir": None}
 
@@ -247,5 +251,12 @@ def _validate(cfg):
             raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {cfg[name]!r}")
     if cfg["save_format"] not in SAVE_FORMATS:
         raise UserError(f"--save_format must be one of {', '.join(SAVE_FORMATS)}, got {cfg['save_format']!r}")
+    if cfg.get("amp") is not None:
+        if cfg["amp"] not in AMP_CHOICES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {cfg['amp']!r}")
+        if cfg["device"] != "gpu":
+            raise UserError(f"--amp {cfg['amp']} needs --device gpu: Paddle's CPU build ignores "
+                            "paddle.amp.auto_cast (float32 throughout) and has no bfloat16 conv2d "
+                            "kernel; train without --amp on CPU")
     if cfg["mode"] == "infer" and not cfg.get("img_path"):
         raise UserError("--mode infer needs --img_path FILE_OR_DIR")

@@ -15,7 +15,21 @@ def batches(dataset, batch_size, desc):
 
 def run_inference(run_batch, dataset, batch_size, desc="inference"):
     """(maps float32 [N,H,W], scores float32 [N]) over ``dataset``; ``run_batch`` is an
-    engine's ``run`` (batch -> maps [B,1,H,W], scores)."""
+    engine's ``run`` (batch -> maps [B,1,H,W], scores).
+
+    Several processes (adkit.distributed): each runs ``run_batch`` on its contiguous block of
+    ``dataset`` and the results are gathered once to the main process, which gets the whole
+    (maps, scores) in dataset order; the others get None. Every process must call this with
+    the same dataset."""
+    from . import distributed
+
+    if distributed.world_size() == 1:
+        return _run_batches(run_batch, dataset, batch_size, desc)
+    mine = _Subset(dataset, distributed.shard(range(len(dataset))))
+    return distributed.gather(_run_batches(run_batch, mine, batch_size, desc))
+
+
+def _run_batches(run_batch, dataset, batch_size, desc):
     maps, scores = [], []
     for batch in batches(dataset, batch_size, desc):
         amap, score = run_batch(batch)
@@ -24,6 +38,19 @@ def run_inference(run_batch, dataset, batch_size, desc="inference"):
     if not maps:
         return np.zeros((0, 0, 0), np.float32), np.zeros(0, np.float32)
     return np.concatenate(maps), np.concatenate(scores)
+
+
+class _Subset:
+    """``dataset[indices[i]]`` as item i (``len`` and ``[i]``, what ``batches`` reads)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
 
 
 EVAL_RESOLUTIONS = ("model", "original")

@@ -109,11 +109,14 @@ class ImageOutputs:
         self.maps_folder = maps_folder
         self.rows = []
         self._used = set()
+        self._reserved = {}
 
     def add(self, path, relative, image_rgb, model_map, score, defect_type="", ground_truth=""):
         """One image: ``model_map`` is the model-size map; it is resized (bilinear) to the image."""
         full_map = map_at_size(model_map, image_rgb.shape[:2])
-        base = self._unique_base(relative)
+        base = self._reserved.pop(relative, None)
+        if base is None:
+            base = self._unique_base(relative)
         label = label_of(float(score), self.threshold)
         overlay = annotated_overlay(image_rgb, full_map, self.value_range, self.threshold,
                                     float(score), label)
@@ -137,6 +140,15 @@ class ImageOutputs:
 
     def write_csv(self, name="df_test.csv"):
         write_csv(self.run.file(name), TEST_CSV_HEADER, self.rows)
+
+    def reserve(self, relatives):
+        """Fix the file names of these images (``relative`` as ``add`` gets it, in this order)
+        before any is added, by ``add``'s rule (a.png and a.jpg in one folder: ``a``, ``a_1``):
+        the names then depend on the list alone, not on which images end up added, so
+        processes that each add their block of one list write the names one process does
+        (an image skipped as unreadable keeps its name unused)."""
+        for relative in relatives:
+            self._reserved[relative] = self._unique_base(relative)
 
     def _unique_base(self, relative):
         folder, name = os.path.split(relative)

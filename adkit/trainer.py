@@ -6,10 +6,19 @@ rest: per-step seeding, progress with a running loss, log and save intervals, at
 checkpoints, resume, and Ctrl-C / SIGTERM (the current step finishes, a checkpoint is written,
 and ``TrainingInterrupted`` says where).
 
+A step that ends with ``trainer.optimise(loss)`` (instead of clear_grad / backward / step) gets
+mixed precision's loss scaling (``--amp fp16``, ``set_mixed_precision``); every step runs under
+``paddle.amp.auto_cast`` when mixed precision is on (GPU only). With several processes
+(adkit.distributed), a method wraps the nets it trains with ``trainer.data_parallel(net)`` and
+calls those wrappers in its step: the trainer then hands each process its block of every batch,
+only the main process writes checkpoints and curves (the others wait for it), and a Ctrl-C
+seen by any process stops all of them after the same step.
+
 Checkpoint (``checkpoint.pdparams``, numpy only, read without executing code):
     {"format": 1, "method": str, "step": steps done, "total": int,
      "nets": {role: state dict}, "optimizer": state under structured names,
      "scheduler": state or None, "losses": float32 [step] total loss per step, "extra": {...}}
+    (+ "amp_scaler": the GradScaler's state, with --amp fp16)
 """
 import contextlib
 import itertools
@@ -19,6 +28,7 @@ from collections import deque
 
 import numpy as np
 
+from . import distributed
 from .errors import UserError
 from .train_log import ScalarLog
 from .training import (load_train_state, log, optimizer_state, progress, restore_optimizer,
@@ -28,6 +38,16 @@ CHECKPOINT_FILE = "checkpoint.pdparams"
 FORMAT = 1
 # Training state files of versions before this format: they load for eval/export, not --resume.
 OLD_STATE_FILES = ("last.pdparams", "train_state.pdparams", "distill_state.pdparams")
+AMP_MODES = {"fp16": "float16", "bf16": "bfloat16"}  # --amp -> paddle.amp.auto_cast dtype
+_MIXED_PRECISION = {"amp": None}
+
+
+def set_mixed_precision(amp):
+    """--amp for the trainers made from now on: None (float32), 'fp16' (with loss scaling) or
+    'bf16' (no scaling needed). main.py sets it once from the command line."""
+    if amp is not None and amp not in AMP_MODES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    _MIXED_PRECISION["amp"] = amp
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -56,18 +76,62 @@ class Trainer:
         self.step = 0
         self.losses = []
         self._stop = None  # the signal that asked to stop, once one came
+        self.amp = _MIXED_PRECISION["amp"]
+        self.scaler = None
+        if self.amp == "fp16":
+            import paddle
+
+            self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**15)
+        self._optimised = False  # the step called optimise() (needed for fp16 loss scaling)
+        self._parallel = False  # a net was wrapped for data-parallel training
+
+    # -- what a step calls -----------------------------------------------------------------
+
+    def data_parallel(self, net):
+        """``net`` wrapped in paddle.DataParallel with several processes (itself with one);
+        call the result in the step so that gradients are averaged. From then on each process
+        gets its block of every batch (``distributed.shard_rows``)."""
+        wrapped = distributed.data_parallel(net)
+        self._parallel = self._parallel or wrapped is not net
+        return wrapped
+
+    def optimise(self, loss):
+        """clear_grad, backward, optimizer step; with --amp fp16 the loss is scaled and a step
+        whose gradients overflowed is skipped (GradScaler)."""
+        self._optimised = True
+        self.optimizer.clear_grad()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        import paddle
+
+        return paddle.amp.auto_cast(enable=True, dtype=AMP_MODES[self.amp], level="O1")
 
     # -- checkpoints ---------------------------------------------------------------------
 
     def save(self):
-        save_train_state(self.path, {
-            "format": FORMAT, "method": self.name, "step": self.step, "total": self.total,
-            "nets": {role: state_to_numpy(net.state_dict()) for role, net in self.nets.items()},
-            "optimizer": optimizer_state(self.optimizer, self.trained),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "losses": np.asarray(self.losses, np.float32), "extra": self.extra})
-        if self.on_save:
-            self.on_save(self.step)
+        """The checkpoint (and ``on_save``'s files), by the main process; the others wait."""
+        if distributed.is_main():
+            state = {
+                "format": FORMAT, "method": self.name, "step": self.step, "total": self.total,
+                "nets": {role: state_to_numpy(net.state_dict()) for role, net in self.nets.items()},
+                "optimizer": optimizer_state(self.optimizer, self.trained),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "losses": np.asarray(self.losses, np.float32), "extra": self.extra}
+            if self.scaler is not None:
+                state["amp_scaler"] = state_to_numpy(self.scaler.state_dict())
+            save_train_state(self.path, state)
+            if self.on_save:
+                self.on_save(self.step)
+        distributed.barrier()
 
     def resume(self):
         """Restore nets, optimizer, scheduler, step and loss history; returns ``extra``."""
@@ -80,6 +144,8 @@ class Trainer:
         restore_optimizer(self.optimizer, state["optimizer"], self.trained)
         if self.scheduler is not None:
             self.scheduler.set_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("amp_scaler"):
+            self.scaler.load_state_dict(state["amp_scaler"])
         self.step = int(state["step"])
         self.losses = [float(v) for v in state["losses"]]
         if self.step > self.total:
@@ -92,20 +158,34 @@ class Trainer:
 
     def run(self, batches, train_step):
         """``batches(start)`` yields (step, batch) from step ``start``; ``train_step(batch,
-        step_seed)`` does one optimisation step. Ends with a checkpoint at ``total``."""
+        step_seed)`` does one optimisation step. Ends with a checkpoint at ``total``.
+        Data-parallel (``data_parallel``): ``batches`` yields the global batch (the same in
+        every process) and ``train_step`` gets this process's block of it."""
         window = deque(self.losses[-self.log_interval:], maxlen=self.log_interval)
         bar = progress(total=self.total, initial=self.step, desc=f"{self.name} train")
         curves = None
+        several = distributed.world_size() > 1
+        shard = self._parallel and several
         with self._deferred_stop(), contextlib.ExitStack() as closing:
             for step, batch in itertools.islice(batches(self.step), max(self.total - self.step, 0)):
-                losses = train_step(batch, seed_step(self.seed, step))
+                if shard and batch is not None:
+                    batch = distributed.shard_rows(batch)
+                with self._autocast():
+                    losses = train_step(batch, seed_step(self.seed, step))
+                if self.scaler is not None and not self._optimised:
+                    raise UserError(f"--amp fp16: the {self.name} training step does not use the "
+                                    "trainer's loss scaling (Trainer.optimise); use --amp bf16")
+                stop = None
+                if several:  # one collective: losses averaged over the processes, any Ctrl-C
+                    losses, stop = distributed.mean_and_any(losses, self._stop is not None)
                 total_loss = losses.get("total", next(iter(losses.values())))
                 self.losses.append(total_loss)
                 window.append(total_loss)
                 self.step = step + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(window):.4f}", refresh=False)
-                if self.step % self.log_interval == 0 or self.step == self.total:
+                if distributed.is_main() and (self.step % self.log_interval == 0
+                                              or self.step == self.total):
                     scalars = {"loss": float(np.mean(window)), "lr": self.optimizer.get_lr(),
                                **{k: v for k, v in losses.items() if k != "total"}}
                     if curves is None:  # columns: the losses this method reports
@@ -115,7 +195,7 @@ class Trainer:
                     log.info("%s step %d/%d loss %.5f (mean of the last %d) %s", self.name,
                              self.step, self.total, np.mean(window), len(window),
                              " ".join(f"{k} {v:.5f}" for k, v in losses.items() if k != "total"))
-                if self._stop is not None:
+                if (self._stop is not None) if stop is None else stop:  # all stop together
                     bar.close()
                     self.save()
                     raise TrainingInterrupted(
@@ -141,6 +221,10 @@ class Trainer:
 
             def handle(self, signum, frame):
                 if trainer._stop is not None:
+                    if distributed.world_size() > 1:
+                        # paddle.distributed.launch turns one Ctrl-C into up to three SIGTERMs
+                        # 0.2 s apart; a second Ctrl-C makes it kill the processes (10 s)
+                        return
                     raise KeyboardInterrupt
                 trainer._stop = signum
                 log.warning("stopping after this step to save a checkpoint (again to stop now)")

@@ -97,6 +97,24 @@ def test_image_outputs_mirror_the_tree_with_maps_masks_and_csv(tmp_path):
         ("in/good/bad.png", "", "skipped: cannot decode image", "")]
 
 
+def test_reserved_names_depend_on_the_list_not_on_which_images_are_added(tmp_path):
+    """What lets several processes each add their block of one list (predict_into_folder)."""
+    image = np.zeros((6, 6, 3), np.uint8)
+    model_map = np.zeros((4, 4), np.float32)
+    relatives = [os.path.join("s", n) for n in ("a.bmp", "a.jpg", "a.png", "a_1.png", "b.png")]
+    with RunFolder(str(tmp_path / "out")) as run:
+        whole, second_half = (ImageOutputs(run, None, (0.0, 1.0), "png") for _ in range(2))
+        for outputs in (whole, second_half):
+            outputs.reserve(relatives)
+        whole.skip("a.bmp", "cannot decode image")  # its name stays unused
+        for rel in relatives[1:3]:
+            whole.add(rel, rel, image, model_map, 0.0)
+        for rel in relatives[3:]:
+            second_half.add(rel, rel, image, model_map, 0.0)
+    assert [r[-1] for r in whole.rows + second_half.rows] == [
+        "", "s/a_1_overlay.png", "s/a_2_overlay.png", "s/a_1_1_overlay.png", "s/b_overlay.png"]
+
+
 def test_display_range_puts_the_threshold_in_the_middle():
     assert display_range((0.2, 0.9), 0.5) == pytest.approx((0.2, 0.8))
     assert display_range((0.2, 0.9), None) == (0.2, 0.9)
@@ -135,13 +153,14 @@ def test_predict_files_streams_batches_and_skips_bad_images_when_asked(tmp_path)
     predictor = FakePredictor()
     with RunFolder(str(tmp_path / "out")) as run:
         outputs = ImageOutputs(run, 0.5, None, "png")
-        predict_files(predictor, root, paths, outputs, batch_size=4, skip_bad=True)
+        predict_files(predictor, root, paths, outputs, batch_size=3, skip_bad=True)
         outputs.write_csv()
     rows = read_rows(tmp_path / "out" / "df_test.csv")
+    assert [r["path"] for r in rows] == paths  # the skipped one in its place, not ahead of its batch
     assert [r["path"] for r in rows if r["status"] == "ok"] == [p for p in paths if "zz_" not in p]
     skipped = [r for r in rows if r["status"] != "ok"]
     assert len(skipped) == 1 and skipped[0]["status"].startswith("skipped: cannot decode")
-    assert sum(predictor.batches) == len(paths) - 1 and max(predictor.batches) == 4
+    assert sum(predictor.batches) == len(paths) - 1 and max(predictor.batches) == 3
     for row in rows:
         if row["status"] == "ok":
             image = cv2.cvtColor(cv2.imread(row["path"]), cv2.COLOR_BGR2RGB)

@@ -27,6 +27,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from adkit import distributed
 from adkit.errors import UserError
 from adkit.runtime import seed_everything
 from adkit.trainer import CHECKPOINT_FILE, Trainer
@@ -286,14 +287,15 @@ def run_distill(cfg):
              settings["crop_size"] or "full", settings["batch_size"], steps, output_dir)
     mean_t = paddle.to_tensor(mean.reshape([1, -1, 1, 1]))
     std_t = paddle.to_tensor(std.reshape([1, -1, 1, 1]))
+    parallel_student = trainer.data_parallel(student)
 
     def train_step(_batch, step_seed):
+        # several processes: each draws the global batch and takes its block of it
         small, big = sampler.batch(np.random.default_rng([step_seed, _TRAIN_STREAM]),
                                    settings["batch_size"])
-        loss = distill_loss(student, target_net, small, big, mean_t, std_t)
-        optimizer.clear_grad()
-        loss.backward()
-        optimizer.step()
+        small, big = distributed.shard_rows(small), distributed.shard_rows(big)
+        loss = distill_loss(parallel_student, target_net, small, big, mean_t, std_t)
+        trainer.optimise(loss)
         return {"total": float(loss)}
 
     student.train()

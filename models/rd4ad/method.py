@@ -21,6 +21,7 @@ class RD4ADMethod(AnomalyMethod):
     decoder; ``extra`` holds the backbone name, weights source and fingerprint, image size."""
 
     name = "rd4ad"
+    data_parallel = True  # several processes: one training, each a block of every batch
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -56,15 +57,14 @@ class RD4ADMethod(AnomalyMethod):
         if resume:
             check_same_encoder(self.encoder_sha256, trainer.resume(), path, settings.backbone_weights)
         per_image = settings.loss_per_image
+        bottleneck, decoder = trainer.data_parallel(self.bottleneck), trainer.data_parallel(self.decoder)
 
         def train_step(images, _step_seed):
             x = paddle.to_tensor(images)
             with paddle.no_grad():
                 enc = self.encoder(x)
-            loss = rd4ad_loss(enc, self.decoder(self.bottleneck(enc)), per_image)
-            optimizer.clear_grad()
-            loss.backward()
-            optimizer.step()
+            loss = rd4ad_loss(enc, decoder(bottleneck(enc)), per_image)
+            trainer.optimise(loss)
             return {"total": float(loss)}
 
         self.bottleneck.train()

@@ -18,6 +18,7 @@ class STFPMMethod(AnomalyMethod):
     holds the backbone, the teacher's weights source and fingerprint, the image size."""
 
     name = "stfpm"
+    data_parallel = True  # several processes: one training, each a block of every batch
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -50,15 +51,14 @@ class STFPMMethod(AnomalyMethod):
                    "image_size": self.image_size})
         if resume:
             check_same_encoder(self.teacher_sha256, trainer.resume(), path, settings.backbone_weights)
+        student = trainer.data_parallel(self.student)
 
         def train_step(images, _step_seed):
             x = paddle.to_tensor(images)
             with paddle.no_grad():
                 target = self.teacher(x)
-            loss = stfpm_loss(target, self.student(x))
-            optimizer.clear_grad()
-            loss.backward()
-            optimizer.step()
+            loss = stfpm_loss(target, student(x))
+            trainer.optimise(loss)
             return {"total": float(loss)}
 
         self.student.train()
