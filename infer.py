@@ -88,20 +88,24 @@ def run(args):
 
 
 def report_timings(args, model, engine, timings, num_images, size):
+    from adkit.deploy import stored_precision
+
     if not timings["inference_time"]:
         print(f"benchmark: every batch was warm-up (--warmup {args.warmup}); nothing timed")
         return
+    # an int8 export runs int8 whatever --precision says (which only picks GPU fp16)
+    precision = "int8" if stored_precision(args.model_dir) == "int8" else args.precision
     median_ms = {k: 1000.0 * statistics.median(v) for k, v in timings.items()}
     print(f"benchmark model={model} backend={args.backend} device={args.device} "
           f"mkldnn={args.enable_mkldnn and args.backend == 'paddle'} threads={args.cpu_threads} batch={args.batch_size} "
-          f"precision={args.precision} images={num_images} | per image (median, ms): "
+          f"precision={precision} images={num_images} | per image (median, ms): "
           + ", ".join(f"{k}: {v:.2f}" for k, v in median_ms.items()))
     try:
         import auto_log
     except ImportError:
         return
     logger = auto_log.AutoLogger(
-        model_name=model, model_precision=args.precision, batch_size=args.batch_size,
+        model_name=model, model_precision=precision, batch_size=args.batch_size,
         data_shape=f"3,{size},{size}", save_path=os.path.join(args.output_dir, "auto_log.txt"),
         inference_config=engine.config, pids=os.getpid(), process_name=None,
         gpu_ids=args.gpu_id if args.device == "gpu" else None, time_keys=list(TIME_KEYS), warmup=0)

@@ -34,3 +34,16 @@ def read_deploy_config(model_dir):
         if key not in cfg:
             raise UserError(f"{path}: missing key '{key}'")
     return cfg
+
+
+def stored_precision(model_dir):
+    """"fp32" or "int8" (export_model.py --quantize int8), from deploy_config.json."""
+    path = os.path.join(model_dir, DEPLOY_CONFIG)
+    return read_json(path).get("precision", "fp32") if os.path.isfile(path) else "fp32"
+
+
+def stored_int8_ops(model_dir):
+    """The op types oneDNN runs in int8 in an int8 export (its deploy_config.json)."""
+    path = os.path.join(model_dir, DEPLOY_CONFIG)
+    quantization = read_json(path).get("quantization") if os.path.isfile(path) else None
+    return list((quantization or {}).get("int8_ops", []))

@@ -3,23 +3,55 @@ dygraph net of a training checkpoint.
 
 Each engine maps a float32 [N,3,H,W] batch to (maps [N,1,H,W], scores [N]); they do no model math.
 """
+import contextlib
 import os
+import sys
 
+from . import runtime
 from .errors import UserError
 from .runtime import framework_stdout_silenced
 
 
+@contextlib.contextmanager
+def _stderr_silenced(active):
+    """oneDNN's int8 passes print their progress ("---    squashed 0 quantize op") straight to
+    file descriptor 2, where a refusal or an error must be one line: drop it (not with --verbose)."""
+    if not active or runtime._VERBOSE:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class PaddleEngine:
+    """``quantized``: the folder holds an int8 export (export_model.py --quantize int8); None
+    reads it from the folder's deploy_config.json. int8 runs on CPU with oneDNN's int8 kernels,
+    which Paddle 3.3 applies on the old program IR only (adkit/quantize.py)."""
+
     def __init__(self, model_dir, device="cpu", cpu_threads=2, enable_mkldnn=True,
                  use_tensorrt=False, precision="fp32", max_batch_size=1, image_size=256,
-                 gpu_mem_mb=500, gpu_id=0):
+                 gpu_mem_mb=500, gpu_id=0, quantized=None, int8_ops=None):
         from paddle import inference
 
-        from .deploy import INPUT_NAME, model_files
+        from .deploy import INPUT_NAME, model_files, stored_int8_ops, stored_precision
 
         graph, params = model_files(model_dir)
+        if quantized is None:
+            quantized = stored_precision(model_dir) == "int8"
+        if quantized and not int8_ops:  # the convolutions unless the export says more
+            int8_ops = stored_int8_ops(model_dir) or ("conv2d", "depthwise_conv2d", "fused_conv2d")
         config = inference.Config(graph, params)
         config.disable_glog_info()
+        if quantized and (device != "cpu" or use_tensorrt or precision != "fp32"):
+            raise UserError(f"{model_dir} is an int8 export: it runs on --device cpu with oneDNN "
+                            "(drop --device gpu, --use_tensorrt, --precision), or export without --quantize")
         if device == "gpu":
             import paddle
 
@@ -45,13 +77,20 @@ class PaddleEngine:
                 raise UserError(f"--precision {precision} needs --device gpu (CPU runs fp32)")
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(cpu_threads)
+            if quantized:
+                config.enable_new_ir(False)  # oneDNN's int8 passes exist for the old IR only
             if enable_mkldnn:
                 config.enable_mkldnn()
-            else:
+                if quantized:
+                    # only the ops that were quantised: left to itself oneDNN also quantises ops
+                    # whose scales it propagates (matmuls, adds), and PatchCore's map came out flat
+                    config.enable_mkldnn_int8(set(int8_ops))
+            else:  # an int8 export then runs its quantize/dequantize pairs in fp32 kernels
                 config.disable_mkldnn()
         config.switch_ir_optim(True)
         self.config = config
-        with framework_stdout_silenced():
+        self.quantized = quantized
+        with framework_stdout_silenced(), _stderr_silenced(quantized):
             self.predictor = inference.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
@@ -59,7 +98,7 @@ class PaddleEngine:
     def run(self, batch):
         self.input.reshape(list(batch.shape))
         self.input.copy_from_cpu(batch)
-        with framework_stdout_silenced():
+        with framework_stdout_silenced(), _stderr_silenced(self.quantized):
             self.predictor.run()
         amap, score = (out.copy_to_cpu() for out in self.outputs)
         return amap, score.reshape(-1)
