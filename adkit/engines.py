@@ -3,31 +3,10 @@ dygraph net of a training checkpoint.
 
 Each engine maps a float32 [N,3,H,W] batch to (maps [N,1,H,W], scores [N]); they do no model math.
 """
-import contextlib
 import os
-import sys
 
-from . import runtime
 from .errors import UserError
-from .runtime import framework_stdout_silenced
-
-
-@contextlib.contextmanager
-def _stderr_silenced(active):
-    """oneDNN's int8 passes print their progress ("---    squashed 0 quantize op") straight to
-    file descriptor 2, where a refusal or an error must be one line: drop it (not with --verbose)."""
-    if not active or runtime._VERBOSE:
-        yield
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from .runtime import framework_stderr_silenced, framework_stdout_silenced
 
 
 class PaddleEngine:
@@ -90,7 +69,7 @@ class PaddleEngine:
         config.switch_ir_optim(True)
         self.config = config
         self.quantized = quantized
-        with framework_stdout_silenced(), _stderr_silenced(quantized):
+        with framework_stdout_silenced(), framework_stderr_silenced(quantized):
             self.predictor = inference.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
@@ -98,7 +77,7 @@ class PaddleEngine:
     def run(self, batch):
         self.input.reshape(list(batch.shape))
         self.input.copy_from_cpu(batch)
-        with framework_stdout_silenced(), _stderr_silenced(self.quantized):
+        with framework_stdout_silenced(), framework_stderr_silenced(self.quantized):
             self.predictor.run()
         amap, score = (out.copy_to_cpu() for out in self.outputs)
         return amap, score.reshape(-1)

@@ -135,20 +135,35 @@ def setup_logging():
 
 
 @contextlib.contextmanager
+def _descriptor_redirected(fd, target):
+    """File descriptor ``fd`` (1 or 2) points at descriptor ``target`` (None: /dev/null) inside
+    the block: C++ code writes there directly, past Python's sys.stdout / sys.stderr."""
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    saved = os.dup(fd)
+    target = os.open(os.devnull, os.O_WRONLY) if target is None else os.dup(target)
+    os.dup2(target, fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(target)
+
+
 def framework_stdout_silenced():
     """Paddle Inference's C++ code prints notes (e.g. "ReduceMeanCheckIfOneDNNSupport") straight
     to file descriptor 1, between our result lines: send them to /dev/null (to stderr after
     --verbose) while Paddle runs."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    target = os.dup(2) if _VERBOSE else os.open(os.devnull, os.O_WRONLY)
-    os.dup2(target, 1)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(target)
+    return _descriptor_redirected(1, 2 if _VERBOSE else None)
+
+
+def framework_stderr_silenced(active=True):
+    """oneDNN's int8 passes print their progress ("---    squashed 0 quantize op") straight to
+    file descriptor 2, where a refusal or an error must be one line: drop it (unless not
+    ``active`` or --verbose)."""
+    if not active or _VERBOSE:
+        return contextlib.nullcontext()
+    return _descriptor_redirected(2, None)
 
 
 def cpu_threads_from_argv(argv, default=2):
