@@ -117,7 +117,7 @@ def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_d
     import logging
 
     from adkit.calibration import calibrate, write_calibration
-    from adkit.quantize import _Images, quantize_export
+    from adkit.quantize import GoodImages, quantize_export
 
     log = logging.getLogger("adkit")
     info, engine = quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir,
@@ -125,7 +125,7 @@ def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_d
     train = [e["path"] for e in calibration.get("train", [])]
     train = train if all(os.path.isfile(p) for p in train) else []
     val = [e["path"] for e in calibration["val"]]
-    recalibrated = calibrate(engine.run, _Images(train, size), _Images(val, size),
+    recalibrated = calibrate(engine.run, GoodImages(train, size), GoodImages(val, size),
                              int(cfg.get("eval_batch_size") or 4), calibration["seed"], calibration["policy"])
     write_calibration(staging, recalibrated)
     log.info("int8 (%s) kept: image AUROC %.4f -> %.4f on validation + synthetic images; threshold "

@@ -54,7 +54,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ------------------------------------------------------------------------- the export side
 
-class _Images:
+class GoodImages:
     """Good images at the model size: ``paths``, ``len``, ``[i]`` (float32 CHW), ``load_uint8``
     (what adkit.calibration.calibrate reads)."""
 
@@ -111,7 +111,7 @@ def check_set(calibration, size):
     from .image_io import to_chw_float
     from .synthetic import DEFAULT_KINDS, synthetic_defects
 
-    val = _Images(_existing([e["path"] for e in calibration.get("val", [])], "validation image"), size)
+    val = GoodImages(_existing([e["path"] for e in calibration.get("val", [])], "validation image"), size)
     per_image = int(calibration.get("synthetic_per_image") or 0)
     if not len(val) or not per_image:
         raise UserError("--quantize int8: needs validation good images and synthetic defects to "
@@ -332,7 +332,7 @@ def worker(job):
     if not os.path.isfile(os.path.join(fp32_dir, MODEL_PREFIX + ".pdmodel")):
         paddle.jit.save(paddle.jit.to_static(net, input_spec=spec, full_graph=True),
                         os.path.join(fp32_dir, MODEL_PREFIX))
-    images = _Images(job["images"], size)
+    images = GoodImages(job["images"], size)
 
     def batches():
         for start in range(0, len(images), CALIBRATION_BATCH):

@@ -7,7 +7,7 @@ from adkit.image_io import list_images
 from .common import Category, TestItem, images_in
 
 
-def find_categories(data_dir, layout="MVTec layout (<cls>/train/good, <cls>/test/<type>)"):
+def find_categories(data_dir):
     """Category folders under ``data_dir`` (those with a train/good or test folder)."""
     if not os.path.isdir(data_dir):
         raise UserError(f"--data_dir {data_dir}: folder not found")
@@ -15,7 +15,8 @@ def find_categories(data_dir, layout="MVTec layout (<cls>/train/good, <cls>/test
              if os.path.isdir(os.path.join(data_dir, name, "train", "good"))
              or os.path.isdir(os.path.join(data_dir, name, "test"))]
     if not found:
-        raise UserError(f"--data_dir {data_dir}: no category folders in {layout}")
+        raise UserError(f"--data_dir {data_dir}: no category folders in MVTec layout "
+                        "(<cls>/train/good, <cls>/test/<type>)")
     return found
 
 
