@@ -120,16 +120,21 @@ def stream_pixel_metrics(test_set, maps, groups, full_size):
         if full_size:
             test_set.load_uint8(i)
             amap = map_at_size(maps[i], test_set.original_hw[i])
-            mask = test_set.full_mask(i)
         else:
-            amap, mask = maps[i], test_set.mask(i)[0]
+            amap = maps[i]
         map_max[i] = amap.max()
         if item.label == 1 and item.mask_path is None:
             continue  # a defect type shipped without masks counts for image metrics only
         defects = test_set.defects(i, at_model_size=not full_size)
+        if defects is None:
+            mask = test_set.full_mask(i) > 0 if full_size else test_set.mask(i)[0] > 0
+        else:  # the union of the defects: their mask files are read once
+            mask = np.zeros(amap.shape, bool)
+            for defect, _ in defects:
+                mask |= defect
         for name, kinds in groups.items():
             if item.label == 0 or kinds is None or item.defect_type in kinds:
-                accumulators[name].add(amap, mask > 0, defects)
+                accumulators[name].add(amap, mask, defects)
     return accumulators, map_max
 
 

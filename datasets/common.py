@@ -157,8 +157,12 @@ class TestDataset(ImageDataset):
         self.defect_kinds = defect_kinds
 
     def _check_extra(self, i):
-        self.mask(i)
-        self.defects(i)  # checks the defect ids against the saturation thresholds
+        # defects() reads every mask file (sizes checked) and checks the defect ids against the
+        # saturation thresholds; without thresholds the union mask is the check
+        if self.defect_kinds is None:
+            self.mask(i)
+        else:
+            self.defects(i)
 
     def _subset(self, keep):
         subset = super()._subset(keep)
