@@ -179,25 +179,16 @@ def infer(cfg, cls):
                         cfg["eval_batch_size"], cfg["skip_bad_images"])
 
 
-def method_is_data_parallel(cfg):
-    """Whether several processes train one model together (RD4AD, STFPM: ``data_parallel``
-    on the method's class) or each its own categories (the others)."""
-    import importlib
-
-    from adkit.registry import spec_for
-
-    module, _, name = spec_for(cfg["model"]).method.partition(":")
-    return bool(getattr(getattr(importlib.import_module(module), name), "data_parallel", False))
-
-
 def train_categories(cfg, categories, argv):
     """Several processes: a data-parallel method trains each category with all of them; any
     other gives each process every world_size-th category, trained alone (EfficientAD's batch
     is 1; PatchCore and PaDiM fit in one pass). One process: each category in turn."""
     from adkit import distributed
 
+    from adkit.registry import spec_for
+
     world = distributed.world_size()
-    if world == 1 or method_is_data_parallel(cfg):
+    if world == 1 or spec_for(cfg["model"]).data_parallel:
         distributed.check_batch_size(cfg["batch_size"])  # split evenly over the processes
         for cls in categories:
             with resume_advice(argv):

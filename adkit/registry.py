@@ -37,6 +37,7 @@ class MethodSpec:
     smoke_options: dict = dataclasses.field(default_factory=dict)  # quick run, no downloads
     variants: dict = dataclasses.field(default_factory=dict)  # more benchmark cases: label: options
     trains: bool = True  # False: fitted in one pass (no steps, no optimiser), e.g. a memory bank
+    data_parallel: bool = False  # several processes train one model together (batched training)
 
     def build(self, cfg):
         return _load(self.method)(cfg)

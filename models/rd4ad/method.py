@@ -21,7 +21,6 @@ class RD4ADMethod(AnomalyMethod):
     decoder; ``extra`` holds the backbone name, weights source and fingerprint, image size."""
 
     name = "rd4ad"
-    data_parallel = True  # several processes: one training, each a block of every batch
 
     def __init__(self, cfg):
         super().__init__(cfg)

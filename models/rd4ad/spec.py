@@ -21,6 +21,7 @@ SPEC = MethodSpec(
     summary="RD4AD, reverse distillation from a one-class embedding (Deng & Li, CVPR 2022)",
     settings=RD4ADSettings,
     method="models.rd4ad.method:RD4ADMethod",
+    data_parallel=True,
     smoke_options={"backbone": "efficientnet_lite0", "backbone_weights": "none"},
     variants={"rd4ad-wrn50": {"backbone": "wide_resnet50_2"}},
 )

@@ -18,7 +18,6 @@ class STFPMMethod(AnomalyMethod):
     holds the backbone, the teacher's weights source and fingerprint, the image size."""
 
     name = "stfpm"
-    data_parallel = True  # several processes: one training, each a block of every batch
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -20,6 +20,7 @@ SPEC = MethodSpec(
     summary="STFPM, student-teacher feature pyramid matching (Wang et al., BMVC 2021)",
     settings=STFPMSettings,
     method="models.stfpm.method:STFPMMethod",
+    data_parallel=True,
     smoke_options={"backbone": "efficientnet_lite0", "backbone_weights": "none"},
     variants={"stfpm-r18": {"backbone": "resnet18"}},
 )
