@@ -128,15 +128,6 @@ def check_set(calibration, size):
     return np.stack(images), labels
 
 
-def _run(engine, batch, batch_size=4):
-    maps, scores = [], []
-    for start in range(0, len(batch), batch_size):
-        amap, score = engine.run(np.ascontiguousarray(batch[start:start + batch_size]))
-        maps.append(np.asarray(amap)[:, 0])
-        scores.append(np.asarray(score).reshape(-1))
-    return np.concatenate(maps), np.concatenate(scores)
-
-
 def compare(fp32, int8, labels):
     """The accuracy check: image AUROC of each model and how alike their maps are."""
     from .metrics import image_auroc
@@ -167,13 +158,15 @@ def quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir=
     one-line UserError of a refusal. The fp32 graph in ``staging`` is the reference."""
     from .deploy import MODEL_PREFIX
     from .engines import PaddleEngine
+    from .evaluation import run_inference
 
     if calibration is None:
         raise UserError(f"--quantize int8: {checkpoint_dir} has no calibration.json (training writes "
                         "it; for an older checkpoint run main.py --mode eval once)")
     paths, source = calibration_paths(calibration, calibration_dir)
     batch, labels = check_set(calibration, size)
-    fp32 = _run(PaddleEngine(staging, cpu_threads=cpu_threads, image_size=size, quantized=False), batch)
+    fp32 = run_inference(PaddleEngine(staging, cpu_threads=cpu_threads, image_size=size, quantized=False).run,
+                         batch, CALIBRATION_BATCH, "check: fp32")
     tried = []
     with tempfile.TemporaryDirectory(dir=os.path.dirname(staging), prefix=".quantize_") as work:
         for level, op_types in LEVELS.items():
@@ -184,7 +177,8 @@ def quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir=
             try:
                 engine = PaddleEngine(out, cpu_threads=cpu_threads, image_size=size, quantized=True,
                                       int8_ops=ONEDNN_INT8_OPS[level])
-                check = compare(fp32, _run(engine, batch), labels)
+                int8 = run_inference(engine.run, batch, CALIBRATION_BATCH, f"check: int8 ({level})")
+                check = compare(fp32, int8, labels)
             except (RuntimeError, ValueError) as err:  # Paddle Inference cannot run this variant
                 message = (str(err).strip().splitlines() or ["?"])[0][:200]
                 if log:
@@ -321,6 +315,7 @@ def worker(job):
     from paddle.static.quantization import PostTrainingQuantization
 
     from .deploy import INPUT_NAME, MODEL_PREFIX
+    from .evaluation import batches as image_batches
     from .registry import load_trained
 
     _, method = load_trained(job["checkpoint_dir"], runtime_cfg={"device": "cpu"})
@@ -335,8 +330,8 @@ def worker(job):
     images = GoodImages(job["images"], size)
 
     def batches():
-        for start in range(0, len(images), CALIBRATION_BATCH):
-            yield {INPUT_NAME: np.stack([images[i] for i in range(start, min(start + CALIBRATION_BATCH, len(images)))])}
+        for batch in image_batches(images, CALIBRATION_BATCH, "int8 calibration"):
+            yield {INPUT_NAME: batch}
 
     paddle.enable_static()
     ptq = PostTrainingQuantization(
