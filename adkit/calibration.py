@@ -21,17 +21,6 @@ SYNTHETIC_TARGET = 24  # synthetic defects to aim for: enough positives for an F
 MAX_PER_IMAGE = 4
 
 
-class _Arrays:
-    def __init__(self, arrays):
-        self.arrays = arrays
-
-    def __len__(self):
-        return len(self.arrays)
-
-    def __getitem__(self, i):
-        return self.arrays[i]
-
-
 def calibrate(run_batch, train_set, val_set, batch_size, seed, policy_text):
     """Score the training side with ``run_batch`` and return the calibration dict (see module).
     Several processes (adkit.distributed): every one must call this; each scores its share of
@@ -48,7 +37,7 @@ def calibrate(run_batch, train_set, val_set, batch_size, seed, policy_text):
         per_image = min(MAX_PER_IMAGE, max(1, math.ceil(per_kind)))
         images = [val_set.load_uint8(i) for i in range(len(val_set))]
         made = synthetic_defects(images, seed, DEFAULT_KINDS, per_image)
-        synthetic_out = run_inference(run_batch, _Arrays([to_chw_float(im) for im, _, _ in made]),
+        synthetic_out = run_inference(run_batch, [to_chw_float(im) for im, _, _ in made],
                                       batch_size, "scoring synthetic defects")
     if not distributed.is_main():
         return None
