@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 from adkit.errors import UserError, exit_on_user_error
-from adkit.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
+from adkit.runtime import cpu_threads_from_argv, framework_stdout_silenced, set_cpu_threads, setup_logging
 
 
 def parse_args(argv):
@@ -85,6 +85,11 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     try:
         static_net = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
         paddle.jit.save(static_net, os.path.join(staging, MODEL_PREFIX))
+        # Paddle 2.6 adds a .pdiparams.info for paddle.jit.load, which nothing here uses: the
+        # same files from both Paddles
+        info = os.path.join(staging, MODEL_PREFIX + ".pdiparams.info")
+        if os.path.isfile(info):
+            os.remove(info)
         quantization = None
         if quantize:
             quantization, calibration = quantize_into(staging, checkpoint_dir, size, cfg, calibration,
@@ -135,16 +140,16 @@ def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_d
 
 
 def export_onnx(folder, opset):
+    from adkit.compat import import_paddle2onnx
     from adkit.deploy import model_files
 
-    try:
-        import paddle2onnx
-    except ImportError:
-        raise UserError("--to_onnx needs paddle2onnx: pip install paddle2onnx onnxruntime") from None
+    paddle2onnx = import_paddle2onnx()
     graph, params = model_files(folder)
     # enable_optimize=False: paddle2onnx's optimiser may try to pip-install packages at run time.
-    paddle2onnx.export(graph, params, os.path.join(folder, "model.onnx"), opset_version=opset,
-                       enable_onnx_checker=True, enable_optimize=False)
+    # Its C++ core prints "[I] ..." / "[INFO] ONNX model saved" lines on stdout: results only there.
+    with framework_stdout_silenced():
+        paddle2onnx.export(graph, params, os.path.join(folder, "model.onnx"), opset_version=opset,
+                           enable_onnx_checker=True, enable_optimize=False)
     check_onnx_matches_paddle(folder)
 
 
@@ -153,8 +158,8 @@ def check_onnx_matches_paddle(folder, tolerance=1e-4):
     bug must fail the export, not ship wrong maps. ``tolerance`` is relative to the largest
     |output| (tests/test_deploy.py measured < 1e-5 for float32 reordering)."""
     import numpy as np
-    import paddle2onnx
 
+    from adkit.compat import import_paddle2onnx
     from adkit.deploy import read_deploy_config
     from adkit.engines import OnnxEngine, PaddleEngine
 
@@ -166,7 +171,7 @@ def check_onnx_matches_paddle(folder, tolerance=1e-4):
         diff = float(np.max(np.abs(want - got)))
         if not diff <= tolerance * float(np.max(np.abs(want))):  # also catches NaN
             raise UserError(f"--to_onnx: ONNX Runtime's {name} differs from the Paddle graph's by "
-                            f"{diff:.3g}: paddle2onnx {paddle2onnx.__version__} converted this model "
+                            f"{diff:.3g}: paddle2onnx {import_paddle2onnx().__version__} converted this model "
                             "wrongly; nothing was written (deploy the Paddle graph instead)")
 
 

@@ -11,16 +11,33 @@ INPUT_DESCRIPTION = "float32 [N,3,H,W] RGB in [0,1] (pixel/255) at the model siz
 
 
 def model_files(model_dir):
-    """(model file, params file) for Paddle 3 PIR (.json) or Paddle 2.x (.pdmodel) exports."""
+    """(model file, params file) for Paddle 3 PIR (.json) or Paddle 2.x (.pdmodel) exports. A
+    .json graph on Paddle 2.6, which cannot read it, is one error line naming the Paddle that
+    wrote it (deploy_config.json records it)."""
+    from .compat import reads_pir_graphs
+
     if not os.path.isdir(model_dir):
         raise UserError(f"--model_dir {model_dir}: folder not found")
     params = os.path.join(model_dir, f"{MODEL_PREFIX}.pdiparams")
-    for ext in (".json", ".pdmodel"):
-        graph = os.path.join(model_dir, MODEL_PREFIX + ext)
-        if os.path.isfile(graph) and os.path.isfile(params):
-            return graph, params
+    found = [os.path.join(model_dir, MODEL_PREFIX + ext) for ext in (".pdmodel", ".json")
+             if os.path.isfile(os.path.join(model_dir, MODEL_PREFIX + ext))]
+    if found and os.path.isfile(params):
+        if found[0].endswith(".json") and not reads_pir_graphs():
+            import paddle
+
+            writer = _stored(model_dir).get("paddle_version") or "3.x"
+            raise UserError(f"--model_dir {model_dir}: {MODEL_PREFIX}.json is a Paddle {writer} (PIR) graph, "
+                            f"which Paddle {paddle.__version__} cannot read: export again with this "
+                            "Paddle, or install paddlepaddle>=3 to run it")
+        return found[0], params
     raise UserError(f"--model_dir {model_dir}: expected {MODEL_PREFIX}.json or {MODEL_PREFIX}.pdmodel "
                     f"with {MODEL_PREFIX}.pdiparams (write them with export_model.py)")
+
+
+def _stored(model_dir):
+    """deploy_config.json as a dict ({} without one)."""
+    path = os.path.join(model_dir, DEPLOY_CONFIG)
+    return read_json(path) if os.path.isfile(path) else {}
 
 
 def read_deploy_config(model_dir):
@@ -38,12 +55,9 @@ def read_deploy_config(model_dir):
 
 def stored_precision(model_dir):
     """"fp32" or "int8" (export_model.py --quantize int8), from deploy_config.json."""
-    path = os.path.join(model_dir, DEPLOY_CONFIG)
-    return read_json(path).get("precision", "fp32") if os.path.isfile(path) else "fp32"
+    return _stored(model_dir).get("precision", "fp32")
 
 
 def stored_int8_ops(model_dir):
     """The op types oneDNN runs in int8 in an int8 export (its deploy_config.json)."""
-    path = os.path.join(model_dir, DEPLOY_CONFIG)
-    quantization = read_json(path).get("quantization") if os.path.isfile(path) else None
-    return list((quantization or {}).get("int8_ops", []))
+    return list((_stored(model_dir).get("quantization") or {}).get("int8_ops", []))

@@ -5,6 +5,7 @@ Each engine maps a float32 [N,3,H,W] batch to (maps [N,1,H,W], scores [N]); they
 """
 import os
 
+from .compat import use_old_ir
 from .errors import UserError
 from .runtime import framework_stderr_silenced, framework_stdout_silenced
 
@@ -57,7 +58,7 @@ class PaddleEngine:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(cpu_threads)
             if quantized:
-                config.enable_new_ir(False)  # oneDNN's int8 passes exist for the old IR only
+                use_old_ir(config)  # oneDNN's int8 passes exist for the old IR only
             if enable_mkldnn:
                 config.enable_mkldnn()
                 if quantized:

@@ -156,7 +156,7 @@ def quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir=
     """Replace the fp32 graph in ``staging`` (written by export_model.export) with an int8 one
     that passes the bar, and return what deploy_config.json records about it; or raise the
     one-line UserError of a refusal. The fp32 graph in ``staging`` is the reference."""
-    from .deploy import MODEL_PREFIX
+    from .deploy import MODEL_PREFIX, model_files
     from .engines import PaddleEngine
     from .evaluation import run_inference
 
@@ -192,8 +192,8 @@ def quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir=
                          check["auroc_int8"], check["n_validation"], check["n_synthetic"],
                          check["map_correlation_min"])
             if passes(check):
-                for ext in (".json", ".pdiparams"):
-                    os.remove(os.path.join(staging, MODEL_PREFIX + ext))
+                for path in model_files(staging):  # the fp32 graph (.json on Paddle 3, .pdmodel on 2.6)
+                    os.remove(path)
                 for ext in (".pdmodel", ".pdiparams"):
                     os.replace(os.path.join(out, MODEL_PREFIX + ext), os.path.join(staging, MODEL_PREFIX + ext))
                 return {"level": level, "quantized_ops": counts, "int8_ops": list(ONEDNN_INT8_OPS[level]),
@@ -314,6 +314,7 @@ def worker(job):
     legacy_static_ops()
     from paddle.static.quantization import PostTrainingQuantization
 
+    from .compat import ptq_data_loader
     from .deploy import INPUT_NAME, MODEL_PREFIX
     from .evaluation import batches as image_batches
     from .registry import load_trained
@@ -337,7 +338,7 @@ def worker(job):
     ptq = PostTrainingQuantization(
         executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=fp32_dir,
         model_filename=MODEL_PREFIX + ".pdmodel", params_filename=MODEL_PREFIX + ".pdiparams",
-        data_loader=batches, batch_nums=-(-len(images) // CALIBRATION_BATCH), algo=PTQ_ALGO,
+        data_loader=ptq_data_loader(batches), batch_nums=-(-len(images) // CALIBRATION_BATCH), algo=PTQ_ALGO,
         quantizable_op_type=job["op_types"], weight_quantize_type="channel_wise_abs_max",
         onnx_format=True)
     ptq.quantize()

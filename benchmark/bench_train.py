@@ -53,7 +53,7 @@ def main():
     parser.add_argument("--cpu_threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
     parser.add_argument("--image_size", type=int, default=256)
-    parser.add_argument("--models", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
+    parser.add_argument("--models", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES).replace("%", "%%"))  # argparse %-formats help
     parser.add_argument("--compare_torch", action="store_true",
                         help="time the training steps against torch eager (alternating)")
     parser.add_argument("--compare_models", default="efficientad_s,rd4ad",

@@ -49,7 +49,8 @@ class FittedFeatureMethod(AnomalyMethod):
     def inference_net(self):
         if self.net is None:
             raise RuntimeError(f"{type(self).__name__}: call fit() or load() before inference_net()")
-        return self.net.eval()
+        self.net.eval()  # Layer.eval() returns None on Paddle 2.6
+        return self.net
 
     def features(self, train_set, desc):
         """Yield the encoder's [f4, f8, f16] (paddle tensors) batch by batch over ``train_set``."""

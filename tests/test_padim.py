@@ -67,7 +67,8 @@ def test_inference_net_matches_a_numpy_pipeline():
     mean = y.mean(0) + rng.normal(0, 0.1, size=(256, 20))
     a = rng.normal(size=(256, 20, 20)) * 0.2
     inv_cov = a @ a.transpose(0, 2, 1) + np.eye(20)
-    net = PaDiMInference(encoder, embed, mean.astype(np.float32), inv_cov.astype(np.float32), 64).eval()
+    net = PaDiMInference(encoder, embed, mean.astype(np.float32), inv_cov.astype(np.float32), 64)
+    net.eval()
     with paddle.no_grad():
         amap, score = net(x)
     centred = y - mean

@@ -99,7 +99,8 @@ def test_inference_net_matches_a_numpy_pipeline():
         emb = embed(feats).numpy().astype(np.float64)                       # [2, 64, 8, 8]
     patches = emb.transpose(0, 2, 3, 1).reshape(-1, 64)
     bank = patches[rng.choice(len(patches), 30, replace=False)] + rng.normal(0, 0.05, (30, 64))
-    net = PatchCoreInference(encoder, embed, bank.astype(np.float32), 64, neighbours=9).eval()
+    net = PatchCoreInference(encoder, embed, bank.astype(np.float32), 64, neighbours=9)
+    net.eval()
     with paddle.no_grad():
         amap, score = net(x)
     d = np.sqrt(((patches[:, None] - bank[None]) ** 2).sum(-1))              # [128, 30]

@@ -64,6 +64,7 @@ def test_int8_export_records_what_was_quantised_and_checked(exported):
 
 
 def test_int8_graph_runs_with_onednn_int8_and_its_maps_follow_fp32(exported):
+    from adkit.compat import runs_old_ir
     from adkit.engines import PaddleEngine
     from adkit.image_io import find_images, model_input, read_rgb
 
@@ -71,7 +72,7 @@ def test_int8_graph_runs_with_onednn_int8_and_its_maps_follow_fp32(exported):
     batch = np.stack([model_input(read_rgb(p), SIZE) for p in paths])
     fp32 = PaddleEngine(str(exported["fp32"]), image_size=SIZE)
     int8 = PaddleEngine(str(exported["int8"]), image_size=SIZE)  # int8 read from deploy_config.json
-    assert int8.quantized and int8.config.mkldnn_int8_enabled() and not int8.config.new_ir_enabled()
+    assert int8.quantized and int8.config.mkldnn_int8_enabled() and runs_old_ir(int8.config)
     maps32, scores32 = fp32.run(batch[:3])
     maps8, scores8 = int8.run(batch[:3])  # a dynamic batch: 3, then 4
     more32, more8 = fp32.run(batch[3:7]), int8.run(batch[3:7])

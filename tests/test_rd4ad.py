@@ -81,7 +81,8 @@ def _randomised_vision_resnet(name, seed):
             value.set_value(rng.normal(0, 0.1, value.shape).astype(np.float32))
         elif key.endswith("._variance"):
             value.set_value(rng.uniform(0.5, 2.0, value.shape).astype(np.float32))
-    return net.eval()
+    net.eval()
+    return net
 
 
 def _as_torchvision_state(vision_net):
@@ -254,7 +255,8 @@ def test_inference_net_exports_with_dynamic_batch(tmp_path):
 
     encoder = build_encoder("resnet18", "none")
     bottleneck, decoder = build_student("resnet18", encoder.channels)
-    net = RD4ADInference(encoder, bottleneck, decoder, 64).eval()
+    net = RD4ADInference(encoder, bottleneck, decoder, 64)
+    net.eval()
     x = np.random.default_rng(6).uniform(size=(3, 3, 64, 64)).astype(np.float32)
     with paddle.no_grad():
         amap, score = net(paddle.to_tensor(x))

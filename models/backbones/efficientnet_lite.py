@@ -60,7 +60,8 @@ class _Conv2DSame(nn.Conv2D):
 
     def forward(self, x):
         if self._step == 1:
-            return super().forward(x)
+            # explicit super: Paddle 2.6's to_static rewrites forward and loses super()'s cell
+            return super(_Conv2DSame, self).forward(x)
         pads = []
         for size in (x.shape[2], x.shape[3]):  # conv2d's order: top, bottom, left, right
             total = max((math.ceil(size / self._step) - 1) * self._step + self._kernel - size, 0)

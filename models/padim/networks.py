@@ -11,6 +11,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from adkit.compat import tensor_view
+
 from ..graph_ops import nearest_matrix, resize_and_blur, separable_map
 
 # elements of inverse covariance cast/multiplied per block of positions: bounds the graph's
@@ -79,9 +81,9 @@ class PaDiMInference(nn.Layer):
         super().__init__()
         self.encoder, self.embedding = encoder, embedding
         self.image_size = int(image_size)
-        # zero-copy views of the numpy arrays: PaDiM's inverse covariances run to gigabytes
-        self.register_buffer("mean", paddle.utils.dlpack.from_dlpack(np.ascontiguousarray(mean)))
-        self.register_buffer("inv_cov", paddle.utils.dlpack.from_dlpack(np.ascontiguousarray(inv_cov)))
+        # views of the numpy arrays (no copy on Paddle 3): PaDiM's inverse covariances run to gigabytes
+        self.register_buffer("mean", tensor_view(mean))
+        self.register_buffer("inv_cov", tensor_view(inv_cov))
 
     def forward(self, x):
         emb = self.embedding(self.encoder(x))                           # [B, d, h, w]

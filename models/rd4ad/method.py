@@ -89,8 +89,9 @@ class RD4ADMethod(AnomalyMethod):
     def inference_net(self):
         if self.decoder is None:
             raise RuntimeError("RD4ADMethod: call fit() or load() before inference_net()")
-        return RD4ADInference(self.encoder, self.bottleneck, self.decoder,
-                              self.image_size).eval()
+        net = RD4ADInference(self.encoder, self.bottleneck, self.decoder, self.image_size)
+        net.eval()  # Layer.eval() returns None on Paddle 2.6: never chain it
+        return net
 
 
 def _read_trained(ckpt_dir):

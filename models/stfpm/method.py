@@ -79,4 +79,6 @@ class STFPMMethod(AnomalyMethod):
     def inference_net(self):
         if self.student is None:
             raise RuntimeError("STFPMMethod: call fit() or load() before inference_net()")
-        return STFPMInference(self.teacher, self.student, self.image_size).eval()
+        net = STFPMInference(self.teacher, self.student, self.image_size)
+        net.eval()  # Layer.eval() returns None on Paddle 2.6
+        return net
