@@ -354,6 +354,11 @@ def worker(job):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print("python -m adkit.quantize JOB_JSON\n\nThe child process of export_model.py --quantize int8: "
+              "an old-IR export of a trained model\nand Paddle's post-training quantisation of it, "
+              "described by one JSON argument\n(see run_worker). Not meant to be run by hand.")
+        sys.exit(0)
     from .runtime import framework_stdout_silenced
 
     with framework_stdout_silenced():

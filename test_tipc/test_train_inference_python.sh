@@ -39,6 +39,10 @@ function word_in() {  # word_in WORD "LIST OF WORDS"
     return 1
 }
 
+if [[ $# -eq 1 && ( $1 == -h || $1 == --help ) ]]; then
+    sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    exit 0
+fi
 if [[ $# -lt 2 || $# -gt 3 ]]; then
     die "usage: bash test_tipc/test_train_inference_python.sh CONFIG MODE [OUTPUT_ROOT] (MODE: ${TIPC_MODES// / | })"
 fi

@@ -188,6 +188,18 @@ def test_export_refuses_an_onnx_model_that_disagrees_with_paddle(trained, tmp_pa
         check_onnx_matches_paddle(str(folder))
 
 
+def test_export_cli_with_onnx_keeps_stdout_for_results(trained, tmp_path):
+    """paddle2onnx's C++ core prints "[I] ..." / "[INFO] ONNX model saved" lines on stdout;
+    export_model.py prints no results, so its stdout stays empty (logs go to stderr)."""
+    run = trained("rd4ad")
+    proc = cli("export_model.py", "--model", "rd4ad", "--checkpoint_dir", run["ckpt_dir"],
+               "--save_dir", tmp_path / "export", "--to_onnx")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    assert (tmp_path / "export" / "model.onnx").is_file()
+    assert "exported rd4ad" in proc.stderr
+
+
 @pytest.mark.parametrize("engine", sorted(ENGINE_RUNS))
 @pytest.mark.parametrize("model", MODELS)
 def test_infer_cli_outputs_match_dygraph(trained, images, tmp_path, model, engine):

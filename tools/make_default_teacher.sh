@@ -5,6 +5,10 @@
 #
 #   bash tools/make_default_teacher.sh [work folder]     (default: /tmp/default_teacher)
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,6s/^# \{0,1\}//p' "$0"
+    exit 0
+fi
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/default_teacher}
 DATA="$WORK/images"
