@@ -204,15 +204,11 @@ def train_categories(cfg, categories, argv):
 
 
 def report(cfg, results):
+    from adkit.eval_outputs import write_metrics_summaries
     from adkit.evaluation import mean_over_categories
-    from adkit.io_utils import write_json
 
-    summary = {"model": cfg["model"], "eval_resolution": cfg["eval_resolution"],
-               "categories": results, "mean": mean_over_categories(list(results.values()))}
-    for path in (os.path.join(cfg["output_dir"], "metrics.json"),
-                 os.path.join(cfg["output_dir"], cfg["model"], "metrics.json")):
-        write_json(path, summary)
-    print(format_table(summary))
+    write_metrics_summaries(cfg["output_dir"], cfg["model"], results)
+    print(format_table({"categories": results, "mean": mean_over_categories(list(results.values()))}))
     for cls, result in results.items():
         if result.get("subsets") or result.get("au_spro"):
             print()

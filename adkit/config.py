@@ -99,17 +99,17 @@ def build_parser(model=None):
     modes = BASE_MODES + tuple(registry.extra_modes())
     parser = OneLineParser(
         description="Train, evaluate and run industrial anomaly detectors. Methods: " + "; ".join(
-            f"{name}: {spec.summary}" for name, spec in registry.all_specs().items())
+            f"{name}: {registry.summary_of(name)}" for name in models)
         + ". `--model M --help` also lists M's own options.",
         formatter_class=argparse.HelpFormatter)  # defaults are written into the help texts
     parser.add_argument("--model", required=True, choices=models, help="which method")
     parser.add_argument("--mode", required=True, choices=modes, help="what to do")
     parser.add_argument("--config", help="a YAML file overriding configs/<model>.yaml")
-    parser.add_argument("--resume", action="store_true",
+    parser.add_argument("--resume", action="store_true", default=None,  # None: YAML may set it
                         help="continue training from the last checkpoint in the output folder")
-    parser.add_argument("--verbose", action="store_true",
+    parser.add_argument("--verbose", action="store_true", default=None,  # None: YAML may set it
                         help="show Paddle's own C++ messages (normally silenced)")
-    parser.add_argument("--skip_bad_images", action="store_true",
+    parser.add_argument("--skip_bad_images", action="store_true", default=None,  # None: YAML may set it
                         help="eval/infer: log unreadable images and go on without them (listed "
                              "as skipped in df_test.csv) instead of stopping")
     for name, (kind, text) in OPTIONS.items():
@@ -189,8 +189,8 @@ def resolve_config(argv=None):
     for values, source in sources:
         cfg.update(_for_mode(_checked(values, known, spec, source), spec, args.mode))
     cfg.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
-    _validate(cfg)
     _check_types(cfg, fields)
+    _validate(cfg)
     return cfg
 
 
@@ -217,17 +217,35 @@ def _for_mode(values, spec, mode):
     return out
 
 
+SWITCHES = ("resume", "skip_bad_images", "verbose")  # store_true flags, booleans in YAML
+
+
 def _check_types(cfg, fields):
-    """The method's settings must have their declared types (YAML can hold anything)."""
-    for name, field in fields.items():
+    """Every option must have its declared type: the shared ones (OPTIONS, SWITCHES) and the
+    method's settings. The command line converts its strings already; YAML can hold anything
+    (``steps: thirty``, ``lr: fast``), so each value is converted here or named in one line."""
+    kinds = {name: kind for name, (kind, _) in OPTIONS.items()}
+    kinds.update({name: bool for name in SWITCHES})
+    kinds.update({name: field.type for name, field in fields.items()})
+    for name, kind in kinds.items():
         value = cfg.get(name)
         if value is None:
             continue
         try:
-            cfg[name] = _parser_type(field.type)(value)
+            cfg[name] = _converted(_parser_type(kind), value)
         except (TypeError, ValueError):
-            raise UserError(f"--{name}: expected {getattr(field.type, '__name__', field.type)}, "
+            raise UserError(f"--{name}: expected {getattr(kind, '__name__', kind)}, "
                             f"got {value!r}") from None
+
+
+def _converted(convert, value):
+    """``convert(value)``, refusing what would silently change meaning: a YAML boolean for a
+    number, a fractional number for an int."""
+    if convert in (int, float) and isinstance(value, bool):
+        raise TypeError(value)
+    if convert is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return convert(value)
 
 
 def _validate(cfg):

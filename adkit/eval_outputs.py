@@ -85,3 +85,35 @@ def _thumbnail_png(image):
         size = (THUMBNAIL_WIDTH, max(1, round(h * THUMBNAIL_WIDTH / w)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return encode_png(image)
+
+
+SUMMARY_FILE = "metrics.json"
+
+
+def write_metrics_summaries(output_dir, model, results):
+    """Merge this eval's ``results`` {category: metrics} into the summaries that outlive one run:
+    ``<output_dir>/<model>/metrics.json`` ({"model", "categories", "mean"}: every category
+    evaluated with this model so far, the newest result of each) and ``<output_dir>/metrics.json``
+    ({"models": {model: that summary}}: every model). Each file is rewritten atomically, so an
+    eval of gravel keeps brick, and an eval of padim keeps rd4ad. Returns the model's summary."""
+    from .evaluation import mean_over_categories
+    from .io_utils import read_json
+
+    def existing(path):
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):  # none yet, or unreadable: start again
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    model_path = os.path.join(output_dir, model, SUMMARY_FILE)
+    categories = dict(existing(model_path).get("categories") or {})
+    categories.update(results)
+    summary = {"model": model, "categories": categories,
+               "mean": mean_over_categories(list(categories.values()))}
+    write_json(model_path, summary)
+    top_path = os.path.join(output_dir, SUMMARY_FILE)
+    models = dict(existing(top_path).get("models") or {})
+    models[model] = summary
+    write_json(top_path, {"models": models})
+    return summary

@@ -20,14 +20,23 @@ def list_images(folder):
     return [os.path.join(folder, n) for n in names]
 
 
+RUN_MARKER = "run.json"  # in every folder a run of this project wrote (adkit.outputs)
+
+
 def find_images(folder, option):
-    """Every image file under ``folder`` at any depth (hidden files skipped), sorted;
+    """Every image file under ``folder`` at any depth, sorted; hidden files and folders are
+    skipped, and so are folders a run of this project wrote (they hold ``run.json``: an
+    ``--output_dir`` inside the input must not be read back as input on the next run).
     ``option`` names the command-line option in the errors."""
     if not os.path.isdir(folder):
         raise UserError(f"{option} {folder}: folder not found")
-    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                   for name in names
-                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
+    paths = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not os.path.isfile(os.path.join(root, d, RUN_MARKER))]
+        paths += [os.path.join(root, name) for name in names
+                  if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")]
+    paths.sort()
     if not paths:
         raise UserError(f"{option} {folder}: no images found (searched subfolders too)")
     return paths

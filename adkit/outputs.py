@@ -14,13 +14,12 @@ import cv2
 import numpy as np
 
 from .errors import UserError
-from .image_io import map_at_size
+from .image_io import RUN_MARKER, map_at_size
 from .io_utils import default_dir_mode, make_folders, remove_folders, write_bytes, write_csv, write_json
 from .visualize import annotated_overlay, encode_png
 
 SAVE_FORMATS = ("png", "npy", "tiff")
 SAVE_FORMAT_HELP = "png: overlays and masks only; npy / tiff: also the float32 map at the image size"
-RUN_MARKER = "run.json"
 TEST_CSV_HEADER = ["path", "defect_type", "score", "prediction", "ground_truth", "status", "overlay"]
 TRAINING_CSV_HEADER = ["path", "split", "defect_type", "score", "prediction", "ground_truth"]
 

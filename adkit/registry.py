@@ -30,7 +30,7 @@ def setting(help_text, default=None):
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     names: tuple  # --model values this method serves
-    summary: str  # one line: the method and its paper
+    summary: object  # one line: the method and its paper; or {name: line} when names differ
     settings: type  # dataclass of the method's own options
     method: str  # "module:Class" of its AnomalyMethod (imported on use: it pulls in Paddle)
     modes: dict = dataclasses.field(default_factory=dict)  # extra --mode: "module:function"
@@ -81,6 +81,12 @@ def all_specs():
     if _SPECS is None:
         _SPECS = _discover()
     return _SPECS
+
+
+def summary_of(model):
+    """The one-line description of ``model`` (a spec may describe each of its names)."""
+    summary = spec_for(model).summary
+    return summary[model] if isinstance(summary, dict) else summary
 
 
 def model_names():

@@ -87,20 +87,23 @@ def compute_threshold(policy, val_scores=(), synthetic_scores=(), test_f1_thresh
                         "--val_ratio > 0 and at least 2 images in train/good, or use manual:VALUE")
     if policy.kind == "val_max":
         return Threshold(float(val.max()), name,
-                         f"highest score of {val.size} validation good images")
+                         f"highest score of {_validation(val.size)}")
     if policy.kind == "val_fpr":
         # The (1 - F) quantile of good scores; with n images its resolution is 1/n.
         value = float(np.quantile(val, 1.0 - policy.value))
         note = "" if policy.value * val.size >= 1 or policy.value == 0 else \
             f"; F below 1/{val.size} cannot be resolved, so this is close to val_max"
-        return Threshold(value, name, f"rejects {policy.value:g} of {val.size} validation good "
-                                      f"images{note}")
+        return Threshold(value, name, f"rejects {policy.value:g} of {_validation(val.size)}{note}")
     if synthetic.size == 0:
         raise UserError("--threshold_policy synthetic_f1 needs synthetic-defect scores: they are "
                         "made at the end of training (retrain, or run eval once to compute them)")
     return Threshold(_f1_midpoint(val, synthetic), name,
-                     f"class-balanced F1-max over {val.size} validation good images and "
-                     f"{synthetic.size} synthetic defects made from them")
+                     f"class-balanced F1-max over {_validation(val.size)} and "
+                     f"{synthetic.size} synthetic defect{'s' if synthetic.size != 1 else ''} made from them")
+
+
+def _validation(n):
+    return f"{n} validation good image{'s' if n != 1 else ''}"
 
 
 def _f1_midpoint(good, defect):

@@ -82,7 +82,7 @@ def main():
     for resolution in ("model", "original"):
         seconds, peak = run(common + ["--mode", "eval", "--eval_resolution", resolution,
                                       "--save_format", "png"], log_path)
-        result = json.load(open(os.path.join(out, "metrics.json")))["categories"][category]
+        result = json.load(open(os.path.join(out, args.model, "metrics.json")))["categories"][category]
         print(f"{resolution:<18}{seconds:>8.1f}{peak:>10.0f}{result['image_auroc']:>13.4f}"
               f"{result['pixel_auroc']:>13.4f}{result['aupro']:>9.4f}")
 

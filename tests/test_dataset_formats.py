@@ -225,7 +225,7 @@ def train_and_eval(tmp_path, data_args, cls, *eval_args):
     common = ["--model", "patchcore", "--output_dir", out, "--image_size", "64", "--cls", cls] + data_args
     assert run_cli(common + ["--mode", "train"]) == 0
     assert run_cli(common + ["--mode", "eval", *eval_args]) == 0
-    return json.load(open(os.path.join(out, "metrics.json")))["categories"][cls], os.path.join(out, "patchcore", cls)
+    return json.load(open(os.path.join(out, "patchcore", "metrics.json")))["categories"][cls], os.path.join(out, "patchcore", cls)
 
 
 def test_loco_end_to_end_reports_subsets_and_spro(tmp_path, capsys):

@@ -447,6 +447,23 @@ def test_infer_walks_a_dataset_tree_and_a_second_run_replaces_the_first(trained,
     assert len(read_csv(out / "df_test.csv")) == 1
 
 
+def test_infer_does_not_read_its_own_outputs_back(trained, tmp_path):
+    """--output_dir inside --img_path: the second run scores the same images as the first,
+    not the first run's _overlay.png / _mask.png files (a run folder holds run.json)."""
+    save_dir = trained("rd4ad")["save_dir"]
+    photos = tmp_path / "photos"
+    shutil.copytree(os.path.join(ROOT, "sample_data", CLS, "test", "scratch"), photos / "line1")
+    (photos / ".thumbnails").mkdir()
+    shutil.copy(photos / "line1" / "000.png", photos / ".thumbnails" / "000.png")
+    for run in range(2):
+        proc = cli("infer.py", "--model_dir", save_dir, "--img_path", photos,
+                   "--output_dir", photos / "results", "--save_format", "png")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        scored = [line.split("\t")[2] for line in proc.stdout.strip().splitlines()]
+        assert scored == [str(photos / "line1" / f"00{i}.png") for i in range(3)], run
+    assert (photos / "results" / "line1" / "000_overlay.png").is_file()
+
+
 def test_a_truncated_image_gives_one_line_or_is_skipped_when_asked(trained, images, tmp_path):
     save_dir = trained("rd4ad")["save_dir"]
     folder = tmp_path / "batch"

@@ -51,8 +51,9 @@ def test_train_eval_infer_on_sample_data(tmp_path, model, extra):
         assert {e["path"] for e in calibration["synthetic"]} == {e["path"] for e in calibration["val"]}
 
     assert run_cli(common + ["--mode", "eval", "--cls", "all"]) == 0
-    summary = json.load(open(os.path.join(out, "metrics.json")))
+    summary = json.load(open(os.path.join(out, model, "metrics.json")))
     assert summary["model"] == model and set(summary["categories"]) == {"brick", "gravel"}
+    assert json.load(open(os.path.join(out, "metrics.json"))) == {"models": {model: summary}}
     for cls, result in summary["categories"].items():
         assert METRIC_KEYS <= set(result)
         assert 0.0 <= result["image_auroc"] <= 1.0 and 0.0 <= result["aupro"] <= 1.0

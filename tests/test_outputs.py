@@ -194,3 +194,30 @@ def test_progress_off_a_terminal_is_plain_log_lines(monkeypatch, caplog):
     bar.close()
     assert [r.getMessage() for r in caplog.records] == [f"train {i}/3 (loss=0.5)" for i in (1, 2, 3)]
     assert list(training.progress(range(4), total=4, desc="x")) == [0, 1, 2, 3]
+
+
+def test_metrics_summaries_merge_per_model_and_category(tmp_path):
+    """Each eval adds its categories to <out>/<model>/metrics.json and its model to
+    <out>/metrics.json: a gravel eval keeps brick, a padim eval keeps rd4ad."""
+    import json
+
+    from adkit.eval_outputs import write_metrics_summaries
+
+    def result(auroc):
+        return {"image_auroc": auroc, "pixel_auroc": None, "aupro": None, "f1_max": None}
+
+    write_metrics_summaries(str(tmp_path), "rd4ad", {"brick": result(0.9)})
+    write_metrics_summaries(str(tmp_path), "rd4ad", {"gravel": result(0.7)})
+    write_metrics_summaries(str(tmp_path), "padim", {"brick": result(0.5)})
+    write_metrics_summaries(str(tmp_path), "rd4ad", {"brick": result(1.0)})  # newest result wins
+    rd4ad = json.loads((tmp_path / "rd4ad" / "metrics.json").read_text())
+    assert rd4ad["categories"] == {"brick": result(1.0), "gravel": result(0.7)}
+    assert rd4ad["mean"]["image_auroc"] == pytest.approx(0.85)  # (1.0 + 0.7) / 2
+    top = json.loads((tmp_path / "metrics.json").read_text())
+    assert sorted(top["models"]) == ["padim", "rd4ad"]
+    assert top["models"]["rd4ad"] == rd4ad
+    assert top["models"]["padim"]["categories"] == {"brick": result(0.5)}
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "padim", "rd4ad"]  # no temp files left
+    (tmp_path / "metrics.json").write_text("{not json")  # a damaged summary is started again
+    write_metrics_summaries(str(tmp_path), "padim", {"gravel": result(0.6)})
+    assert sorted(json.loads((tmp_path / "metrics.json").read_text())["models"]) == ["padim"]

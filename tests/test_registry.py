@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from adkit.config import resolve_config
+from adkit.config import build_parser, resolve_config
 from adkit.errors import UserError
 from adkit import registry
 
@@ -78,3 +78,39 @@ def test_method_packages_export_what_they_list_without_loading_paddle_for_the_sp
     code = f"import sys; import {package}.spec; print('paddle' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("steps: thirty\n", "--steps: expected int, got 'thirty'"),
+    ("lr: fast\n", "--lr: expected float, got 'fast'"),
+    ("steps: 2.5\n", "--steps: expected int, got 2.5"),
+    ("steps: true\n", "--steps: expected int, got True"),
+    ("resume: maybe\n", "--resume: expected bool, got 'maybe'"),
+    ("val_ratio: [0.1]\n", "--val_ratio: expected float, got [0.1]"),
+])
+def test_yaml_values_of_shared_options_are_type_checked(tmp_path, yaml_text, message):
+    """A --config file's shared options get the same one-line check as the method's own."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml_text)
+    with pytest.raises(UserError) as err:
+        resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(bad)])
+    assert str(err.value) == message
+
+
+def test_yaml_numbers_written_as_text_are_converted(tmp_path):
+    """PyYAML reads 1e-4 (no dot) as a string; steps: 30.0 is a whole number."""
+    good = tmp_path / "good.yaml"
+    good.write_text("lr: 1e-4\nsteps: 30.0\nresume: false\ncls: 7\n")
+    cfg = resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(good)])
+    assert cfg["lr"] == 1e-4 and isinstance(cfg["lr"], float)
+    assert cfg["steps"] == 30 and isinstance(cfg["steps"], int)
+    assert cfg["resume"] is False and cfg["cls"] == "7"
+
+
+def test_help_describes_each_model_name_on_its_own():
+    """efficientad_s and efficientad_m share a spec but not a description."""
+    text = " ".join(build_parser().format_help().split())
+    assert "efficientad_s: EfficientAD-S, the small PDN" in text
+    assert "efficientad_m: EfficientAD-M, the medium PDN" in text
+    for name in registry.model_names():
+        assert f"{name}: {registry.summary_of(name)}" in text

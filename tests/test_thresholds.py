@@ -129,3 +129,11 @@ def test_roc_curve_matches_sklearn():
     np.testing.assert_allclose(fpr, want_fpr)
     np.testing.assert_allclose(tpr, want_tpr)
     assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.image_auroc(labels, scores))
+
+
+def test_threshold_sources_count_in_the_singular_too():
+    """"1 validation good image", not "1 validation good images"."""
+    one = compute_threshold(parse_policy("synthetic_f1"), [0.1], [0.5])
+    assert "over 1 validation good image and 1 synthetic defect made" in one.source
+    assert compute_threshold(parse_policy("val_max"), [0.1]).source == "highest score of 1 validation good image"
+    assert "of 2 validation good images" in compute_threshold(parse_policy("val_max"), [0.1, 0.2]).source

@@ -17,7 +17,8 @@ class EfficientADSettings:
 
 SPEC = MethodSpec(
     names=("efficientad_s", "efficientad_m"),
-    summary="EfficientAD with the small / medium PDN (Batzner et al., WACV 2024)",
+    summary={"efficientad_s": "EfficientAD-S, the small PDN (Batzner et al., WACV 2024)",
+             "efficientad_m": "EfficientAD-M, the medium PDN: more accurate in the paper, 2-3x slower than S (same paper)"},
     settings=EfficientADSettings,
     method="models.efficientad.method:EfficientADMethod",
     modes={"distill": "models.efficientad.distill:run_distill"},
