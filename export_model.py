@@ -122,7 +122,7 @@ def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_d
     import logging
 
     from adkit.calibration import calibrate, write_calibration
-    from adkit.quantize import GoodImages, quantize_export
+    from adkit.quantize import GoodImages, describe_check, quantize_export
 
     log = logging.getLogger("adkit")
     info, engine = quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir,
@@ -133,9 +133,8 @@ def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_d
     recalibrated = calibrate(engine.run, GoodImages(train, size), GoodImages(val, size),
                              int(cfg.get("eval_batch_size") or 4), calibration["seed"], calibration["policy"])
     write_calibration(staging, recalibrated)
-    log.info("int8 (%s) kept: image AUROC %.4f -> %.4f on validation + synthetic images; threshold "
-             "recalibrated on the int8 scores", info["level"], info["check"]["auroc_fp32"],
-             info["check"]["auroc_int8"])
+    log.info("int8 (%s) kept: %s; threshold recalibrated on the int8 scores", info["level"],
+             describe_check(info["check"]))
     return info, recalibrated
 
 

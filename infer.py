@@ -32,7 +32,8 @@ def parse_args(argv):
     from adkit.thresholds import POLICY_HELP
 
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="folder written by export_model.py")
+    parser.add_argument("--model_dir", required=True, help="folder written by export_model.py, or a training folder "
+                        "(<output_dir>/<model>/<cls>: its checkpoint runs in dygraph, slower)")
     parser.add_argument("--img_path", required=True,
                         help="an image file, or a folder of images (subfolders too: outputs mirror the tree)")
     parser.add_argument("--output_dir", default="output/infer",
@@ -91,7 +92,7 @@ def report_timings(args, model, engine, timings, num_images, size):
     from adkit.deploy import stored_precision
 
     if not timings["inference_time"]:
-        print(f"benchmark: every batch was warm-up (--warmup {args.warmup}); nothing timed")
+        print(f"benchmark: every batch was warm-up (--warmup {args.warmup}); nothing timed", file=sys.stderr)
         return
     # an int8 export runs int8 whatever --precision says (which only picks GPU fp16)
     precision = "int8" if stored_precision(args.model_dir) == "int8" else args.precision
@@ -99,7 +100,8 @@ def report_timings(args, model, engine, timings, num_images, size):
     print(f"benchmark model={model} backend={args.backend} device={args.device} "
           f"mkldnn={args.enable_mkldnn and args.backend == 'paddle'} threads={args.cpu_threads} batch={args.batch_size} "
           f"precision={precision} images={num_images} | per image (median, ms): "
-          + ", ".join(f"{k}: {v:.2f}" for k, v in median_ms.items()))
+          + ", ".join(f"{k}: {v:.2f}" for k, v in median_ms.items()),
+          file=sys.stderr)  # stdout holds the result lines only
     try:
         import auto_log
     except ImportError:

@@ -49,7 +49,7 @@ def training_side(cfg, cls, category=None):
 
 def train(cfg, cls):
     from adkit import distributed
-    from adkit.calibration import calibrate, check_policy_applies, write_calibration
+    from adkit.calibration import calibrate, check_policy_applies, few_validation_warning, write_calibration
     from adkit.engines import DygraphEngine
     from adkit.io_utils import new_folder
     from adkit.registry import build_method, save_training_config
@@ -84,6 +84,35 @@ def train(cfg, cls):
     value = calibration["threshold"]["value"]
     log.info("[%s] training done; threshold %s (%s)", cls,
              "-" if value is None else f"{value:.6g}", calibration["policy"])
+    warning = few_validation_warning(calibration, calibration["policy"])
+    if warning:
+        log.warning("[%s] %s", cls, warning)
+
+
+def run_metadata(cfg, ckpt_dir):
+    """What made an eval's numbers, for report.html: the model and its training options, the
+    checkpoint, the date and the versions of the packages that computed them."""
+    import datetime
+    import platform
+
+    import cv2
+    import numpy
+    import paddle
+
+    from adkit import __version__
+    from adkit.trainer import CHECKPOINT_FILE
+
+    checkpoint = os.path.join(ckpt_dir, CHECKPOINT_FILE)
+    written = (datetime.datetime.fromtimestamp(os.path.getmtime(checkpoint)).isoformat(timespec="seconds")
+               if os.path.isfile(checkpoint) else "-")
+    options = {"model": cfg["model"], "backbone": cfg.get("backbone") or "-",
+               "steps": cfg.get("steps") or "-", "epochs": cfg.get("epochs") or "-",
+               "image size": cfg["image_size"], "seed": cfg["seed"],
+               "checkpoint": f"{os.path.abspath(ckpt_dir)} (written {written})",
+               "evaluated": datetime.datetime.now().isoformat(timespec="seconds"),
+               "versions": f"paddleAD {__version__}, Paddle {paddle.__version__}, numpy {numpy.__version__}, "
+                           f"OpenCV {cv2.__version__}, Python {platform.python_version()}"}
+    return options
 
 
 def load_trained(cfg, cls):
@@ -99,8 +128,8 @@ def evaluate(cfg, cls):
     import numpy as np
 
     from adkit import distributed, metrics
-    from adkit.calibration import (EVAL_METRICS_FILE, calibrate, read_calibration,
-                                   resolve_threshold, write_calibration)
+    from adkit.calibration import (EVAL_METRICS_FILE, calibrate, few_validation_warning,
+                                   read_calibration, resolve_threshold, write_calibration)
     from adkit.engines import DygraphEngine
     from adkit.eval_outputs import MAPS_FOLDER, write_eval_folder
     from adkit.evaluation import evaluate_dataset, run_inference
@@ -151,9 +180,13 @@ def evaluate(cfg, cls):
     notes += [f"skipped (unreadable): {message}" for _, message in bad]
     notes.append(f"Pixel metrics at the {cfg['eval_resolution']} resolution; image AUROC from "
                  f"{result['image_score']}")
+    warning = few_validation_warning(calibration, threshold.policy)
+    if warning:
+        log.warning("[%s] %s", cls, warning)
     write_eval_folder(os.path.join(ckpt_dir, "eval"), test_set, category.root, maps, scores, result,
                       pro_curve, threshold, calibration, [(items[i], m) for i, m in bad],
-                      cfg["save_format"], f"{cfg['model']} / {cls}", notes, maps_folder=cls)
+                      cfg["save_format"], f"{cfg['model']} / {cls}", notes, maps_folder=cls,
+                      warnings=[warning] if warning else [], metadata=run_metadata(cfg, ckpt_dir))
     log.info("[%s] overlays, masks, maps, df_test.csv, df_training.csv and report.html in %s",
              cls, os.path.join(ckpt_dir, "eval"))
     if cfg["save_format"] == "tiff":

@@ -74,6 +74,22 @@ def check_policy_applies(policy_text, n_val):
     return policy
 
 
+FEW_VALIDATION_IMAGES = 2  # at or below this many, a threshold from validation images is a guess
+
+
+def few_validation_warning(calibration, policy):
+    """A warning (str) when a threshold of ``policy`` rests on at most FEW_VALIDATION_IMAGES
+    validation good images, else None. Train and eval log it and the report shows it: with one
+    validation image, every good test part may be flagged."""
+    policy = str(policy or "")
+    n_val = len((calibration or {}).get("val") or [])
+    if not policy.startswith(("val_max", "val_fpr", "synthetic_f1")) or n_val > FEW_VALIDATION_IMAGES:
+        return None
+    return (f"the threshold ({policy}) rests on {n_val} validation good image{'s' if n_val != 1 else ''}: "
+            "it may flag good parts or pass defects; hold out more good images (a larger "
+            "--val_ratio, or more train/good images) and check the score histogram before deploying")
+
+
 def write_calibration(folder, calibration):
     write_json(os.path.join(folder, CALIBRATION_FILE), calibration)
 

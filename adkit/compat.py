@@ -55,12 +55,15 @@ def import_paddle2onnx(option="--to_onnx"):
     import paddle
 
     try:
-        return importlib.import_module("paddle2onnx")
-    except ImportError:
-        raise UserError(f"{option} needs paddle2onnx: pip install paddle2onnx onnxruntime") from None
+        module = importlib.import_module("paddle2onnx")
+        importlib.import_module("onnx")  # paddle2onnx 1.x checks its output with it, undeclared
+    except ImportError as err:
+        raise UserError(f"{option} needs {err.name or 'paddle2onnx'}: pip install paddle2onnx onnx "
+                        "onnxruntime") from None
     except ValueError:  # its own version check, raised while importing
         raise UserError(f"{option}: the installed paddle2onnx needs Paddle 3; with Paddle "
                         f"{paddle.__version__} install pip install 'paddle2onnx<2'") from None
+    return module
 
 
 def ptq_data_loader(batches):

@@ -12,19 +12,21 @@ from .io_utils import write_json
 from .outputs import ImageOutputs, RunFolder, display_range, write_training_csv
 from .report import Example, ReportData, write_report
 from .training import progress
-from .visualize import encode_png
+from .visualize import encode_png, ground_truth_view, side_by_side
 
 EXAMPLES_PER_GROUP = 6
 MAPS_FOLDER = "anomaly_maps"
-THUMBNAIL_WIDTH = 260
+THUMBNAIL_WIDTH = 520  # two pictures side by side
 
 
 def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, threshold,
-                      calibration, skipped, save_format, title, notes, maps_folder=""):
+                      calibration, skipped, save_format, title, notes, maps_folder="", warnings=(),
+                      metadata=None):
     """``test_set``: the datasets.TestDataset that was scored; ``root``: the category folder the
     outputs mirror (maps under anomaly_maps/<maps_folder>/, the official scripts' layout when
     ``maps_folder`` is the category name); ``maps``/``scores``: model-size maps and image scores; ``result``: the
-    metrics dict with its decision table; ``skipped``: [(TestItem, message)] not scored."""
+    metrics dict with its decision table; ``skipped``: [(TestItem, message)] not scored;
+    ``warnings`` shown at the top of the report, ``metadata`` {name: value} what made the run."""
     from .image_io import read_rgb
 
     items = test_set.items
@@ -38,10 +40,13 @@ def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, t
         outputs = ImageOutputs(run, threshold.value, value_range, save_format,
                                os.path.join(MAPS_FOLDER, maps_folder))
         for i, item in enumerate(progress(items, total=len(items), desc="writing outputs")):
-            overlay = outputs.add(item.path, os.path.relpath(item.path, root), read_rgb(item.path),
+            image = read_rgb(item.path)
+            overlay = outputs.add(item.path, os.path.relpath(item.path, root), image,
                                   maps[i], scores[i], item.defect_type, _truth(item))
-            if i in wanted:
-                thumbnails[i] = _thumbnail_png(overlay)
+            if i in wanted:  # the plain image with its ground truth beside the heat map
+                mask = test_set.full_mask(i) if item.label == 1 else None
+                thumbnails[i] = _thumbnail_png(side_by_side(
+                    ground_truth_view(image, mask, overlay.shape[0]), overlay))
         for item, message in skipped:
             outputs.skip(item.path, message, item.defect_type, _truth(item))
         outputs.write_csv()
@@ -55,7 +60,8 @@ def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, t
             threshold=threshold.as_dict(), labels=labels, scores=scores,
             defect_types=[item.defect_type for item in items], pro_curve=pro_curve,
             val_scores=scores_of(calibration, "val"),
-            synthetic_scores=scores_of(calibration, "synthetic"), examples=examples, notes=notes))
+            synthetic_scores=scores_of(calibration, "synthetic"), examples=examples, notes=notes,
+            warnings=list(warnings), metadata=dict(metadata or {})))
 
 
 def pick_examples(labels, scores, threshold, count=EXAMPLES_PER_GROUP):

@@ -70,10 +70,29 @@ def _read_raw(path):
         raise UserError(f"{path}: file not found")
     # imdecode over np.fromfile also copes with non-ASCII paths, unlike cv2.imread on Windows
     data = np.fromfile(path, dtype=np.uint8)
+    ending = _truncated(data)
+    if ending:  # found before libpng/libjpeg print their own complaint on stderr
+        raise UserError(f"{path}: cannot decode image ({ending})")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise UserError(f"{path}: cannot decode image (expected PNG/JPEG/BMP/TIFF)")
     return image
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _truncated(data):
+    """Why a PNG or JPEG file is cut short ("" if it is not, or is of another format): a PNG
+    ends with its IEND chunk, a JPEG with the end-of-image marker (a few padding bytes may
+    follow). Decoding a cut file would make libpng print "PNG input buffer is incomplete" (and
+    libjpeg "Premature end of JPEG file", with a half-grey image) straight to stderr."""
+    head, tail = data[:8].tobytes(), data[-1024:].tobytes()
+    if head == PNG_SIGNATURE and b"IEND" not in tail[-32:]:
+        return "truncated PNG: the file ends before its IEND chunk"
+    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        return "truncated JPEG: the file ends before its end-of-image marker"
+    return ""
 
 
 def _to_uint8(image):

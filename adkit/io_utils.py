@@ -54,9 +54,13 @@ def new_folder(path, keep=lambda: False):
     created = make_folders(path)
     try:
         yield
-    except BaseException:
-        if not keep():
-            remove_folders(created)
+    except BaseException as failure:
+        if keep():
+            raise
+        remove_folders(created)
+        if created and type(failure) is KeyboardInterrupt:  # a second Ctrl-C: say what it undid
+            raise KeyboardInterrupt(f"stopped at once: {path} removed (nothing in it was worth "
+                                    "keeping yet)") from None
         raise
 
 

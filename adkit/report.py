@@ -20,13 +20,14 @@ CSS = """
 body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{margin-bottom:4px}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
 .meta{color:#555;margin:2px 0}
+.warning{background:#fff3cd;border:1px solid #e0b000;padding:6px 10px;margin:8px 0;font-weight:600}
 table{border-collapse:collapse;margin:8px 24px 16px 0;display:inline-table;vertical-align:top}
 th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f2f2f2}
 td.name,th.name{text-align:left}
 td.ok{background:#e3f4e3}td.bad{background:#f9dede}
 .plots img{margin:0 12px 12px 0}.missing{color:#a33;font-style:italic}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,270px));gap:12px}
-figure{margin:0}figure img{max-width:260px;width:100%;border:1px solid #ccc}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,540px));gap:12px}
+figure{margin:0}figure img{max-width:520px;width:100%;border:1px solid #ccc}
 figcaption{font-size:12px;color:#444;word-break:break-all}
 """
 
@@ -51,6 +52,8 @@ class ReportData:
     synthetic_scores: "np.ndarray | None" = None  # synthetic defects made from validation images
     examples: dict = field(default_factory=dict)  # {heading: [Example]}, empty lists skipped
     notes: list = field(default_factory=list)  # extra lines under the title
+    warnings: list = field(default_factory=list)  # shown in a box at the top (e.g. few validation images)
+    metadata: dict = field(default_factory=dict)  # {name: value}: model, options, checkpoint, versions
 
 
 def render_report(data: ReportData) -> str:
@@ -61,11 +64,14 @@ def render_report(data: ReportData) -> str:
         f"<h1>{_esc(data.title)}</h1>",
         f"<p class=\"meta\">{_esc(_threshold_line(data.threshold))}</p>",
     ]
+    parts += [f"<p class=\"warning\">Warning: {_esc(text)}</p>" for text in data.warnings]
     parts += [f"<p class=\"meta\">{_esc(note)}</p>" for note in data.notes]
     parts += _metric_section(data.metrics)
     parts += _decision_section(data.decision)
     parts += _plot_section(data)
     parts += _example_sections(data.examples)
+    if data.metadata:
+        parts += ["<h2>Run</h2>", _table(("", "Value"), list(data.metadata.items()))]
     parts.append("</body>\n</html>\n")
     return "\n".join(parts)
 
@@ -216,16 +222,19 @@ def _plot_png(tools, draw, *args) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     # No "Software" tag: keeps the file free of URLs and a few bytes smaller.
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    # bbox_inches: the histogram's legend sits below its axes and must not be cut off
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight")
     return buf.getvalue()
 
 
 def _draw_roc(ax, labels, scores):
     from sklearn.metrics import roc_auc_score, roc_curve
     fpr, tpr, _ = roc_curve(labels, scores)
-    ax.plot(fpr, tpr, lw=2, label=f"AUROC {roc_auc_score(labels, scores):.4f}")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate", ylabel="True positive rate",
+    # margins on both axes: at AUROC 1.0 the curve runs along x = 0 and y = 1, under the frame
+    ax.plot(fpr, tpr, lw=2.5, color="tab:blue", label=f"AUROC {roc_auc_score(labels, scores):.4f}",
+            clip_on=False, zorder=3)
+    ax.set(xlim=(-0.03, 1.0), ylim=(0, 1.03), xlabel="False positive rate", ylabel="True positive rate",
            title="Image ROC")
     ax.legend(loc="lower right")
 
@@ -260,5 +269,8 @@ def _draw_histogram(ax, labels, scores, data):
     if value is not None:
         ax.axvline(value, color="black", ls="--", lw=1.5,
                    label=f"threshold ({data.threshold.get('policy', '-')})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole images, no 0.25 ticks
     ax.set(xlabel="Anomaly score", ylabel="Images", title="Score distribution")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)

@@ -6,6 +6,7 @@ raises its OpenMP thread count explicitly.
 """
 import contextlib
 import ctypes
+import logging
 import os
 import random
 import sys
@@ -128,10 +129,26 @@ def set_cpu_threads(num_threads, verbose=False):
 def setup_logging():
     """Concise log lines on stderr (stdout carries results only). ``force``: Paddle installs a
     root handler of its own format on import, which would otherwise win."""
-    import logging
+    handler = BarSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+
+class BarSafeHandler(logging.StreamHandler):
+    """On a terminal, a log line goes through ``tqdm.write``, which clears the progress bar,
+    prints the line and draws the bar again, so a message (the Ctrl-C warning) does not land
+    glued to the end of the bar. Elsewhere (files, pipes) a plain StreamHandler."""
+
+    def emit(self, record):
+        if getattr(self.stream, "isatty", lambda: False)():
+            try:
+                from tqdm import tqdm
+
+                tqdm.write(self.format(record), file=self.stream)
+                return
+            except Exception:  # noqa: BLE001 - never lose a log line over the bar
+                pass
+        super().emit(record)
 
 
 @contextlib.contextmanager

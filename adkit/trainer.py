@@ -38,6 +38,7 @@ CHECKPOINT_FILE = "checkpoint.pdparams"
 FORMAT = 1
 # Training state files of versions before this format: they load for eval/export, not --resume.
 OLD_STATE_FILES = ("last.pdparams", "train_state.pdparams", "distill_state.pdparams")
+CURVE_POINTS = 100  # rows train_log.csv gets at least in a run of that many steps or more
 AMP_MODES = {"fp16": "float16", "bf16": "bfloat16"}  # --amp -> paddle.amp.auto_cast dtype
 _MIXED_PRECISION = {"amp": None}
 
@@ -164,6 +165,9 @@ class Trainer:
         window = deque(self.losses[-self.log_interval:], maxlen=self.log_interval)
         bar = progress(total=self.total, initial=self.step, desc=f"{self.name} train")
         curves = None
+        # train_log.csv: a row every --log_interval steps, but at least ~CURVE_POINTS rows in a
+        # run, so that a short run still draws a curve (the log lines keep --log_interval)
+        curve_every = max(1, min(self.log_interval, -(-self.total // CURVE_POINTS)))
         several = distributed.world_size() > 1
         shard = self._parallel and several
         with self._deferred_stop(), contextlib.ExitStack() as closing:
@@ -184,18 +188,20 @@ class Trainer:
                 self.step = step + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(window):.4f}", refresh=False)
-                if distributed.is_main() and (self.step % self.log_interval == 0
-                                              or self.step == self.total):
+                stopping = (self._stop is not None) if stop is None else stop  # all stop together
+                ends = stopping or self.step == self.total  # the last step is always recorded
+                if distributed.is_main() and (self.step % curve_every == 0 or ends):
                     scalars = {"loss": float(np.mean(window)), "lr": self.optimizer.get_lr(),
                                **{k: v for k, v in losses.items() if k != "total"}}
                     if curves is None:  # columns: the losses this method reports
                         curves = ScalarLog(self.log_dir, list(scalars))
                         closing.callback(curves.close)
                     curves.add(self.step, scalars)
+                if distributed.is_main() and (self.step % self.log_interval == 0 or ends):
                     log.info("%s step %d/%d loss %.5f (mean of the last %d) %s", self.name,
                              self.step, self.total, np.mean(window), len(window),
                              " ".join(f"{k} {v:.5f}" for k, v in losses.items() if k != "total"))
-                if (self._stop is not None) if stop is None else stop:  # all stop together
+                if stopping:
                     bar.close()
                     self.save()
                     raise TrainingInterrupted(

@@ -108,6 +108,7 @@ def progress(iterable=None, total=None, initial=0, desc=""):
 
 
 PLAIN_PROGRESS_SECONDS = 30.0
+PLAIN_FIRST_SECONDS = 5.0  # a phase says what it is doing once it has run this long
 
 
 class PlainProgress:
@@ -119,7 +120,9 @@ class PlainProgress:
         self.iterable, self.total, self.n, self.desc = iterable, total, initial, desc
         self.postfix = ""
         self._clock = time.monotonic
-        self._last = self._clock()
+        # the first line comes after PLAIN_FIRST_SECONDS, then one every PLAIN_PROGRESS_SECONDS:
+        # a 40 s phase (EfficientAD's calibration) is not silent, a 2 s one stays quiet
+        self._last = self._clock() - PLAIN_PROGRESS_SECONDS + min(PLAIN_FIRST_SECONDS, PLAIN_PROGRESS_SECONDS)
 
     def __iter__(self):
         for item in self.iterable:

@@ -3,6 +3,19 @@ import cv2
 import numpy as np
 
 
+GROUND_TRUTH_COLOUR = (0, 200, 0)  # green: what the labels say; the prediction is white
+
+
+def line_width(h, w):
+    """Outline thickness that stays visible from a 256 px crop to a 6000x4000 photo."""
+    return max(2, int(round(min(h, w) / 250)))
+
+
+def text_scale(h, w):
+    """OpenCV font scale in proportion to the image (0.35 at least, for thumbnails)."""
+    return max(min(h, w) / 600.0, 0.35)
+
+
 def overlay(image_rgb, amap, display_range, threshold=None, alpha=0.45):
     """uint8 RGB image with ``amap`` (same HxW) as a JET heat map; contours where map >= threshold.
 
@@ -16,8 +29,36 @@ def overlay(image_rgb, amap, display_range, threshold=None, alpha=0.45):
     if threshold is not None:
         region = (amap >= threshold).astype(np.uint8)
         contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(blended, contours, -1, (255, 255, 255), thickness=2)
+        cv2.drawContours(blended, contours, -1, (255, 255, 255), thickness=line_width(*amap.shape[:2]))
     return blended
+
+
+def ground_truth_view(image_rgb, mask, height):
+    """The plain image with the ground-truth outline (green; none for a good image), on a white
+    panel ``height`` pixels tall whose header says what it is: the left half of a report example,
+    beside the heat-map overlay (``annotated_overlay``, whose header has the same height)."""
+    h, w = image_rgb.shape[:2]
+    view = image_rgb.copy()
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(view, contours, -1, GROUND_TRUTH_COLOUR, thickness=line_width(h, w))
+    panel = np.full((max(height, h), w, 3), 255, np.uint8)
+    header = panel.shape[0] - h
+    panel[header:] = view
+    if header > 8:
+        scale = text_scale(h, w)
+        _text(panel, "image, ground truth" if mask is not None and mask.any() else "image",
+              (4, header - 8), scale, (0, 120, 0))
+    return panel
+
+
+def side_by_side(left, right, gap=6):
+    """Two RGB pictures of the same height next to each other on white."""
+    h = max(left.shape[0], right.shape[0])
+    canvas = np.full((h, left.shape[1] + gap + right.shape[1], 3), 255, np.uint8)
+    canvas[:left.shape[0], :left.shape[1]] = left
+    canvas[:right.shape[0], left.shape[1] + gap:] = right
+    return canvas
 
 
 def encode_png(image):
@@ -39,7 +80,7 @@ def annotated_overlay(image_rgb, amap, display_range, threshold, score, label):
     lo, hi = display_range
     body = overlay(image_rgb, amap, display_range, threshold)
     h, w = body.shape[:2]
-    scale = float(np.clip(min(h, w) / 600.0, 0.35, 1.2))
+    scale = text_scale(h, w)
     line = int(30 * scale) + 6
     bar_w = max(10, w // 24)
     label_w = int(110 * scale) + 8

@@ -16,6 +16,7 @@ File formats handled:
 """
 import collections
 import importlib.metadata
+import os
 import pickle
 import struct
 import sys
@@ -352,14 +353,27 @@ def _pip_package_weights_file(name):
 
 
 def _paddle_pretrained_file(name):
-    """Download (or find cached) Paddle's own ImageNet weights for ``name``."""
+    """Paddle's own ImageNet weights for ``name``: from Paddle's download cache, else downloaded.
+    Offline, Paddle's downloader would spend seconds on retries and log lines; a short
+    connection attempt first lets the caller say so at once (OSError)."""
+    import socket
+    from urllib.parse import urlparse
+
     import paddle.vision.models
-    from paddle.utils.download import get_weights_path_from_url
+    from paddle.utils.download import WEIGHTS_HOME, get_weights_path_from_url
 
     constructor = getattr(paddle.vision.models, name, None)
     urls = getattr(sys.modules.get(getattr(constructor, "__module__", "")), "model_urls", {})
     if name not in urls:
         raise LookupError("Paddle has no pretrained weights under this name")
+    url = urls[name][0]
+    cached = os.path.join(WEIGHTS_HOME, url.split("/")[-1])
+    if not os.path.isfile(cached):
+        host = urlparse(url)
+        try:
+            socket.create_connection((host.hostname, host.port or 443), timeout=3).close()
+        except OSError:
+            raise OSError(f"no network to download it from {host.hostname}") from None
     return get_weights_path_from_url(*urls[name])
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Does the optimiser slow down later ops? (design.md §3: plain Adam did, 5-6x, on Paddle 3.3.1)
+"""Does the optimiser slow down later ops? (On Paddle 3.3.1, 2 threads, convolutions after the
+first step of the default Adam ran 5-6x slower; README "Speed" has the measurement.)
 
 Times a fixed conv forward before and after a few Adam steps, for the default Adam and for
 use_multi_tensor=True (what adkit.training.make_adam uses), each in its own process (a slowdown

@@ -248,8 +248,10 @@ def test_benchmark_reports_the_three_stages_and_png_writes_overlays_only(trained
                images[0], "--output_dir", tmp_path, "--benchmark", "true", "--warmup", 0,
                "--save_format", "png")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = [line for line in proc.stdout.splitlines() if line.startswith("benchmark ")]
+    report = [line for line in proc.stderr.splitlines() if line.startswith("benchmark ")]
     assert len(report) == 1
+    # stdout: the one result line of the one image, no timing among the results
+    assert len(proc.stdout.splitlines()) == 1 and proc.stdout.split("\t")[2].strip() == images[0]
     for key in ("preprocess_time", "inference_time", "postprocess_time"):
         assert f"{key}: " in report[0]
     stem = os.path.splitext(os.path.basename(images[0]))[0]
@@ -469,18 +471,21 @@ def test_a_truncated_image_gives_one_line_or_is_skipped_when_asked(trained, imag
     folder = tmp_path / "batch"
     folder.mkdir()
     shutil.copy(images[0], folder / "a.png")
-    (folder / "b.png").write_bytes(open(images[1], "rb").read()[:400])
+    whole = open(images[1], "rb").read()
+    # cut inside the pixel data: libpng would print "PNG input buffer is incomplete" first
+    (folder / "b.png").write_bytes(whole[:len(whole) * 4 // 5])
     proc = cli("infer.py", "--model_dir", save_dir, "--img_path", folder, "--output_dir", tmp_path / "out")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {folder / 'b.png'}: cannot decode image "
-                                                "(expected PNG/JPEG/BMP/TIFF)"]
+                                                "(truncated PNG: the file ends before its IEND chunk)"]
     assert not (tmp_path / "out").exists()
 
     proc = cli("infer.py", "--model_dir", save_dir, "--img_path", folder, "--output_dir",
                tmp_path / "out", "--skip_bad_images")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_csv(tmp_path / "out" / "df_test.csv")
-    assert [r["status"] for r in rows] == ["ok", "skipped: cannot decode image (expected PNG/JPEG/BMP/TIFF)"]
+    assert [r["status"] for r in rows] == ["ok", "skipped: cannot decode image (truncated PNG: the file "
+                                                 "ends before its IEND chunk)"]
     assert "skipped" in proc.stderr and "b.png" in proc.stderr
 
 
@@ -488,6 +493,7 @@ def test_infer_help_explains_every_option_with_its_default():
     proc = cli("infer.py", "--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
+    assert "or a training folder (<output_dir>/<model>/<cls>: its checkpoint runs in dygraph" in text
     for option, default in (("--batch_size", "1"), ("--device", "cpu"), ("--gpu_id", "0"),
                             ("--cpu_threads", "2"), ("--save_format", "npy"), ("--warmup", "2")):
         assert re.search(re.escape(option) + r" \S+ [^()]*\(default: " + re.escape(default) + r"\)", text), option

@@ -72,3 +72,20 @@ def test_staged_folder_refuses_a_target_that_appeared_meanwhile(tmp_path):
             Path(staging, "a.png").write_bytes(b"x")
             target.mkdir()  # somebody else's, empty: os.replace would silently take its place
     assert os.listdir(tmp_path) == ["cat"] and os.listdir(target) == []
+
+
+def test_an_abrupt_stop_says_the_run_folder_was_removed(tmp_path):
+    """A second Ctrl-C during training (before any checkpoint): the folder goes, and the
+    message says so instead of a bare 'interrupted'."""
+    from adkit.io_utils import new_folder
+
+    target = tmp_path / "output" / "rd4ad" / "brick"
+    with pytest.raises(KeyboardInterrupt) as stop:
+        with new_folder(str(target)):
+            raise KeyboardInterrupt
+    assert str(stop.value) == f"stopped at once: {target} removed (nothing in it was worth keeping yet)"
+    assert not (tmp_path / "output").exists()
+    with pytest.raises(KeyboardInterrupt) as stop:  # with a checkpoint: kept, the stop as it was
+        with new_folder(str(target), keep=lambda: True):
+            raise KeyboardInterrupt
+    assert str(stop.value) == "" and target.is_dir()

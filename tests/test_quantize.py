@@ -106,7 +106,8 @@ def test_refusal_is_one_line_and_leaves_no_folder(exported, tmp_path):
     assert len(lines) == 1, proc.stderr
     line = lines[0]
     assert line.startswith("error: --quantize int8: ") and line.endswith("; export without --quantize")
-    assert "(fp32 " in line and " validation + " in line and " synthetic images)" in line
+    assert "image AUROC " in line and " validation + " in line and " synthetic images" in line
+    assert "wrong decisions " in line and "no more wrong decisions than fp32" in line
     assert os.listdir(tmp_path) == []  # no export, no staging or work folder left
 
 
@@ -120,3 +121,30 @@ def test_int8_folder_refuses_gpu_and_quantize_refuses_onnx(exported, tmp_path):
     with pytest.raises(UserError, match="--to_onnx"):
         export(MODEL, str(exported["ckpt"]), str(tmp_path / "x"), to_onnx=True, quantize="int8")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_check_compares_decisions_at_each_models_own_threshold():
+    """Hand-computed: fp32 separates 2 good from 4 defects; int8 lets one defect (3) fall below
+    a good image (4). synthetic_f1 on the int8 scores: flagging {6, 7, 8} gives class-balanced
+    F1 2*3 / (2*3 + 0 + 1) = 0.857, the best, so its threshold is halfway down to 4: 5."""
+    from adkit.quantize import compare, describe_check, passes
+
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    maps = np.random.default_rng(0).random((6, 1, 4, 4)).astype(np.float32)
+    fp32 = (maps, np.array([1.0, 2.0, 5.0, 6.0, 7.0, 8.0]))
+    int8 = (maps, np.array([1.0, 4.0, 3.0, 6.0, 7.0, 8.0]))
+    check = compare(fp32, int8, labels, "synthetic_f1")
+    assert check["threshold_fp32"] == pytest.approx(3.5) and check["threshold_int8"] == pytest.approx(5.0)
+    assert check["errors_fp32"] == 0 and check["errors_int8"] == 1
+    assert check["decision_agreement"] == pytest.approx(5 / 6)
+    assert check["good_score_to_threshold_fp32"] == pytest.approx(1.5 / 3.5)
+    assert check["good_score_to_threshold_int8"] == pytest.approx(2.5 / 5.0)
+    assert check["auroc_int8"] == pytest.approx(7 / 8)
+    assert not passes({**check, "auroc_int8": check["auroc_fp32"]})  # worse decisions alone refuse
+    assert passes(compare(fp32, fp32, labels, "synthetic_f1"))
+    text = describe_check(check)
+    assert "wrong decisions 0 -> 1 of 6" in text and "83% same decisions" in text
+    assert "good scores at 0.43 -> 0.50 of their threshold" in text
+    # manual and oracle policies cannot be recomputed from these images: synthetic_f1 decides
+    assert compare(fp32, int8, labels, "manual:4.5")["decision_policy"] == "synthetic_f1"
+    assert compare(fp32, int8, labels, "val_max")["threshold_int8"] == pytest.approx(4.0)

@@ -115,9 +115,10 @@ def test_report_is_self_contained_html_with_plots_and_examples():
     assert all(png.startswith(PNG_SIGNATURE) for png in decoded)
     assert decoded[3] == data.examples["Worst false alarms"][0].png
     assert decoded[4] == data.examples["Best detections"][0].png
-    for png in decoded[:3]:  # plots decode to real images of roughly 450x350
+    for png in decoded[:3]:  # plots decode to real images of roughly 450x350 (cropped to their
+        # contents; the histogram's legend below its axes adds height)
         image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-        assert image.shape[1] == pytest.approx(450, abs=5) and image.shape[0] == pytest.approx(350, abs=5)
+        assert image.shape[1] == pytest.approx(450, abs=30) and 300 <= image.shape[0] <= 450
 
     assert "http://" not in document and "https://" not in document
     assert "<script" not in document.lower()
@@ -225,3 +226,92 @@ def test_import_does_not_load_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=report.__file__.rsplit("/adkit/", 1)[0])
     assert out.stdout.strip() == "False"
+
+
+# -- what a reader needs besides the numbers ----------------------------------------------
+
+def test_warning_box_and_run_metadata_are_shown():
+    document = render_report(_data(warnings=["the threshold rests on 1 validation good image"],
+                                   metadata={"model": "rd4ad", "backbone": "efficientnet_lite0",
+                                             "versions": "Paddle 3.3.1"}))
+    parsed = _parse(document)
+    assert ("p", {"class": "warning"}) in parsed.tags
+    assert "Warning: the threshold rests on 1 validation good image" in parsed.text
+    assert cells_after(parsed.cells, "backbone") == "efficientnet_lite0"
+    assert cells_after(parsed.cells, "versions") == "Paddle 3.3.1"
+    assert "Warning:" not in render_report(_data())  # nothing to warn about: no box
+
+
+def test_few_validation_images_warn_for_the_policies_that_use_them():
+    from adkit.calibration import few_validation_warning
+
+    two = {"val": [{"path": "a", "score": 1.0}, {"path": "b", "score": 2.0}]}
+    three = {"val": two["val"] + [{"path": "c", "score": 3.0}]}
+    for policy in ("synthetic_f1", "val_max", "val_fpr:0.05"):
+        assert "rests on 2 validation good images" in few_validation_warning(two, policy)
+        assert "--val_ratio" in few_validation_warning(two, policy)
+        assert few_validation_warning(three, policy) is None
+    assert few_validation_warning(two, "manual:0.5") is None and few_validation_warning(two, "test_f1") is None
+
+
+def _axes():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def test_histogram_counts_whole_images_with_its_legend_off_the_bars():
+    fig, ax = _axes()
+    data = _data()
+    report._draw_histogram(ax, np.asarray(data.labels), np.asarray(data.scores), data)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y1 < ax.get_window_extent().y0  # below the axes, not over the bars
+
+
+def test_roc_line_is_visible_at_auroc_1():
+    """A perfect ROC runs along x = 0 and y = 1: the axes leave room so it is not under the frame."""
+    fig, ax = _axes()
+    report._draw_roc(ax, np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]))
+    assert ax.get_xlim()[0] < 0 and ax.get_ylim()[1] > 1
+    assert not ax.get_lines()[-1].get_clip_on()
+
+
+def test_example_shows_the_plain_image_with_its_ground_truth_beside_the_heat_map():
+    from adkit.visualize import GROUND_TRUTH_COLOUR, annotated_overlay, ground_truth_view, side_by_side
+
+    image = np.full((120, 160, 3), 90, np.uint8)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[40:80, 60:100] = 1
+    amap = mask.astype(np.float32)
+    right = annotated_overlay(image, amap, (0.0, 1.0), 0.5, 0.9, "defect")
+    left = ground_truth_view(image, mask, right.shape[0])
+    panel = side_by_side(left, right)
+    assert panel.shape[0] == right.shape[0] and panel.shape[1] == 160 + 6 + right.shape[1]
+    header = right.shape[0] - 120
+    body = panel[header:, :160]
+    green = np.all(body == GROUND_TRUTH_COLOUR, axis=2)
+    assert green[40, 60:100].any() and green[60, 40:59].sum() == 0  # the outline, not elsewhere
+    assert np.array_equal(body[5, 5], image[5, 5])  # the plain image, no heat map
+    assert not np.all(ground_truth_view(image, None, 120) == GROUND_TRUTH_COLOUR, axis=2).any()
+
+
+def test_outline_and_text_scale_with_the_image():
+    from adkit.visualize import annotated_overlay, line_width, overlay
+
+    assert line_width(256, 256) == 2 and line_width(4000, 6000) == 16
+    big = np.zeros((4000, 6000, 3), np.uint8)
+    amap = np.zeros((4000, 6000), np.float32)
+    amap[1000:3000, 2000:4000] = 1.0
+    drawn = overlay(big, amap, (0.0, 1.0), 0.5)
+    white = np.all(drawn == 255, axis=2)
+    assert white[2000, 1990:2030].sum() >= 14  # the contour across the region's left edge
+    small = annotated_overlay(np.zeros((256, 256, 3), np.uint8), amap[:256, :256], (0, 1), 0.5, 0.1, "good")
+    large = annotated_overlay(big, amap, (0.0, 1.0), 0.5, 0.9, "defect")
+    header_small, header_large = small.shape[0] - 256, large.shape[0] - 4000
+    assert header_large > 10 * header_small  # the score line grows with the picture

@@ -43,3 +43,31 @@ def test_freed_blocks_are_reused_without_page_faults():
     # glibc's default returns a 64 MB block to the OS on free: every page faults in again
     assert second_round_faults(keep=False) > pages // 2
     assert second_round_faults(keep=True) < pages // 20
+
+
+def test_a_log_line_on_a_terminal_does_not_stick_to_the_progress_bar():
+    """tqdm draws its bar without a newline; a warning written straight after it would continue
+    the bar's line. Through BarSafeHandler the bar is cleared first and drawn again after."""
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from adkit.runtime import BarSafeHandler
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for handler_class, glued in ((logging.StreamHandler, True), (BarSafeHandler, False)):
+        terminal = Terminal()
+        logger = logging.getLogger(f"bar_test_{handler_class.__name__}")
+        logger.propagate = False
+        logger.addHandler(handler_class(terminal))
+        bar = tqdm(total=10, file=terminal, desc="toy train", mininterval=0)
+        bar.update(3)
+        logger.warning("stopping after this step")
+        bar.close()
+        before = terminal.getvalue().split("stopping after this step")[0]
+        last_line = before.split("\n")[-1].split("\r")[-1]
+        assert (last_line.strip() != "") is glued, repr(before[-80:])

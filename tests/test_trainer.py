@@ -138,10 +138,40 @@ def test_training_curves_go_to_a_csv_and_to_visualdl_when_installed(tmp_path, mo
     trainer.run(batches, step)
     with open(tmp_path / "train_log.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [2, 4, 5]  # log_interval 2, and the last step
+    # a 5-step run gets a row every step (at least ~100 points a run), not only every log_interval
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
     losses = load_train_state(tmp_path / CHECKPOINT_FILE)["losses"]
     # the logged loss is the running mean over the last log_interval steps
-    assert float(rows[1]["loss"]) == pytest.approx(np.mean(losses[2:4]), rel=1e-6)
+    assert float(rows[3]["loss"]) == pytest.approx(np.mean(losses[2:4]), rel=1e-6)
     assert float(rows[0]["lr"]) == pytest.approx(0.01)
     assert written[0] == ("open", str(tmp_path / "visualdl")) and written[-1] == ("close",)
-    assert ("train/loss", 4, pytest.approx(float(rows[1]["loss"]))) in written
+    assert ("train/loss", 4, pytest.approx(float(rows[3]["loss"]))) in written
+
+
+def test_the_curve_has_a_row_every_log_interval_and_at_an_interrupted_step(tmp_path, caplog):
+    import csv
+
+    trainer, net, batches, step = toy_run(tmp_path, 400, interrupt_at=5)  # 400 steps: rows every 2
+    with caplog.at_level("INFO", logger="adkit"), pytest.raises(TrainingInterrupted):
+        trainer.run(batches, step)
+    with open(tmp_path / "train_log.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4, 5]  # 5: where Ctrl-C stopped it
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("toy step ")]
+    assert [m.split()[2] for m in logged] == ["2/400", "4/400", "5/400"]
+
+
+def test_plain_progress_speaks_after_5_s_then_every_30_s(monkeypatch, caplog):
+    """Off a terminal a long phase logs its first line after 5 s (not 30: EfficientAD's
+    calibration after the last step once stayed silent for 40 s), then every 30 s."""
+    from adkit import training
+
+    now = [100.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])  # PlainProgress's clock
+    with caplog.at_level("INFO", logger="adkit"):
+        bar = training.PlainProgress(None, 10, 0, "scoring training images")
+        for t in (103.0, 106.0, 120.0, 134.0, 137.0):
+            now[0] = t
+            bar.update(1)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring")]
+    assert lines == ["scoring training images 2/10", "scoring training images 5/10"]  # at 106 and 137

@@ -362,3 +362,31 @@ def test_backbone_weights_offline_failure_is_one_clear_line(monkeypatch):
         message = str(error.value)
         assert message.startswith(f"no pretrained weights for {name} available offline")
         assert "--backbone_weights PATH" in message and "\n" not in message
+
+
+def test_offline_the_paddle_download_is_not_even_tried(monkeypatch, tmp_path):
+    """No network: one line at once, without Paddle's downloader and its retries; a file in
+    Paddle's download cache is still used offline."""
+    import socket
+
+    import paddle.utils.download
+
+    def unreachable(address, timeout=None):
+        raise OSError("Name or service not known")
+
+    def downloader(url, md5sum=None):
+        tried.append(url)
+        return str(cached)
+
+    tried = []
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(paddle.utils.download, "get_weights_path_from_url", downloader)
+    monkeypatch.setattr(paddle.utils.download, "WEIGHTS_HOME", str(tmp_path))
+    with pytest.raises(UserError) as error:
+        resolve_backbone_weights("wide_resnet50_2", None)
+    assert "no network to download it from" in str(error.value) and "\n" not in str(error.value)
+    assert tried == []
+    cached = tmp_path / "wide_resnet50_2.pdparams"  # the name Paddle's cache gives the file
+    save_atomic({"fc.weight": paddle.ones([2, 2])}, cached)
+    assert list(resolve_backbone_weights("wide_resnet50_2", None).state) == ["fc.weight"]
+    assert len(tried) == 1
