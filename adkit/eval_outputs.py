@@ -101,7 +101,7 @@ def write_metrics_summaries(output_dir, model, results):
     ``<output_dir>/<model>/metrics.json`` ({"model", "categories", "mean"}: every category
     evaluated with this model so far, the newest result of each) and ``<output_dir>/metrics.json``
     ({"models": {model: that summary}}: every model). Each file is rewritten atomically, so an
-    eval of gravel keeps brick, and an eval of padim keeps rd4ad. Returns the model's summary."""
+    eval of gravel keeps brick, and an eval of padim keeps rd4ad."""
     from .evaluation import mean_over_categories
     from .io_utils import read_json
 
@@ -122,4 +122,3 @@ def write_metrics_summaries(output_dir, model, results):
     models = dict(existing(top_path).get("models") or {})
     models[model] = summary
     write_json(top_path, {"models": models})
-    return summary

@@ -84,11 +84,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _truncated(data):
     """Why a PNG or JPEG file is cut short ("" if it is not, or is of another format): a PNG
-    ends with its IEND chunk, a JPEG with the end-of-image marker (a few padding bytes may
-    follow). Decoding a cut file would make libpng print "PNG input buffer is incomplete" (and
+    ends with its IEND chunk, a JPEG with the end-of-image marker (in the last KB: some writers
+    append a few bytes after them). Decoding a cut file would make libpng print "PNG input buffer is incomplete" (and
     libjpeg "Premature end of JPEG file", with a half-grey image) straight to stderr."""
     head, tail = data[:8].tobytes(), data[-1024:].tobytes()
-    if head == PNG_SIGNATURE and b"IEND" not in tail[-32:]:
+    if head == PNG_SIGNATURE and b"IEND" not in tail:
         return "truncated PNG: the file ends before its IEND chunk"
     if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
         return "truncated JPEG: the file ends before its end-of-image marker"

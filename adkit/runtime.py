@@ -129,7 +129,7 @@ def set_cpu_threads(num_threads, verbose=False):
 def setup_logging():
     """Concise log lines on stderr (stdout carries results only). ``force``: Paddle installs a
     root handler of its own format on import, which would otherwise win."""
-    handler = BarSafeHandler(sys.stderr)
+    handler = BarSafeHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
@@ -137,10 +137,28 @@ def setup_logging():
 class BarSafeHandler(logging.StreamHandler):
     """On a terminal, a log line goes through ``tqdm.write``, which clears the progress bar,
     prints the line and draws the bar again, so a message (the Ctrl-C warning) does not land
-    glued to the end of the bar. Elsewhere (files, pipes) a plain StreamHandler."""
+    glued to the end of the bar. Elsewhere (files, pipes) a plain StreamHandler. Without a
+    stream it writes to ``sys.stderr`` as it is at each line, not as it was at setup: a caller
+    that swaps stderr (a test harness, a redirect) and closes the old one loses nothing."""
+
+    def __init__(self, stream=None):
+        super().__init__(stream)  # assigns self.stream (sys.stderr when None)
+        self._fixed_stream = stream
+
+    @property
+    def stream(self):
+        return sys.stderr if self._fixed_stream is None else self._fixed_stream
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ and setStream assign it
+        self._fixed_stream = value
 
     def emit(self, record):
-        if getattr(self.stream, "isatty", lambda: False)():
+        try:
+            on_terminal = self.stream.isatty()
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            on_terminal = False
+        if on_terminal:
             try:
                 from tqdm import tqdm
 

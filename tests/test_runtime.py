@@ -71,3 +71,27 @@ def test_a_log_line_on_a_terminal_does_not_stick_to_the_progress_bar():
         before = terminal.getvalue().split("stopping after this step")[0]
         last_line = before.split("\n")[-1].split("\r")[-1]
         assert (last_line.strip() != "") is glued, repr(before[-80:])
+
+
+def test_the_log_handler_follows_stderr_when_it_is_swapped_and_closed(monkeypatch):
+    """Logging set up once writes to the stderr of the moment: a test harness (or a caller) that
+    replaced stderr and closed the old stream must not make every later log line raise."""
+    import io
+    import logging
+
+    from adkit.runtime import BarSafeHandler
+
+    first, second = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("stderr_follow_test")
+    logger.propagate = False
+    handler = BarSafeHandler()
+    logger.addHandler(handler)
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        logger.warning("one")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logger.warning("two")
+    finally:
+        logger.removeHandler(handler)
+    assert second.getvalue() == "two\n"
