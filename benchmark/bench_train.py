@@ -9,8 +9,9 @@ statistics / validation cancel out), divided by N.
 ``--compare_torch`` instead times the training step of EfficientAD-S (batch 1) and RD4AD (batch
 16) against the same networks in torch eager (benchmark/torch_reference.py, same weights, same
 threads), alternating Paddle and torch steps in one process so that a shared machine slows both
-alike; it prints the first-step loss difference as a sanity check. Without torch it times
-Paddle alone.
+alike; it prints the first-step loss difference as a sanity check, and the torch step timed
+alone in a fresh process without Paddle (a baseline slowed down by sharing the process is
+flagged). torch is imported before Paddle. Without torch it times Paddle alone.
 
     python benchmark/bench_train.py --cpu_threads 2 --steps 10
     python benchmark/bench_train.py --compare_torch --steps 4 --rd4ad_backbone wide_resnet50_2
@@ -60,7 +61,17 @@ def main():
                         help="with --compare_torch: efficientad_s and/or rd4ad")
     parser.add_argument("--rd4ad_backbone", default="wide_resnet50_2",
                         help="with --compare_torch: wide_resnet50_2 (the paper's) or resnet18")
+    parser.add_argument("--torch_alone", choices=("efficientad_s", "rd4ad"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.torch_alone:  # --compare_torch's check: torch's step in a process without Paddle
+        from compare_torch import run_torch_alone
+
+        return run_torch_alone(args)
+    torch = None
+    if args.compare_torch:  # before Paddle and its library settings, as a torch user's script
+        from compare_torch import import_torch_first
+
+        torch = import_torch_first(args.cpu_threads)
 
     from adkit.runtime import set_cpu_threads
 
@@ -71,7 +82,7 @@ def main():
     if args.compare_torch:
         from compare_torch import compare
 
-        compare(args, ROOT)
+        compare(args, ROOT, torch)
         return
     from adkit.engines import DygraphEngine
     from adkit.evaluation import run_inference

@@ -5,8 +5,18 @@ Paddle runs the methods' own step code (``EfficientADMethod._train_step``; RD4AD
 ``RD4ADMethod.fit``). The torch nets get copies of the Paddle weights, so the first-step losses
 must agree to float32 rounding (printed); the AE's dropout is off for those two checking steps
 and on for the timed ones. The ImageNet penalty image is left out of both.
+
+The baseline is checked, not trusted: torch is imported before Paddle and before the variables
+this project sets for Paddle's libraries (bench_train.py does that), and each model's torch step
+is also timed in a fresh process with no Paddle at all (``--torch_alone``). Both times are
+printed; an in-process torch more than 15% slower than torch alone is flagged, since then the
+ratio would flatter Paddle.
 """
+import json
 import os
+import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -122,16 +132,59 @@ def _timed(step, images, seed):
     return time.perf_counter() - start, loss
 
 
-def compare(args, root):
+CONTAMINATED = 1.15  # in-process torch slower than torch alone by more than this: flagged
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def import_torch_first(threads):
+    """torch, loaded before Paddle and set to ``threads`` (None when not installed): as in a
+    torch user's own script, its libraries start from the environment the user gave."""
     torch = _torch()
     if torch is not None:
-        torch.set_num_threads(args.cpu_threads)
-    else:
+        torch.set_num_threads(threads)
+    return torch
+
+
+def torch_alone(model, args):
+    """Seconds per step of ``model``'s torch step in a fresh process without Paddle (the same
+    step at the same size, torch's own initial weights), or None if that run fails."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    command = [sys.executable, os.path.join(here, "bench_train.py"), "--torch_alone", model,
+               "--steps", str(args.steps), "--image_size", str(args.image_size),
+               "--cpu_threads", str(args.cpu_threads), "--rd4ad_backbone", args.rd4ad_backbone]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"  torch alone failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds_per_step"]
+
+
+def run_torch_alone(args):
+    """bench_train.py --torch_alone MODEL: print one JSON line (no Paddle is imported)."""
+    from torch_reference import time_alone
+
+    print(json.dumps({"seconds_per_step": time_alone(args.torch_alone, args.steps, args.image_size,
+                                                     args.cpu_threads, args.rd4ad_backbone)}))
+
+
+def compare(args, root, torch):
+    if torch is None:
         print("torch is not installed: timing Paddle alone (pip install torch for the ratio)")
     dataset = _data(root, args.image_size)
     builders = {"efficientad_s": _efficientad, "rd4ad": _rd4ad}
-    print(f"{args.cpu_threads} threads, {args.image_size} px, {args.steps} timed steps each"
-          + (f", torch {torch.__version__}" if torch else ""))
+    print(f"{cpu_model()}; {args.cpu_threads} threads, {args.image_size} px, {args.steps} timed steps each"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads), "
+             f"Paddle {__import__('paddle').__version__}" if torch else ""))
     rows = []
     for name in args.compare_models.split(","):
         paddle_step, torch_step, batches, dropout = builders[name](args, dataset, torch)
@@ -155,9 +208,16 @@ def compare(args, root):
                 t_times.append(_timed(torch_step, batches[k], k)[0])
             print(f"  step {k - 1}: paddle {p_times[-1] * 1e3:.0f} ms"
                   + (f", torch {t_times[-1] * 1e3:.0f} ms" if t_times else ""), flush=True)
+        alone = torch_alone(name, args) if torch_step else None
         rows.append((label, np.median(p_times), np.median(t_times) if t_times else None,
-                     np.median(np.asarray(p_times) / np.asarray(t_times)) if t_times else None))
-    print(f"\n{'model':<34}{'paddle ms/step':>16}{'torch ms/step':>16}{'ratio':>8}")
-    for label, p, t, ratio in rows:
-        print(f"{label:<34}{p * 1e3:>16.0f}" + (f"{t * 1e3:>16.0f}{ratio:>8.2f}" if t else f"{'-':>16}{'-':>8}"))
-    print("(medians over the steps; ratio = median of per-pair paddle/torch)")
+                     np.median(np.asarray(p_times) / np.asarray(t_times)) if t_times else None, alone))
+    print(f"\n{'model':<34}{'paddle ms/step':>16}{'torch ms/step':>15}{'ratio':>7}{'torch alone':>13}")
+    for label, p, t, ratio, alone in rows:
+        line = f"{label:<34}{p * 1e3:>16.0f}"
+        line += f"{t * 1e3:>15.0f}{ratio:>7.2f}" if t else f"{'-':>15}{'-':>7}"
+        line += f"{alone * 1e3:>13.0f}" if alone else f"{'-':>13}"
+        if t and alone and t > CONTAMINATED * alone:
+            line += "  <- torch here is slower than torch alone: the ratio flatters Paddle"
+        print(line)
+    print("(medians over the steps; ratio = median of per-pair paddle/torch; torch alone: the same "
+          "step in a fresh process without Paddle)")

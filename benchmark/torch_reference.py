@@ -104,24 +104,37 @@ class AutoEncoder(nn.Module):
         return self.deconv8(F.relu(self.deconv7(x)))
 
 
-class EfficientADStep:
-    """nelson1425's training step without the penalty image."""
+def pdn_out_size(image_size):
+    """Side of PDN-S's unpadded output: 256 px -> 56."""
+    side = (image_size - 3) // 2
+    side = (side - 3) // 2
+    return side - 2 - 3
 
-    def __init__(self, paddle_method, lr=1e-4, weight_decay=1e-5):
-        image_size = int(paddle_method.cfg["image_size"])
+
+class EfficientADStep:
+    """nelson1425's training step without the penalty image. With ``paddle_method`` its weights
+    and teacher statistics are copied in; without, torch's own initialisation (for timing torch
+    alone, ``time_alone``)."""
+
+    def __init__(self, paddle_method=None, lr=1e-4, weight_decay=1e-5, image_size=256):
+        if paddle_method is not None:
+            image_size = int(paddle_method.cfg["image_size"])
+        out_size = paddle_method.autoencoder.out_size if paddle_method else pdn_out_size(image_size)
         self.teacher, self.student = PDNSmall(384), PDNSmall(768)
-        self.autoencoder = AutoEncoder(image_size, paddle_method.autoencoder.out_size)
-        for net, role in ((self.teacher, "teacher"), (self.student, "student"),
-                          (self.autoencoder, "autoencoder")):
-            copy_from_paddle(net, getattr(paddle_method, role))
+        self.autoencoder = AutoEncoder(image_size, out_size)
+        self.mean, self.std = torch.zeros(1, 384, 1, 1), torch.ones(1, 384, 1, 1)
+        if paddle_method is not None:
+            for net, role in ((self.teacher, "teacher"), (self.student, "student"),
+                              (self.autoencoder, "autoencoder")):
+                copy_from_paddle(net, getattr(paddle_method, role))
+            norm = paddle_method.normalization
+            self.mean = torch.from_numpy(np.asarray(norm["teacher_mean"], np.float32)).reshape(1, -1, 1, 1)
+            self.std = torch.from_numpy(np.asarray(norm["teacher_std"], np.float32)).reshape(1, -1, 1, 1)
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.student.train()
         self.autoencoder.train()
-        norm = paddle_method.normalization
-        self.mean = torch.from_numpy(np.asarray(norm["teacher_mean"], np.float32)).reshape(1, -1, 1, 1)
-        self.std = torch.from_numpy(np.asarray(norm["teacher_std"], np.float32)).reshape(1, -1, 1, 1)
         self.optimizer = torch.optim.Adam(
             list(self.student.parameters()) + list(self.autoencoder.parameters()), lr=lr,
             weight_decay=weight_decay)
@@ -147,7 +160,7 @@ class EfficientADStep:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 # -- RD4AD -------------------------------------------------------------------------------------
@@ -289,9 +302,10 @@ class RD4ADStep:
         channels = tuple(c * block.expansion for c in (64, 128, 256))
         self.bottleneck = OCBE(channels, block, ocbe_blocks, width)
         self.decoder = ReverseDecoder(channels, block, decoder_depths, width)
-        copy_from_paddle(self.encoder, paddle_method.encoder.net)
-        copy_from_paddle(self.bottleneck, paddle_method.bottleneck)
-        copy_from_paddle(self.decoder, paddle_method.decoder)
+        if paddle_method is not None:  # None: torch's own initialisation (time_alone)
+            copy_from_paddle(self.encoder, paddle_method.encoder.net)
+            copy_from_paddle(self.bottleneck, paddle_method.bottleneck)
+            copy_from_paddle(self.decoder, paddle_method.decoder)
         self.encoder.eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
@@ -308,4 +322,32 @@ class RD4ADStep:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
+
+
+# -- torch alone -------------------------------------------------------------------------------
+
+def time_alone(model, steps, image_size, threads, backbone="wide_resnet50_2", batch_size=None):
+    """Median seconds per training step of ``model`` ("efficientad_s" or "rd4ad") in this process
+    with torch alone (run it in a fresh one: no Paddle loaded, no variables set for Paddle's
+    libraries): the reference the in-process torch times are checked against."""
+    import time
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    if model == "efficientad_s":
+        step, batch = EfficientADStep(image_size=image_size), batch_size or 1
+        run = lambda images: step(images, images)  # noqa: E731
+    else:
+        step, batch = RD4ADStep(None, backbone), batch_size or 16
+        run = step
+    times = []
+    for k in range(steps + 2):  # two warm-up steps
+        images = rng.random((batch, 3, image_size, image_size), dtype=np.float32)
+        start = time.perf_counter()
+        run(images)
+        if k >= 2:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
