@@ -57,7 +57,7 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     import paddle
 
     from adkit import __version__
-    from adkit.deploy import DEPLOY_CONFIG, INPUT_DESCRIPTION, INPUT_NAME, MODEL_PREFIX
+    from adkit.deploy import DEPLOY_CONFIG, INPUT_DESCRIPTION, save_inference_graph
     from adkit.io_utils import default_dir_mode, write_json
     from adkit.calibration import CALIBRATION_FILE, EVAL_METRICS_FILE, read_calibration, resolve_threshold
     from adkit.registry import load_trained
@@ -71,9 +71,7 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
         raise UserError("--calibration_dir needs --quantize int8")
     cfg, method = load_trained(checkpoint_dir, runtime_cfg={"device": "cpu"}, expected_model=model)
     net = method.inference_net()
-    net.eval()
     size = int(cfg["image_size"])
-    spec = [paddle.static.InputSpec([None, 3, size, size], "float32", INPUT_NAME)]
     chosen = resolve_threshold(checkpoint_dir, threshold_policy, threshold)
     calibration = read_calibration(checkpoint_dir)
 
@@ -83,13 +81,7 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     staging = tempfile.mkdtemp(dir=parent, prefix=".export_")
     os.chmod(staging, default_dir_mode())  # the user's umask, not mkdtemp's 0700
     try:
-        static_net = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
-        paddle.jit.save(static_net, os.path.join(staging, MODEL_PREFIX))
-        # Paddle 2.6 adds a .pdiparams.info for paddle.jit.load, which nothing here uses: the
-        # same files from both Paddles
-        info = os.path.join(staging, MODEL_PREFIX + ".pdiparams.info")
-        if os.path.isfile(info):
-            os.remove(info)
+        save_inference_graph(net, size, staging)
         quantization = None
         if quantize:
             quantization, calibration = quantize_into(staging, checkpoint_dir, size, cfg, calibration,

@@ -50,7 +50,7 @@ def training_side(cfg, cls, category=None):
 def train(cfg, cls):
     from adkit import distributed
     from adkit.calibration import calibrate, check_policy_applies, few_validation_warning, write_calibration
-    from adkit.engines import DygraphEngine
+    from adkit.engines import scoring_engine
     from adkit.io_utils import new_folder
     from adkit.registry import build_method, save_training_config
     from adkit.thresholds import DEFAULT_POLICY
@@ -74,7 +74,7 @@ def train(cfg, cls):
         if main_process:
             save_training_config(cfg, ckpt_dir)  # first: eval/export can use interim checkpoints
         method.fit(train_set, val_set, ckpt_dir, resume=cfg["resume"])
-    calibration = calibrate(DygraphEngine(method.inference_net()).run, train_set, val_set,
+    calibration = calibrate(scoring_engine(method, cfg).run, train_set, val_set,
                             cfg["eval_batch_size"], cfg["seed"], policy)
     if not main_process:  # it scored its share of the images; the main process writes
         distributed.barrier()
@@ -130,7 +130,7 @@ def evaluate(cfg, cls):
     from adkit import distributed, metrics
     from adkit.calibration import (EVAL_METRICS_FILE, calibrate, few_validation_warning,
                                    read_calibration, resolve_threshold, write_calibration)
-    from adkit.engines import DygraphEngine
+    from adkit.engines import scoring_engine
     from adkit.eval_outputs import MAPS_FOLDER, write_eval_folder
     from adkit.evaluation import evaluate_dataset, run_inference
     from adkit.io_utils import write_json
@@ -147,7 +147,7 @@ def evaluate(cfg, cls):
     for _, message in bad:
         log.warning("skipped: %s", message)
     test_set = test_set.without(i for i, _ in bad)
-    engine = DygraphEngine(method.inference_net())
+    engine = scoring_engine(method, cfg)
     calibration = read_calibration(ckpt_dir)
     distributed.barrier()  # several processes: all have read it before the main one writes it
     if calibration is None:  # a checkpoint from before calibration existed: make it now

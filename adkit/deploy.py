@@ -10,6 +10,23 @@ INPUT_NAME = "image"
 INPUT_DESCRIPTION = "float32 [N,3,H,W] RGB in [0,1] (pixel/255) at the model size, no other normalisation"
 
 
+def save_inference_graph(net, image_size, folder):
+    """The inference net (an ``AnomalyMethod.inference_net``) as a static graph in ``folder``:
+    ``inference.json`` (Paddle 3) or ``inference.pdmodel`` (2.6) + ``inference.pdiparams``, input
+    [None, 3, size, size]. export_model.py and adkit.engines.GraphEngine both write it here."""
+    import paddle
+
+    net.eval()  # Layer.eval() returns None on Paddle 2.6
+    spec = [paddle.static.InputSpec([None, 3, int(image_size), int(image_size)], "float32", INPUT_NAME)]
+    static_net = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
+    paddle.jit.save(static_net, os.path.join(folder, MODEL_PREFIX))
+    # Paddle 2.6 adds a .pdiparams.info for paddle.jit.load, which nothing here uses: the same
+    # files from both Paddles
+    info = os.path.join(folder, MODEL_PREFIX + ".pdiparams.info")
+    if os.path.isfile(info):
+        os.remove(info)
+
+
 def model_files(model_dir):
     """(model file, params file) for Paddle 3 PIR (.json) or Paddle 2.x (.pdmodel) exports. A
     .json graph on Paddle 2.6, which cannot read it, is one error line naming the Paddle that

@@ -57,14 +57,14 @@ class Predictor:
         else:
             from .registry import load_trained
 
-            from .engines import DygraphEngine
+            from .engines import scoring_engine
             from .runtime import set_device
 
             set_device(device)
             cfg, method = load_trained(model_dir, runtime_cfg={"device": device, "cpu_threads": cpu_threads})
             self.model = cfg["model"]
             self.image_size = int(cfg["image_size"])
-            self.engine = DygraphEngine(method.inference_net())
+            self.engine = scoring_engine(method, cfg)
             stored_range = None
         self.model_dir = model_dir
         self.calibration = read_calibration(model_dir)

@@ -14,12 +14,13 @@ ratio would flatter Paddle.
 """
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from machine import cpu_model
 
 EFFICIENTAD_BATCH, RD4AD_BATCH = 1, 16
 
@@ -133,17 +134,6 @@ def _timed(step, images, seed):
 
 
 CONTAMINATED = 1.15  # in-process torch slower than torch alone by more than this: flagged
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def import_torch_first(threads):

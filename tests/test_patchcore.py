@@ -10,7 +10,7 @@ from adkit.errors import UserError
 from models.backbones.encoders import build_encoder
 from models.patchcore import networks
 from models.patchcore.coreset import greedy_coreset, random_projection
-from models.patchcore.networks import (PatchCoreInference, PatchEmbedding, nearest_in_bank,
+from models.patchcore.networks import (PatchCoreInference, PatchEmbedding, nearest_distance, nearest_index,
                                        reweighted_score)
 from tests.numpy_reference import adaptive_avg_pool1d, bilinear, blurred, box3
 
@@ -38,9 +38,9 @@ def test_nearest_bank_row_matches_brute_force_across_chunks(monkeypatch):
     rng = np.random.default_rng(1)
     queries, bank = rng.normal(size=(50, 8)), rng.normal(size=(23, 8))
     monkeypatch.setattr(networks, "NEIGHBOUR_CHUNK", 5)  # five blocks, the last partial
-    distance, index = nearest_in_bank(paddle.to_tensor(queries.astype(np.float32)),
-                                      paddle.to_tensor(bank.astype(np.float32)),
-                                      paddle.to_tensor((bank ** 2).sum(1).astype(np.float32)))
+    arguments = (paddle.to_tensor(queries.astype(np.float32)), paddle.to_tensor(bank.astype(np.float32)),
+                 paddle.to_tensor((bank ** 2).sum(1).astype(np.float32)))
+    distance, index = nearest_distance(*arguments), nearest_index(*arguments)
     all_pairs = np.sqrt(((queries[:, None] - bank[None]) ** 2).sum(-1))
     np.testing.assert_array_equal(index.numpy(), all_pairs.argmin(1))
     np.testing.assert_allclose(distance.numpy(), all_pairs.min(1), rtol=1e-5)
@@ -80,6 +80,21 @@ def test_coreset_is_exactly_the_greedy_k_center_choice(seed, n, dims, count):
     assert list(chosen) == brute_force_greedy(points, count, int(chosen[0]))
 
 
+@pytest.mark.parametrize("candidates, block", [(1, 7), (5, 64), (40, 1000)])
+def test_coreset_stays_exact_with_few_sorted_candidates_and_small_blocks(monkeypatch, candidates, block):
+    """Only the largest bounds are sorted after a fold, and folds run block by block: a choice
+    that needs points outside the sorted ones must fall back to the full order."""
+    from models.patchcore import coreset
+
+    monkeypatch.setattr(coreset, "CANDIDATES", candidates)
+    monkeypatch.setattr(coreset, "BLOCK", block)
+    monkeypatch.setattr(coreset, "BATCH", 8)  # many folds, many pending centres between them
+    rng = np.random.default_rng(4)
+    points = (rng.normal(size=(400, 5)) + 6 * rng.integers(0, 4, size=(400, 1))).astype(np.float32)
+    chosen = greedy_coreset(points, 150, 4)
+    assert list(chosen) == brute_force_greedy(points, 150, int(chosen[0]))
+
+
 def test_random_projection_keeps_distances_roughly_and_small_inputs_unchanged():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(40, 512)).astype(np.float32)
@@ -89,7 +104,12 @@ def test_random_projection_keeps_distances_roughly_and_small_inputs_unchanged():
     np.testing.assert_array_equal(random_projection(x[:, :64], 128, seed=0), x[:, :64])
 
 
-def test_inference_net_matches_a_numpy_pipeline():
+@pytest.mark.parametrize("engine", ["dygraph", "graph"])
+def test_inference_net_matches_a_numpy_pipeline(engine):
+    """The net in dygraph, and as eval and calibration run it on the CPU (engines.GraphEngine:
+    the static graph on Paddle Inference with oneDNN), against numpy."""
+    from adkit.engines import GraphEngine
+
     encoder = build_encoder("efficientnet_lite0", "none")
     embed = PatchEmbedding(encoder.channels, 64)
     rng = np.random.default_rng(4)
@@ -101,13 +121,16 @@ def test_inference_net_matches_a_numpy_pipeline():
     bank = patches[rng.choice(len(patches), 30, replace=False)] + rng.normal(0, 0.05, (30, 64))
     net = PatchCoreInference(encoder, embed, bank.astype(np.float32), 64, neighbours=9)
     net.eval()
-    with paddle.no_grad():
-        amap, score = net(x)
+    if engine == "graph":
+        amap, score = GraphEngine(net, 64).run(x.numpy())
+    else:
+        with paddle.no_grad():
+            amap, score = (out.numpy() for out in net(x))
     d = np.sqrt(((patches[:, None] - bank[None]) ** 2).sum(-1))              # [128, 30]
     nearest, which = d.min(1).reshape(2, 64), d.argmin(1).reshape(2, 64)
     for i in range(2):
         want_map = blurred(bilinear(nearest[i].reshape(8, 8), 64))
-        np.testing.assert_allclose(amap.numpy()[i, 0], want_map, rtol=1e-4, atol=1e-4 * want_map.max())
+        np.testing.assert_allclose(amap[i, 0], want_map, rtol=1e-4, atol=1e-4 * want_map.max())
         worst = int(nearest[i].argmax())
         m_star = bank[which[i, worst]]
         support = np.argsort(((bank - m_star) ** 2).sum(1))[:9]
@@ -115,6 +138,20 @@ def test_inference_net_matches_a_numpy_pipeline():
         s_star = nearest[i, worst]
         want = (1 - np.exp(s_star) / np.exp(dists).sum()) * s_star
         assert float(score[i]) == pytest.approx(want, rel=1e-4)
+
+
+def test_patchcore_scores_through_the_graph_on_the_cpu_only():
+    from adkit.engines import DygraphEngine, GraphEngine, scoring_engine
+
+    class Fitted:  # a fitted method's one method the choice needs
+        def inference_net(self):
+            return PatchCoreInference(build_encoder("efficientnet_lite0", "none"),
+                                      PatchEmbedding((24, 40, 112), 16), np.ones((3, 16), np.float32), 64, 1)
+
+    cfg = {"model": "patchcore", "image_size": 64, "cpu_threads": 1}
+    assert isinstance(scoring_engine(Fitted(), dict(cfg, device="cpu")), GraphEngine)
+    assert isinstance(scoring_engine(Fitted(), dict(cfg, device="gpu")), DygraphEngine)
+    assert isinstance(scoring_engine(Fitted(), dict(cfg, model="rd4ad")), DygraphEngine)
 
 
 def test_fit_keeps_the_coreset_share_and_a_reload_gives_the_same_maps(train_cfg, tmp_path, brick_train_set):

@@ -53,30 +53,44 @@ class PatchEmbedding(nn.Layer):
         return paddle.matmul(x, self.pooling).reshape([-1, h, w, self.dim]).transpose([0, 3, 1, 2])
 
 
-def squared_distances(queries, bank, bank_squares):
-    """Yield (first row, [N, rows] squared distances) of queries [N, D] float32 to blocks of
-    NEIGHBOUR_CHUNK rows of ``bank`` [M, D] (float32 or float16; ``bank_squares`` [M] their squared
-    norms): the distance matrix never exceeds [N, chunk], whatever the bank size."""
-    query_squares = (queries * queries).sum(axis=1, keepdim=True)
+def _shifted_distance_blocks(queries, bank, bank_squares):
+    """Yield [N, rows] ||b||^2 - 2 q.b for queries [N, D] float32 and blocks of
+    NEIGHBOUR_CHUNK rows of ``bank`` [M, D] (float32 or float16; ``bank_squares`` [M] float32 their
+    squared norms): the squared distances less ||q||^2, which does not change the nearest row.
+    Each block is one matrix product, [-2q, 1] times [b, ||b||^2]: no elementwise pass over the
+    [N, rows] block (those passes, not the product, were most of the time). The block never
+    exceeds [N, chunk], whatever the bank size."""
+    scaled = paddle.concat([queries * -2.0, paddle.ones_like(queries[:, :1])], axis=1)
     chunk = NEIGHBOUR_CHUNK
     for start in range(0, bank.shape[0], chunk):
-        rows = bank[start:start + chunk].astype("float32")
-        yield start, (query_squares - 2.0 * paddle.matmul(queries, rows, transpose_y=True)
-                      + bank_squares[start:start + chunk].unsqueeze(0))
+        rows = paddle.concat([bank[start:start + chunk].astype("float32"),
+                              bank_squares[start:start + chunk].unsqueeze(1)], axis=1)
+        yield paddle.matmul(scaled, rows, transpose_y=True)
 
 
-def nearest_in_bank(queries, bank, bank_squares):
-    """(distance, index) of each query's nearest bank row."""
-    best = best_index = None
-    for start, squared in squared_distances(queries, bank, bank_squares):
-        value, index = squared.min(axis=1), squared.argmin(axis=1) + start
-        if best is None:
-            best, best_index = value, index
-        else:
-            better = value < best
-            best = paddle.where(better, value, best)
-            best_index = paddle.where(better, index, best_index)
-    return paddle.sqrt(paddle.clip(best, min=0.0)), best_index
+def squared_distances(queries, bank, bank_squares):
+    """[N, M] squared distances of queries [N, D] to every bank row (for a few queries: the
+    reweighting's N_b search)."""
+    query_squares = (queries * queries).sum(axis=1, keepdim=True)
+    blocks = list(_shifted_distance_blocks(queries, bank, bank_squares))
+    return (blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=1)) + query_squares
+
+
+def nearest_distance(queries, bank, bank_squares):
+    """[N] distance of each query to its nearest bank row. Only the minimum of each block is
+    kept (an argmin per block cost more than its product): the nearest row's index is needed
+    for one patch per image only (``nearest_index``)."""
+    best = None
+    for shifted in _shifted_distance_blocks(queries, bank, bank_squares):
+        value = shifted.min(axis=1)
+        best = value if best is None else paddle.minimum(best, value)
+    squared = best + (queries * queries).sum(axis=1)
+    return paddle.sqrt(paddle.clip(squared, min=0.0))
+
+
+def nearest_index(queries, bank, bank_squares):
+    """[N] index of each query's nearest bank row (for a few queries: [N, M] at once)."""
+    return squared_distances(queries, bank, bank_squares).argmin(axis=1)
 
 
 def reweighted_score(max_patch, nearest_row, bank, bank_squares, neighbours):
@@ -84,8 +98,7 @@ def reweighted_score(max_patch, nearest_row, bank, bank_squares, neighbours):
     m* is that patch's nearest bank entry, scaled by 1 - exp(s*) / sum over N_b(m*) of
     exp(||m_test* - m||), N_b(m*) being the b bank entries nearest to m* (m* among them).
     ``max_patch`` [B, D], ``nearest_row`` [B, D] = m*, ``bank`` float32; returns [B]."""
-    to_bank = paddle.concat([d for _, d in squared_distances(nearest_row, bank, bank_squares)],
-                            axis=1)                                              # [B, M]
+    to_bank = squared_distances(nearest_row, bank, bank_squares)                # [B, M]
     _, support = paddle.topk(to_bank, k=min(neighbours, bank.shape[0]), axis=1, largest=False)
     support_rows = paddle.gather(bank, support.flatten()).reshape(
         [-1, support.shape[1], max_patch.shape[1]])                               # [B, b, D]
@@ -117,7 +130,7 @@ class PatchCoreInference(nn.Layer):
         emb = self.embedding(self.encoder(x))                          # [B, D, h, w]
         h, w = emb.shape[2], emb.shape[3]
         queries = emb.transpose([0, 2, 3, 1]).reshape([-1, emb.shape[1]])
-        distance, index = nearest_in_bank(queries, self.bank, self.bank_squares)
+        distance = nearest_distance(queries, self.bank, self.bank_squares)
         patch_map = distance.reshape([-1, 1, h, w])
         amap = separable_map(patch_map, resize_and_blur(h, self.image_size, False),
                              resize_and_blur(w, self.image_size, False))
@@ -127,9 +140,8 @@ class PatchCoreInference(nn.Layer):
         # the worst patch of each image, picked by a one-hot product (no batch-size constants)
         pick = paddle.nn.functional.one_hot(per_image.argmax(axis=1), h * w)     # [B, hw]
         max_patch = (pick.unsqueeze(2) * queries.reshape([-1, h * w, emb.shape[1]])).sum(axis=1)
-        nearest_index = (pick.astype(index.dtype) * index.reshape([-1, h * w])).sum(axis=1)
         # rows are picked from the bank: Paddle has no float16 gather on CPU, so a float16 bank
         # is cast once here (a temporary of the float32 bank's size; no-op for float32)
         bank = self.bank.astype("float32")
-        nearest_row = paddle.gather(bank, nearest_index)
+        nearest_row = paddle.gather(bank, nearest_index(max_patch, bank, self.bank_squares))
         return amap, reweighted_score(max_patch, nearest_row, bank, self.bank_squares, self.neighbours)
