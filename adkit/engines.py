@@ -153,8 +153,6 @@ class GraphEngine(PaddleEngine):
             with framework_stdout_silenced():
                 save_inference_graph(net, image_size, folder)
             super().__init__(folder, cpu_threads=cpu_threads, image_size=image_size, quantized=False)
-        self.config = {"runtime_device": "cpu", "ir_optim": True, "enable_tensorrt": False,
-                       "enable_mkldnn": True}
 
 
 def scoring_engine(method, cfg):

@@ -113,14 +113,15 @@ def worker(job):
         seconds = time.perf_counter() - start
         fit_peak = peak_mb()
         start = time.perf_counter()
-        calibrate(scoring_engine(method, cfg).run, train, val, job["eval_batch_size"],
+        engine = scoring_engine(method, cfg)  # what main.py's train and eval score with
+        calibrate(engine.run, train, val, job["eval_batch_size"],
                   int(cfg["seed"]), DEFAULT_POLICY)
         calibration_s = time.perf_counter() - start
         export(model, folder, os.path.join(folder, "export"))
         params = glob.glob(os.path.join(folder, "export", "*.pdiparams"))
         export_mb = sum(os.path.getsize(p) for p in params) / 2 ** 20
         per_image = {name: scoring_seconds(engine, val, job["eval_batch_size"]) for name, engine in (
-            ("eval", scoring_engine(method, cfg)),
+            ("eval", engine),
             ("graph", PaddleEngine(os.path.join(folder, "export"), cpu_threads=job["cpu_threads"],
                                    image_size=size)))}
     print(json.dumps({"fit_s": seconds, "images": len(train), "before_mb": before,

@@ -29,6 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import machine  # noqa: E402  (benchmark/machine.py, beside this script)
+
 SCHEDULES = {  # README's sample_data table
     "efficientad_s": ["--steps", "30"],
     "efficientad_m": ["--steps", "10", "--teacher_weights", "none"],  # no medium teacher ships
@@ -151,13 +153,8 @@ def measure(job):
 
 
 def cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            info = f.read()
-    except OSError:
-        return "?", "?"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    return name, "yes" if "avx512_vnni" in info or " avx_vnni" in info else "no"
+    """(CPU name, whether it has VNNI int8 instructions)."""
+    return machine.cpu_model(), "yes" if machine.cpu_has("avx512_vnni", "avx_vnni") else "no"
 
 
 def main():

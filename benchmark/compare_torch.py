@@ -170,11 +170,13 @@ def run_torch_alone(args):
 def compare(args, root, torch):
     if torch is None:
         print("torch is not installed: timing Paddle alone (pip install torch for the ratio)")
+    import paddle
+
     dataset = _data(root, args.image_size)
     builders = {"efficientad_s": _efficientad, "rd4ad": _rd4ad}
-    print(f"{cpu_model()}; {args.cpu_threads} threads, {args.image_size} px, {args.steps} timed steps each"
-          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads), "
-             f"Paddle {__import__('paddle').__version__}" if torch else ""))
+    print(f"{cpu_model()}; {args.cpu_threads} threads, {args.image_size} px, {args.steps} timed steps each, "
+          f"Paddle {paddle.__version__}"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ""))
     rows = []
     for name in args.compare_models.split(","):
         paddle_step, torch_step, batches, dropout = builders[name](args, dataset, torch)

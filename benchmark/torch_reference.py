@@ -327,7 +327,7 @@ class RD4ADStep:
 
 # -- torch alone -------------------------------------------------------------------------------
 
-def time_alone(model, steps, image_size, threads, backbone="wide_resnet50_2", batch_size=None):
+def time_alone(model, steps, image_size, threads, backbone="wide_resnet50_2"):
     """Median seconds per training step of ``model`` ("efficientad_s" or "rd4ad") in this process
     with torch alone (run it in a fresh one: no Paddle loaded, no variables set for Paddle's
     libraries): the reference the in-process torch times are checked against."""
@@ -337,10 +337,10 @@ def time_alone(model, steps, image_size, threads, backbone="wide_resnet50_2", ba
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     if model == "efficientad_s":
-        step, batch = EfficientADStep(image_size=image_size), batch_size or 1
+        step, batch = EfficientADStep(image_size=image_size), 1
         run = lambda images: step(images, images)  # noqa: E731
     else:
-        step, batch = RD4ADStep(None, backbone), batch_size or 16
+        step, batch = RD4ADStep(None, backbone), 16
         run = step
     times = []
     for k in range(steps + 2):  # two warm-up steps
