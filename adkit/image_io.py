@@ -69,13 +69,19 @@ def _read_raw(path):
     if not os.path.isfile(path):
         raise UserError(f"{path}: file not found")
     # imdecode over np.fromfile also copes with non-ASCII paths, unlike cv2.imread on Windows
-    data = np.fromfile(path, dtype=np.uint8)
+    return _decode_raw(np.fromfile(path, dtype=np.uint8), path)
+
+
+def _decode_raw(data, name):
+    """Encoded bytes (uint8 array) -> the image as OpenCV decodes it; ``name`` in the errors."""
+    if not data.size:
+        raise UserError(f"{name}: empty file, not an image")
     ending = _truncated(data)
     if ending:  # found before libpng/libjpeg print their own complaint on stderr
-        raise UserError(f"{path}: cannot decode image ({ending})")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        raise UserError(f"{name}: cannot decode image ({ending})")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise UserError(f"{path}: cannot decode image (expected PNG/JPEG/BMP/TIFF)")
+        raise UserError(f"{name}: cannot decode image (expected PNG/JPEG/BMP/TIFF/WebP)")
     return image
 
 
@@ -107,7 +113,15 @@ def _to_uint8(image):
 
 def read_rgb(path):
     """Any readable image as uint8 RGB HxWx3 (grayscale, RGBA and 16-bit are converted)."""
-    image = _read_raw(path)
+    return _as_rgb(_read_raw(path), path)
+
+
+def decode_rgb(data, name):
+    """``read_rgb`` for encoded bytes in memory (an upload); ``name`` in the errors."""
+    return _as_rgb(_decode_raw(np.frombuffer(data, dtype=np.uint8), name), name)
+
+
+def _as_rgb(image, path):
     try:
         image = _to_uint8(image)
     except UserError as err:

@@ -16,11 +16,14 @@ import numpy as np
 from .errors import UserError
 from .image_io import RUN_MARKER, map_at_size
 from .io_utils import default_dir_mode, make_folders, remove_folders, write_bytes, write_csv, write_json
+from .regions import REGION_FIELDS, defect_regions
 from .visualize import annotated_overlay, encode_png
 
 SAVE_FORMATS = ("png", "npy", "tiff")
 SAVE_FORMAT_HELP = "png: overlays and masks only; npy / tiff: also the float32 map at the image size"
 TEST_CSV_HEADER = ["path", "defect_type", "score", "prediction", "ground_truth", "status", "overlay"]
+REGIONS_CSV_HEADER = ["path", "region", "x", "y", "width", "height", "area", "max", "mean"]
+REGIONS_CSV = "regions.csv"  # next to df_test.csv
 TRAINING_CSV_HEADER = ["path", "split", "defect_type", "score", "prediction", "ground_truth"]
 
 
@@ -107,6 +110,7 @@ class ImageOutputs:
         self.save_format = save_format
         self.maps_folder = maps_folder
         self.rows = []
+        self.region_rows = []
         self._used = set()
         self._reserved = {}
 
@@ -123,6 +127,9 @@ class ImageOutputs:
         if self.threshold is not None:
             mask = (full_map >= self.threshold).astype(np.uint8) * 255
             write_bytes(self.run.file(base + "_mask.png"), encode_png(mask))
+            for k, region in enumerate(defect_regions(full_map, self.threshold), 1):
+                self.region_rows.append([path, k] + [format_score(region[f]) if f in ("max", "mean")
+                                                     else region[f] for f in REGION_FIELDS])
         map_base = self.run.file(os.path.join(self.maps_folder, base))
         if self.save_format == "npy":
             buf = io.BytesIO()
@@ -138,7 +145,11 @@ class ImageOutputs:
         self.rows.append([path, defect_type, "", "", ground_truth, f"skipped: {reason}", ""])
 
     def write_csv(self, name="df_test.csv"):
+        """df_test.csv, and regions.csv beside it (one row per defect region of each image;
+        written when there is a threshold to cut the maps at)."""
         write_csv(self.run.file(name), TEST_CSV_HEADER, self.rows)
+        if self.threshold is not None:
+            write_csv(self.run.file(REGIONS_CSV), REGIONS_CSV_HEADER, self.region_rows)
 
     def reserve(self, relatives):
         """Fix the file names of these images (``relative`` as ``add`` gets it, in this order)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,9 +30,41 @@ class Prediction:
     score: float             # image score (max of the map)
     label: str               # "defect", "good", or "" when no threshold is known
     threshold: float | None
+    regions: list = field(default_factory=list)  # regions.defect_regions of the map: boxes, areas
 
 
-class Predictor:
+class PredictorBase:
+    """What a model's outputs mean, without its engine: the input size, the threshold and the
+    overlay colour scale (``model``, ``model_dir``, ``image_size``, ``threshold``,
+    ``map_range``). Predictor adds the engine; the service's engine process runs that in a
+    child process and keeps this part."""
+
+    def display_range(self, first_maps=None):
+        """Colour scale for overlays: from calibration, else from the first maps of a run."""
+        map_range = self.map_range
+        if map_range is None:
+            map_range = (float(np.median(first_maps)), float(np.max(first_maps)))
+        return display_range(map_range, self.threshold.value)
+
+    def preprocess(self, image):
+        """RGB uint8 HxWx3 (any size) -> float32 3xSxS in [0,1], the input every engine takes."""
+        from .image_io import model_input
+
+        return model_input(image, self.image_size)
+
+    def prediction(self, model_map, score, image_hw):
+        """One image's ``run`` output -> Prediction at the image's size (``image_hw``)."""
+        from .image_io import map_at_size
+        from .regions import defect_regions
+
+        full = map_at_size(model_map, image_hw)
+        score = float(score)
+        threshold = self.threshold.value
+        return Prediction(full, score, label_of(score, threshold), threshold,
+                          defect_regions(full, threshold))
+
+
+class Predictor(PredictorBase):
     def __init__(self, model_dir, backend="paddle", device="cpu", cpu_threads=2, enable_mkldnn=True,
                  use_tensorrt=False, precision="fp32", max_batch_size=1, gpu_id=0,
                  threshold=None, threshold_policy=None):
@@ -73,19 +105,6 @@ class Predictor:
             stored_range = self.calibration["map_range"]
         self.map_range = stored_range
 
-    def display_range(self, first_maps=None):
-        """Colour scale for overlays: from calibration, else from the first maps of a run."""
-        map_range = self.map_range
-        if map_range is None:
-            map_range = (float(np.median(first_maps)), float(np.max(first_maps)))
-        return display_range(map_range, self.threshold.value)
-
-    def preprocess(self, image):
-        """RGB uint8 HxWx3 (any size) -> float32 3xSxS in [0,1], the input every engine takes."""
-        from .image_io import model_input
-
-        return model_input(image, self.image_size)
-
     def run(self, batch):
         """float32 [N,3,S,S] -> (model-size maps [N,S,S], scores [N])."""
         amap, score = self.engine.run(np.ascontiguousarray(batch, dtype=np.float32))
@@ -93,7 +112,7 @@ class Predictor:
 
     def predict(self, image):
         """One image (a path or an RGB uint8 HxWx3 array) -> Prediction."""
-        from .image_io import map_at_size, read_rgb
+        from .image_io import read_rgb
 
         if isinstance(image, (str, os.PathLike)):
             image = read_rgb(os.fspath(image))
@@ -101,9 +120,7 @@ class Predictor:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"predict: expected an RGB uint8 HxWx3 array, got {image.dtype} {image.shape}")
         maps, scores = self.run(self.preprocess(image)[None])
-        full = map_at_size(maps[0], image.shape[:2])
-        score = float(scores[0])
-        return Prediction(full, score, label_of(score, self.threshold.value), self.threshold.value)
+        return self.prediction(maps[0], scores[0], image.shape[:2])
 
 
 def predict_into_folder(predictor, img_path, root, paths, run_folder, save_format="npy", batch_size=1,
@@ -157,14 +174,16 @@ def predict_into_folder(predictor, img_path, root, paths, run_folder, save_forma
                 my_paths = [path for batch in distributed.shard(batches) for path in batch]
                 timings = predict_files(predictor, root, my_paths, outputs, batch_size, skip_bad,
                                         warmup)
-                mine = outputs.rows
+                mine = (outputs.rows, outputs.region_rows)
             except Exception as err:
                 error, mine = err, _failure(err)
             distributed.barrier()  # (Gloo's 30 s limit: the blocks may take unequal times)
             reports = distributed.all_gather_object(mine)
             _raise_if_failed(reports, error)
             if main:
-                outputs.rows = [row for rows in reports for row in rows]  # rank order: input order
+                # rank order: input order
+                outputs.rows = [row for rows, _ in reports for row in rows]
+                outputs.region_rows = [row for _, rows in reports for row in rows]
                 outputs.write_csv()
                 write_training_csv(run_folder, predictor.calibration, threshold.value)
     except Exception:

@@ -26,19 +26,6 @@ declare -A SCRIPT_FLAGS=([common_params]="--output_dir --model" [train_params]="
 CPU_ONLY_FLAGS="--enable_mkldnn --cpu_threads"
 GPU_ONLY_FLAGS="--use_tensorrt"
 
-function die() {
-    echo "error: $*" >&2
-    exit 2
-}
-
-function word_in() {  # word_in WORD "LIST OF WORDS"
-    local item
-    for item in $2; do
-        [[ $1 == "${item}" ]] && return 0
-    done
-    return 1
-}
-
 if [[ $# -eq 1 && ( $1 == -h || $1 == --help ) ]]; then
     sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
     exit 0
@@ -56,72 +43,8 @@ CONFIG=$(cd "$(dirname "${CONFIG}")" && pwd)/$(basename "${CONFIG}")
 # Relative paths in the config are relative to the repository root, where everything runs.
 cd "${ROOT}" || die "cannot enter ${ROOT}"
 
-# ---- read the config: one entry per `key:value` line, remembered with its section --------------
-ENTRY_SECTION=()
-ENTRY_KEY=()
-ENTRY_VALUE=()
-section=""
-line_number=0
-while IFS= read -r line || [[ -n ${line} ]]; do
-    line_number=$((line_number + 1))
-    line=${line%$'\r'}
-    [[ -z ${line//[[:space:]]/} || ${line} == \#* ]] && continue
-    where="${CONFIG}:${line_number}"
-    if [[ ${line} =~ ^=+([a-z_]+)=+$ ]]; then
-        section=${BASH_REMATCH[1]}
-        word_in "${section}" "${SECTIONS}" || die "${where}: unknown section ${section} (expected one of: ${SECTIONS})"
-        continue
-    fi
-    [[ -n ${section} ]] || die "${where}: key before the first ===section=== line"
-    [[ ${line} == *:* ]] || die "${where}: expected key:value, got '${line}'"
-    key=$(func_parser_key "${line}")
-    value=$(func_parser_value "${line}")
-    if [[ ${key} != --* ]]; then
-        word_in "${key}" "${SECTION_KEYS[${section}]}" \
-            || die "${where}: unknown key '${key}' in ${section} (allowed: ${SECTION_KEYS[${section}]} and --flags)"
-    fi
-    word_in "${key}" "${SCRIPT_FLAGS[${section}]}" && die "${where}: ${key} is set by the script; remove it"
-    for ((i = 0; i < ${#ENTRY_KEY[@]}; i++)); do
-        [[ ${ENTRY_SECTION[i]} == "${section}" && ${ENTRY_KEY[i]} == "${key}" ]] \
-            && die "${where}: ${key} appears twice in ${section}"
-    done
-    ENTRY_SECTION+=("${section}")
-    ENTRY_KEY+=("${key}")
-    ENTRY_VALUE+=("${value}")
-done < "${CONFIG}"
-
-# The raw value of KEY in SECTION; returns 1 when absent.
-function config_raw() {
-    local i
-    for ((i = 0; i < ${#ENTRY_KEY[@]}; i++)); do
-        if [[ ${ENTRY_SECTION[i]} == "$1" && ${ENTRY_KEY[i]} == "$2" ]]; then
-            echo "${ENTRY_VALUE[i]}"
-            return 0
-        fi
-    done
-    return 1
-}
-
-# The value of KEY in SECTION for the current mode (REQUIRED_KEYS are checked up front, so a
-# missing key cannot go unnoticed inside a $(...) subshell).
-function config_value() {
-    func_pick_value "$(config_raw "$1" "$2")" "${MODE}"
-}
-
-# FLAG_ARGS=(--flag value ...) for every --flag of SECTION that has a value in this mode,
-# except those named in SKIP. Outside the inference grid a flag takes a single value.
-function collect_flags() {
-    local section=$1 skip=$2 i value
-    FLAG_ARGS=()
-    for ((i = 0; i < ${#ENTRY_KEY[@]}; i++)); do
-        [[ ${ENTRY_SECTION[i]} == "${section}" && ${ENTRY_KEY[i]} == --* ]] || continue
-        word_in "${ENTRY_KEY[i]}" "${skip}" && continue
-        value=$(func_pick_value "${ENTRY_VALUE[i]}" "${MODE}")
-        [[ -z ${value} ]] && continue
-        [[ ${value} == *"|"* ]] && die "${CONFIG}: ${ENTRY_KEY[i]} in ${section} takes one value per mode, got '${value}'"
-        FLAG_ARGS+=("${ENTRY_KEY[i]}" "${value}")
-    done
-}
+# ---- read the config (common_func.sh: func_read_config) ----------------------------------------
+func_read_config "${CONFIG}"
 
 REQUIRED_KEYS="common_params:model_name common_params:python train_params:train eval_params:eval
                export_params:export infer_params:inference infer_params:reference infer_params:--device
@@ -185,45 +108,11 @@ EXPORT_DIR=${LOG_DIR}/inference_model
 rm -rf "${LOG_DIR}"
 mkdir -p "${LOG_DIR}"
 
-# ---- running and recording steps ----------------------------------------------------------------
+# ---- running and recording steps (common_func.sh: run_step, skip, print_summary) ---------------
 STEP_NAMES=()
 STEP_STATUS=()
 STEP_SECONDS=()
 FAILED=0
-
-function now_ms() {
-    echo $(($(date +%s%N) / 1000000))
-}
-
-# run_step NAME COMMAND...: output to LOG_DIR/NAME.log, status line to the results log.
-function run_step() {
-    local name=$1 start rc status=ok
-    shift
-    local log=${LOG_DIR}/${name}.log
-    start=$(now_ms)
-    if [[ -n ${STEP_TIMEOUT} ]]; then
-        timeout --kill-after=10 "${STEP_TIMEOUT}" "$@" > "${log}" 2>&1
-    else
-        "$@" > "${log}" 2>&1
-    fi
-    rc=$?
-    if [[ -n ${STEP_TIMEOUT} ]] && [[ ${rc} -eq 124 || ${rc} -eq 137 ]]; then
-        echo "tipc: stopped after the step_timeout of ${STEP_TIMEOUT} s" >> "${log}"
-        status=TIMEOUT
-    elif [[ ${rc} -ne 0 ]]; then
-        status=FAILED
-    fi
-    status_check "${rc}" "$(printf '%q ' "$@")> ${log} 2>&1" "${RESULTS}"
-    STEP_NAMES+=("${name}")
-    STEP_STATUS+=("${status}")
-    STEP_SECONDS+=("$(awk -v ms=$(($(now_ms) - start)) 'BEGIN { printf "%.1f", ms / 1000 }')")
-    [[ ${rc} -eq 0 ]] || FAILED=$((FAILED + 1))
-    return "${rc}"
-}
-
-function skip() {
-    echo "skip $*" | tee -a "${RESULTS}"
-}
 
 function has_cuda() {
     [[ $("${PYTHON[@]}" -c 'import paddle; print(paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0)' 2> /dev/null) == True ]]
@@ -320,10 +209,4 @@ if [[ ${have_checkpoint} == true ]]; then
     fi
 fi
 
-echo
-echo "summary (${MODEL_NAME} ${MODE}):"
-for ((i = 0; i < ${#STEP_NAMES[@]}; i++)); do
-    printf "  %-7s %7ss  %s\n" "${STEP_STATUS[i]}" "${STEP_SECONDS[i]}" "${STEP_NAMES[i]}"
-done
-echo "  ${#STEP_NAMES[@]} steps run, ${FAILED} failed; results: ${RESULTS}"
-[[ ${FAILED} -eq 0 ]] || exit 1
+print_summary

@@ -13,6 +13,7 @@ import sys
 
 import cv2
 import numpy as np
+from scipy import ndimage
 import paddle
 import pytest
 import tifffile
@@ -225,6 +226,7 @@ def test_infer_cli_outputs_match_dygraph(trained, images, tmp_path, model, engin
     expected = np.where(run["scores"] >= threshold, "defect", "good")
     assert [r["prediction"] for r, keep in zip(rows, clear) if keep] == list(expected[clear])
 
+    regions = read_csv(tmp_path / "regions.csv")
     for path, ref_map in zip(images, run["maps"]):
         stem = os.path.splitext(os.path.basename(path))[0]
         h, w = cv2.imread(path, cv2.IMREAD_UNCHANGED).shape[:2]
@@ -241,6 +243,21 @@ def test_infer_cli_outputs_match_dygraph(trained, images, tmp_path, model, engin
         np.testing.assert_array_equal((mask > 0)[clear_pixels], (full_map >= threshold)[clear_pixels])
         other = "npy" if save_format == "tiff" else "tiff"
         assert not (tmp_path / f"{stem}.{other}").exists()
+        # regions.csv: the written map's 8-connected parts at the threshold (scipy, not OpenCV)
+        mine = [r for r in regions if r["path"] == path]
+        labels, count = ndimage.label(full_map >= threshold, structure=np.ones((3, 3)))
+        assert len(mine) == count and [int(r["region"]) for r in mine] == list(range(1, count + 1))
+        want = {}
+        for k, box in enumerate(ndimage.find_objects(labels), 1):
+            values = full_map[labels == k]
+            want[(box[1].start, box[0].start, box[1].stop - box[1].start, box[0].stop - box[0].start,
+                  values.size)] = (float(values.max()), float(values.astype(np.float64).mean()))
+        for r in mine:
+            peak, mean = want.pop(tuple(int(r[k]) for k in ("x", "y", "width", "height", "area")))
+            assert float(r["max"]) == pytest.approx(peak, rel=1e-6)
+            assert float(r["mean"]) == pytest.approx(mean, rel=1e-6)
+        assert [float(r["max"]) for r in mine] == sorted((float(r["max"]) for r in mine), reverse=True)
+    assert sum(1 for r in regions) > 0  # some image of the brick test set has a region
 
 
 def test_benchmark_reports_the_three_stages_and_png_writes_overlays_only(trained, images, tmp_path):
@@ -255,7 +272,7 @@ def test_benchmark_reports_the_three_stages_and_png_writes_overlays_only(trained
     for key in ("preprocess_time", "inference_time", "postprocess_time"):
         assert f"{key}: " in report[0]
     stem = os.path.splitext(os.path.basename(images[0]))[0]
-    assert sorted(os.listdir(tmp_path)) == sorted(["df_test.csv", "df_training.csv", "run.json",
+    assert sorted(os.listdir(tmp_path)) == sorted(["df_test.csv", "df_training.csv", "regions.csv", "run.json",
                                                    stem + "_mask.png", stem + "_overlay.png"])
 
 
@@ -445,7 +462,7 @@ def test_infer_walks_a_dataset_tree_and_a_second_run_replaces_the_first(trained,
     one = os.path.join(tree, "good", "000.png")
     assert cli("infer.py", "--model_dir", save_dir, "--img_path", one, "--output_dir", out).returncode == 0
     assert sorted(os.listdir(out)) == ["000.npy", "000_mask.png", "000_overlay.png", "df_test.csv",
-                                       "df_training.csv", "run.json"]
+                                       "df_training.csv", "regions.csv", "run.json"]
     assert len(read_csv(out / "df_test.csv")) == 1
 
 

@@ -315,7 +315,7 @@ def test_sharded_infer_equals_one_process_and_a_failure_leaves_no_folder(tmp_pat
               "--eval_batch_size", "2"]
     failed = launch(tmp_path / "log_bad", "main.py", *common, "--output_dir", out, "--img_path", bad)
     assert failed.returncode != 0
-    expected = f"error: {bad / 'z.png'}: cannot decode image (expected PNG/JPEG/BMP/TIFF)"
+    expected = f"error: {bad / 'z.png'}: cannot decode image (expected PNG/JPEG/BMP/TIFF/WebP)"
     assert expected in failed.output.splitlines(), failed.output[-3000:]
     main_log = open(tmp_path / "log_bad" / "workerlog.0").read()
     assert [line for line in main_log.splitlines() if "error" in line.lower()] == [expected]

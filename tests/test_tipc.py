@@ -12,6 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIPC = os.path.join(ROOT, "test_tipc")
 SCRIPT = os.path.join(TIPC, "test_train_inference_python.sh")
+SERVING_SCRIPT = os.path.join(TIPC, "test_serving_infer_python.sh")
 COMPARE = os.path.join(TIPC, "compare_predictions.py")
 RD4AD_CONFIG = os.path.join(TIPC, "configs", "rd4ad", "train_infer_python.txt")
 MODE = "lite_train_lite_infer"
@@ -27,10 +28,10 @@ def has_cuda():
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
-def run_tipc(config, output_root, timeout=300):
+def run_tipc(config, output_root, timeout=300, script=SCRIPT):
     # The config's `python:python` must be this interpreter.
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    return subprocess.run(["bash", SCRIPT, str(config), MODE, str(output_root)], cwd=ROOT, env=env,
+    return subprocess.run(["bash", script, str(config), MODE, str(output_root)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -91,6 +92,33 @@ def test_every_grid_run_scores_the_images_as_the_dygraph_model(lite_run):
         run_images, scores = read_scores(table)
         assert run_images == INFER_IMAGES
         assert scores == pytest.approx(reference, rel=1e-3, abs=1e-4), table
+
+
+def test_the_serving_pipeline_serves_the_export_and_matches_infer(lite_run):
+    """test_serving_infer_python.sh on the lite run's export: serve.py up, every test image
+    posted (4 at a time) and scored as infer.py scores it, bad requests refused, SIGTERM exit 0."""
+    _, output_root = lite_run
+    proc = run_tipc(os.path.join(TIPC, "configs", "rd4ad", "serving_infer_python.txt"), output_root,
+                    script=SERVING_SCRIPT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = os.path.join(output_root, "rd4ad", MODE + "_serving")
+    with open(os.path.join(folder, "results_serving.log"), encoding="utf-8") as f:
+        runs = [line for line in f if line.startswith("Run ")]
+    assert len(runs) == 5 and all(line.startswith("Run successfully with command - ") for line in runs), runs
+    served, served_scores = read_scores(os.path.join(folder, "client", "df_test.csv"))
+    reference, reference_scores = read_scores(os.path.join(folder, "infer", "df_test.csv"))
+    test_images = sorted(glob.glob(os.path.join(ROOT, "sample_data", "brick", "test", "*", "*.png")))
+    assert served == reference == test_images
+    assert served_scores == pytest.approx(reference_scores, rel=1e-4, abs=1e-5)
+    assert "bad requests: 3/3 with the expected status" in open(os.path.join(folder, "client.log")).read()
+
+
+def test_the_serving_pipeline_without_an_export_says_what_to_run_first(tmp_path):
+    proc = run_tipc(os.path.join(TIPC, "configs", "padim", "serving_infer_python.txt"), tmp_path,
+                    script=SERVING_SCRIPT, timeout=60)
+    assert proc.returncode == 2
+    assert "no exported model; run test_tipc/test_train_inference_python.sh" in proc.stderr
+    assert not os.path.exists(tmp_path / "padim")
 
 
 def test_failing_training_makes_the_pipeline_fail(tmp_path):
