@@ -10,21 +10,22 @@ quantiles, Gaussian blurs, PatchCore's memory bank and PaDiM's Gaussians are all
 
 ``--quantize int8`` writes an int8 graph for CPUs (Paddle Inference, oneDNN int8) instead, calibrated
 on good training images and kept only if it detects as well as fp32 on the training side
-(adkit/quantize.py); otherwise it refuses with one line and writes nothing.
+(adkit/deploy/quantize.py); otherwise it refuses with one line and writes nothing.
 """
 import os
 import shutil
 import sys
 import tempfile
 
-from adkit.errors import UserError, exit_on_user_error
-from adkit.runtime import cpu_threads_from_argv, framework_stdout_silenced, set_cpu_threads, setup_logging
+from adkit.core.errors import UserError, exit_on_user_error
+from adkit.core.runtime import (cpu_threads_from_argv, framework_stdout_silenced, set_cpu_threads,
+                                setup_logging)
 
 
 def parse_args(argv):
-    from adkit.config import HelpFormatter, OneLineParser
-    from adkit.thresholds import POLICY_HELP
-    from adkit.registry import model_names
+    from adkit.options.config import HelpFormatter, OneLineParser
+    from adkit.evaluate.thresholds import POLICY_HELP
+    from adkit.options.registry import model_names
 
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, choices=model_names(), help="the trained method")
@@ -57,10 +58,11 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     import paddle
 
     from adkit import __version__
-    from adkit.deploy import DEPLOY_CONFIG, INPUT_DESCRIPTION, save_inference_graph
-    from adkit.io_utils import default_dir_mode, write_json
-    from adkit.calibration import CALIBRATION_FILE, EVAL_METRICS_FILE, read_calibration, resolve_threshold
-    from adkit.registry import load_trained
+    from adkit.deploy.exported import DEPLOY_CONFIG, INPUT_DESCRIPTION, save_inference_graph
+    from adkit.core.io_utils import default_dir_mode, write_json
+    from adkit.evaluate.calibration import (CALIBRATION_FILE, EVAL_METRICS_FILE, read_calibration,
+                                            resolve_threshold)
+    from adkit.options.registry import load_trained
 
     if quantize not in (None, "int8"):
         raise UserError(f"--quantize {quantize}: only int8 is supported")
@@ -113,8 +115,8 @@ def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_d
     returns (what deploy_config.json records, the int8 calibration)."""
     import logging
 
-    from adkit.calibration import calibrate, write_calibration
-    from adkit.quantize import GoodImages, describe_check, quantize_export
+    from adkit.evaluate.calibration import calibrate, write_calibration
+    from adkit.deploy.quantize import GoodImages, describe_check, quantize_export
 
     log = logging.getLogger("adkit")
     info, engine = quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir,
@@ -131,8 +133,8 @@ def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_d
 
 
 def export_onnx(folder, opset):
-    from adkit.compat import import_paddle2onnx
-    from adkit.deploy import model_files
+    from adkit.core.compat import import_paddle2onnx
+    from adkit.deploy.exported import model_files
 
     paddle2onnx = import_paddle2onnx()
     graph, params = model_files(folder)
@@ -150,9 +152,9 @@ def check_onnx_matches_paddle(folder, tolerance=1e-4):
     |output| (tests/test_deploy.py measured < 1e-5 for float32 reordering)."""
     import numpy as np
 
-    from adkit.compat import import_paddle2onnx
-    from adkit.deploy import read_deploy_config
-    from adkit.engines import OnnxEngine, PaddleEngine
+    from adkit.core.compat import import_paddle2onnx
+    from adkit.deploy.exported import read_deploy_config
+    from adkit.deploy.engines import OnnxEngine, PaddleEngine
 
     size = int(read_deploy_config(folder)["image_size"])
     batch = np.random.default_rng(0).random((2, 3, size, size), dtype=np.float32)

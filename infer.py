@@ -6,30 +6,20 @@ r"""Run an exported model with Paddle Inference (or ONNX Runtime): overlays, mas
 
 Prints one line per image on stdout: score, label (defect/good) and path.
 """
-import argparse
 import os
 import statistics
 import sys
 
-from adkit.errors import UserError, exit_on_user_error
-from adkit.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
+from adkit.core.errors import UserError, exit_on_user_error
+from adkit.core.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
+from adkit.deploy.cli import add_engine_options, predictor_options, str2bool
 
 TIME_KEYS = ("preprocess_time", "inference_time", "postprocess_time")
 
 
-def str2bool(value):
-    lowered = str(value).strip().lower()
-    if lowered in ("true", "t", "yes", "y", "1", "on"):
-        return True
-    if lowered in ("false", "f", "no", "n", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
 def parse_args(argv):
-    from adkit.config import HelpFormatter, OneLineParser
-    from adkit.outputs import SAVE_FORMAT_HELP, SAVE_FORMATS
-    from adkit.thresholds import POLICY_HELP
+    from adkit.options.config import HelpFormatter, OneLineParser
+    from adkit.outputs.folders import SAVE_FORMAT_HELP, SAVE_FORMATS
 
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_dir", required=True, help="folder written by export_model.py, or a training folder "
@@ -39,22 +29,11 @@ def parse_args(argv):
     parser.add_argument("--output_dir", default="output/infer",
                         help="where overlays, masks, maps and df_test.csv go (replaced by each run)")
     parser.add_argument("--batch_size", type=int, default=1, help="images per engine run")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where the graph runs")
-    parser.add_argument("--gpu_id", type=int, default=0, help="which GPU with --device gpu")
-    parser.add_argument("--cpu_threads", type=int, default=2, help="CPU threads for the engine")
-    parser.add_argument("--enable_mkldnn", type=str2bool, default=True, help="oneDNN kernels on CPU (true/false)")
-    parser.add_argument("--use_tensorrt", type=str2bool, default=False, help="TensorRT on GPU (true/false)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="fp16 needs --device gpu")
-    parser.add_argument("--backend", default="paddle", choices=("paddle", "onnxruntime"),
-                        help="onnxruntime needs an export made with --to_onnx")
+    add_engine_options(parser)
     parser.add_argument("--benchmark", type=str2bool, default=False,
                         help="report per-stage ms per image (after warm-up, median)")
     parser.add_argument("--warmup", type=int, default=2, help="batches excluded from --benchmark timing")
     parser.add_argument("--save_format", default="npy", choices=SAVE_FORMATS, help=SAVE_FORMAT_HELP)
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="score threshold for labels (default: the one stored at export)")
-    parser.add_argument("--threshold_policy", default=None,
-                        help=f"recompute the threshold from the export's calibration: {POLICY_HELP}")
     parser.add_argument("--verbose", action="store_true",
                         help="show Paddle's own C++ messages (normally silenced)")
     parser.add_argument("--skip_bad_images", action="store_true",
@@ -67,20 +46,16 @@ def parse_args(argv):
 
 def run(args):
     from adkit import Predictor
-    from adkit.outputs import RunFolder
-    from adkit.predictor import predict_into_folder
-    from adkit.image_io import collect_images
+    from adkit.outputs.folders import RunFolder
+    from adkit.deploy.predictor import predict_into_folder
+    from adkit.core.image_io import collect_images
 
     root, paths = collect_images(args.img_path)
     if args.batch_size > len(paths):
         raise UserError(f"--batch_size {args.batch_size} is larger than the number of images "
                         f"({len(paths)}) in {args.img_path}")
     run_folder = RunFolder(args.output_dir)  # refuses a folder it must not replace, early
-    predictor = Predictor(args.model_dir, backend=args.backend, device=args.device,
-                          cpu_threads=args.cpu_threads, enable_mkldnn=args.enable_mkldnn,
-                          use_tensorrt=args.use_tensorrt, precision=args.precision,
-                          max_batch_size=args.batch_size, gpu_id=args.gpu_id,
-                          threshold=args.threshold, threshold_policy=args.threshold_policy)
+    predictor = Predictor(args.model_dir, **predictor_options(args, args.batch_size))
     timings = predict_into_folder(predictor, args.img_path, root, paths, run_folder, args.save_format,
                                   args.batch_size, args.skip_bad_images, args.warmup)
     if args.benchmark:
@@ -89,7 +64,7 @@ def run(args):
 
 
 def report_timings(args, model, engine, timings, num_images, size):
-    from adkit.deploy import stored_precision
+    from adkit.deploy.exported import stored_precision
 
     if not timings["inference_time"]:
         print(f"benchmark: every batch was warm-up (--warmup {args.warmup}); nothing timed", file=sys.stderr)

@@ -13,14 +13,13 @@ import os
 import signal
 import sys
 
-from adkit.errors import UserError, exit_on_user_error
-from adkit.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
+from adkit.core.errors import UserError, exit_on_user_error
+from adkit.core.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
+from adkit.deploy.cli import add_engine_options, predictor_options
 
 
 def parse_args(argv):
-    from adkit.config import HelpFormatter, OneLineParser
-    from adkit.thresholds import POLICY_HELP
-    from infer import str2bool
+    from adkit.options.config import HelpFormatter, OneLineParser
 
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_dir", required=True,
@@ -28,18 +27,7 @@ def parse_args(argv):
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0: every interface; then set --api_key)")
     parser.add_argument("--port", type=int, default=8866, help="TCP port")
-    parser.add_argument("--backend", default="paddle", choices=("paddle", "onnxruntime"),
-                        help="onnxruntime needs an export made with --to_onnx")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where the model runs")
-    parser.add_argument("--gpu_id", type=int, default=0, help="which GPU with --device gpu")
-    parser.add_argument("--cpu_threads", type=int, default=2, help="CPU threads for the engine")
-    parser.add_argument("--enable_mkldnn", type=str2bool, default=True, help="oneDNN kernels on CPU (true/false)")
-    parser.add_argument("--use_tensorrt", type=str2bool, default=False, help="TensorRT on GPU (true/false)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="fp16 needs --device gpu")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="score threshold for labels (default: the one stored with the model)")
-    parser.add_argument("--threshold_policy", default=None,
-                        help=f"recompute the threshold from the model's calibration: {POLICY_HELP}")
+    add_engine_options(parser)
     parser.add_argument("--max_batch", type=int, default=8, help="images run together at most")
     parser.add_argument("--max_wait_ms", type=float, default=5.0,
                         help="how long the first image of a batch waits for others to join")
@@ -72,13 +60,6 @@ def parse_args(argv):
     return args
 
 
-def predictor_options(args):
-    return {"backend": args.backend, "device": args.device, "cpu_threads": args.cpu_threads,
-            "enable_mkldnn": args.enable_mkldnn, "use_tensorrt": args.use_tensorrt,
-            "precision": args.precision, "max_batch_size": args.max_batch, "gpu_id": args.gpu_id,
-            "threshold": args.threshold, "threshold_policy": args.threshold_policy}
-
-
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
@@ -88,16 +69,16 @@ def main(argv=None):
     try:
         import uvicorn
 
-        from adkit.serving.app import ServiceSettings, create_app
+        from adkit.deploy.serving.app import ServiceSettings, create_app
     except ImportError as err:
         raise UserError(f"serve.py needs FastAPI and uvicorn ({err.name} is missing): "
                         "pip install -r requirements.txt") from None
     import logging
 
-    from adkit.serving.model_slot import LoadedModel
+    from adkit.deploy.serving.model_slot import LoadedModel
 
     log = logging.getLogger("adkit")
-    options = predictor_options(args)
+    options = predictor_options(args, args.max_batch)
     model = LoadedModel(args.model_dir, options)  # a folder that does not load: one line, no server
     settings = ServiceSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                max_queue=args.max_queue, max_bytes=args.max_bytes,

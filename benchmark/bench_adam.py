@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Does the optimiser slow down later ops? (On Paddle 3.3.1, 2 threads, convolutions after the
-first step of the default Adam ran 5-6x slower; README "Speed" has the measurement.)
+first step of the default Adam ran 5-6x slower; doc/speed.md has the measurement.)
 
 Times a fixed conv forward before and after a few Adam steps, for the default Adam and for
-use_multi_tensor=True (what adkit.training.make_adam uses), each in its own process (a slowdown
+use_multi_tensor=True (what adkit.train.training.make_adam uses), each in its own process (a slowdown
 left by one would otherwise show in the next). Prints the after/before ratio.
 
     python benchmark/bench_adam.py --cpu_threads 2
@@ -57,7 +57,7 @@ def main():
                             str(args.cpu_threads), "--repeats", str(args.repeats), "--steps",
                             str(args.steps)], check=True)
         return
-    from adkit.runtime import set_cpu_threads
+    from adkit.core.runtime import set_cpu_threads
 
     set_cpu_threads(args.cpu_threads)
     import paddle

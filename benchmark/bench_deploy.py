@@ -33,7 +33,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from adkit.registry import all_specs, benchmark_cases  # noqa: E402
+from adkit.options.registry import all_specs, benchmark_cases  # noqa: E402
 
 MODELS = {label: (model, [word for key, value in options.items() for word in (f"--{key}", str(value))])
           for label, (model, options) in benchmark_cases().items()}  # label: (--model, options)
@@ -115,16 +115,16 @@ def build_runner(job):
     """A function: float32 [N,3,S,S] batch -> (maps, scores) as numpy, for one engine."""
     engine = job["engine"]
     if engine == "onnxruntime":  # no Paddle in this process
-        from adkit.engines import create_engine
+        from adkit.deploy.engines import create_engine
 
         return create_engine("onnxruntime", job["export_dir"], cpu_threads=job["cpu_threads"]).run
     if engine == "dygraph":
-        from adkit.engines import DygraphEngine
-        from adkit.registry import load_trained
+        from adkit.deploy.engines import DygraphEngine
+        from adkit.options.registry import load_trained
 
         _, method = load_trained(job["ckpt_dir"])
         return DygraphEngine(method.inference_net()).run
-    from adkit.engines import create_engine
+    from adkit.deploy.engines import create_engine
 
     return create_engine("paddle", job["export_dir"], cpu_threads=job["cpu_threads"],
                          enable_mkldnn=engine == "pi-onednn", max_batch_size=job["batch_size"],
@@ -132,16 +132,16 @@ def build_runner(job):
 
 
 def worker(job):
-    from adkit.image_io import model_input, read_rgb
+    from adkit.core.image_io import model_input, read_rgb
 
     paths, size, batch_size = job["images"], job["image_size"], job["batch_size"]
     if job["engine"] == "onnxruntime":
-        from adkit.runtime import keep_freed_memory
+        from adkit.core.runtime import keep_freed_memory
 
         keep_freed_memory()  # as infer.py does for every backend
         import onnxruntime  # noqa: F401  (imported here only to measure its memory)
     else:
-        from adkit.runtime import set_cpu_threads
+        from adkit.core.runtime import set_cpu_threads
 
         set_cpu_threads(job["cpu_threads"])  # imports Paddle with this many threads
     import_mb = peak_mb()

@@ -14,8 +14,8 @@ offline weights (ResNet-18, WRN-50-2) run with random weights, which changes nei
 nor the memory. Trained methods (STFPM, RD4AD, EfficientAD) fit one epoch (``--epochs``).
 Each case runs in a fresh process; "fit peak MB" is that process's peak RSS up to the end of
 fit (images already loaded), "export MB" the size of the exported parameters. "calib s" is
-adkit.calibration.calibrate on the fitted model (every training and validation image and the
-synthetic defects, with the engine main.py's train and eval use, adkit.engines.scoring_engine);
+adkit.evaluate.calibration.calibrate on the fitted model (every training and validation image and the
+synthetic defects, with the engine main.py's train and eval use, adkit.deploy.engines.scoring_engine);
 "eval ms/img" and "graph ms/img" score the 10 held-out images at --eval_batch_size through that
 engine and through the exported folder.
 """
@@ -32,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from adkit.registry import benchmark_cases  # noqa: E402
+from adkit.options.registry import benchmark_cases  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 DEFAULT_IMAGES = 200
@@ -84,15 +84,15 @@ def worker(job):
     """Fit one case in this process and print a JSON line of its numbers."""
     import logging
 
-    from adkit.runtime import set_cpu_threads
+    from adkit.core.runtime import set_cpu_threads
 
     set_cpu_threads(job["cpu_threads"])
     logging.getLogger("adkit").setLevel(logging.WARNING)
-    from adkit.calibration import calibrate
-    from adkit.config import resolve_config
-    from adkit.engines import PaddleEngine, scoring_engine
-    from adkit.registry import build_method, save_training_config
-    from adkit.thresholds import DEFAULT_POLICY
+    from adkit.evaluate.calibration import calibrate
+    from adkit.options.config import resolve_config
+    from adkit.deploy.engines import PaddleEngine, scoring_engine
+    from adkit.options.registry import build_method, save_training_config
+    from adkit.evaluate.thresholds import DEFAULT_POLICY
     from datasets import ImageDataset
     from export_model import export
 
@@ -131,7 +131,7 @@ def worker(job):
 
 def scoring_seconds(engine, images, batch_size):
     """Seconds per image of ``engine`` over ``images`` (after one warm-up batch)."""
-    from adkit.evaluation import run_inference
+    from adkit.evaluate.evaluation import run_inference
 
     run_inference(engine.run, [images[i] for i in range(min(batch_size, len(images)))], batch_size)
     start = time.perf_counter()

@@ -9,7 +9,7 @@ Each model trains briefly as README's sample_data table (EfficientAD-S 30 steps,
 Lite0 100, STFPM Lite0 30; PatchCore and PaDiM fit in one pass), with the offline weights
 (EfficientNet-Lite0 ImageNet features, EfficientAD's shipped teacher), then is exported twice:
 ``export_model.py`` (fp32) and ``export_model.py --quantize int8``, which keeps int8 only if it
-passes the training-side accuracy bar (adkit/quantize.py) and otherwise refuses with one line.
+passes the training-side accuracy bar (adkit/deploy/quantize.py) and otherwise refuses with one line.
 Checkpoints and exports are reused from --work_dir.
 
 Speed: batch 1, --cpu_threads threads, the graph alone (engine.run on a prepared input), --warmup
@@ -103,7 +103,7 @@ def prepare(model, args):
         folder = os.path.join(out, "export_int8_refused")
         if not os.path.isfile(os.path.join(folder, "deploy_config.json")):
             best = refusal.split("at best (")[-1].split(" quantised")[0]  # the level that came closest
-            code = ("import sys, adkit.quantize as q, export_model; q.MAX_AUROC_DROP = float('inf'); "
+            code = ("import sys, adkit.deploy.quantize as q, export_model; q.MAX_AUROC_DROP = float('inf'); "
                     f"q.LEVELS = {{{best!r}: q.LEVELS[{best!r}]}}; export_model.main(sys.argv[1:])")
             proc = run(["-c", code, "--model", model, "--checkpoint_dir", ckpt, "--save_dir", folder,
                         "--cpu_threads", str(args.cpu_threads), "--quantize", "int8"])
@@ -117,12 +117,12 @@ def worker(job):
     """Time one export (batch 1) and score it on the test set; prints one JSON line."""
     import numpy as np
 
-    from adkit.runtime import keep_freed_memory, set_cpu_threads
+    from adkit.core.runtime import keep_freed_memory, set_cpu_threads
 
     keep_freed_memory()
     set_cpu_threads(job["cpu_threads"])
-    from adkit.engines import create_engine
-    from adkit.evaluation import evaluate_dataset
+    from adkit.deploy.engines import create_engine
+    from adkit.evaluate.evaluation import evaluate_dataset
     from datasets import MVTecCategory, TestDataset
 
     size = job["image_size"]

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
 
-from adkit.serving.client import ServiceClient, ServiceError  # noqa: E402
+from adkit.deploy.serving.client import ServiceClient, ServiceError  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 
@@ -162,7 +162,7 @@ def main():
     args = parser.parse_args()
     from importlib import metadata
 
-    from adkit.image_io import collect_images
+    from adkit.core.image_io import collect_images
 
     with tempfile.TemporaryDirectory() as work:
         if args.model_dir is None:

@@ -44,7 +44,7 @@ def test_rows(eval_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from adkit.registry import model_names
+    from adkit.options.registry import model_names
 
     parser.add_argument("--model", required=True, choices=model_names())
     parser.add_argument("--train_args", default="", help="more main.py options for training, quoted")
@@ -53,7 +53,7 @@ def main():
     parser.add_argument("--cpu_threads", type=int, default=2)
     args = parser.parse_args()
 
-    from adkit.runtime import set_cpu_threads
+    from adkit.core.runtime import set_cpu_threads
 
     set_cpu_threads(args.cpu_threads)
     import logging
@@ -61,9 +61,9 @@ def main():
     import numpy as np
 
     import main as cli
-    from adkit import metrics
-    from adkit.calibration import resolve_threshold
-    from adkit.config import resolve_config
+    from adkit.evaluate import metrics
+    from adkit.evaluate.calibration import resolve_threshold
+    from adkit.options.config import resolve_config
 
     logging.getLogger("adkit").setLevel(logging.WARNING)
     out = args.out or tempfile.mkdtemp(prefix="bench_thresholds_")

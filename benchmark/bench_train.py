@@ -25,13 +25,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from adkit.registry import benchmark_cases, spec_for  # noqa: E402
+from adkit.options.registry import benchmark_cases, spec_for  # noqa: E402
 
 CASES = benchmark_cases()  # label: (model, options)
 
 
 def config(case, steps, image_size):
-    from adkit.config import resolve_config
+    from adkit.options.config import resolve_config
 
     model, options = CASES[case]
     argv = ["--model", model, "--mode", "train", "--steps", str(steps), "--image_size", str(image_size),
@@ -40,7 +40,7 @@ def config(case, steps, image_size):
 
 
 def fit_seconds(case, steps, image_size, data):
-    from adkit.registry import build_method
+    from adkit.options.registry import build_method
 
     method = build_method(config(case, steps, image_size))
     with tempfile.TemporaryDirectory() as folder:
@@ -73,7 +73,7 @@ def main():
 
         torch = import_torch_first(args.cpu_threads)
 
-    from adkit.runtime import set_cpu_threads
+    from adkit.core.runtime import set_cpu_threads
 
     set_cpu_threads(args.cpu_threads)
     import logging
@@ -84,8 +84,8 @@ def main():
 
         compare(args, ROOT, torch)
         return
-    from adkit.engines import DygraphEngine
-    from adkit.evaluation import run_inference
+    from adkit.deploy.engines import DygraphEngine
+    from adkit.evaluate.evaluation import run_inference
     from datasets import ImageDataset, MVTecCategory, TestDataset, split_train_val
 
     category = MVTecCategory(os.path.join(ROOT, "sample_data"), "gravel")

@@ -41,15 +41,15 @@ def _data(root, image_size):
 
 
 def _batches(dataset, batch_size, count, seed=0):
-    from adkit.training import batch_stream
+    from adkit.train.training import batch_stream
 
     stream = batch_stream(dataset, batch_size, seed)
     return [next(stream)[1] for _ in range(count)]
 
 
 def _efficientad(args, dataset, torch):
-    from adkit.config import resolve_config
-    from adkit.registry import build_method
+    from adkit.options.config import resolve_config
+    from adkit.options.registry import build_method
     from models.efficientad.augment import random_color_jitter
     from models.efficientad.losses import teacher_channel_stats
 
@@ -89,9 +89,9 @@ def _efficientad(args, dataset, torch):
 def _rd4ad(args, dataset, torch):
     import paddle
 
-    from adkit.config import resolve_config
-    from adkit.registry import build_method
-    from adkit.training import make_adam
+    from adkit.options.config import resolve_config
+    from adkit.options.registry import build_method
+    from adkit.train.training import make_adam
     from models.rd4ad.networks import rd4ad_loss
 
     cfg = resolve_config(["--model", "rd4ad", "--mode", "train", "--steps", "100",

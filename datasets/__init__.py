@@ -1,5 +1,5 @@
 """Dataset layouts on disk: which files are training, validation and test images, their labels,
-defect types and masks. Reading and resizing images is adkit.image_io.
+defect types and masks. Reading and resizing images is adkit.core.image_io.
 
 ``--data_format``: mvtec (MVTec AD folders; also what tools/prepare_dataset.py and
 tools/make_synthetic.py write), loco (MVTec LOCO AD), visa (VisA's split_csv/1cls.csv), folder

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adkit import errors
-from adkit.errors import UserError
-from adkit.image_io import list_images, read_label_mask, read_rgb, resize_mask, resize_rgb, to_chw_float
+from adkit.core import errors
+from adkit.core.errors import UserError
+from adkit.core.image_io import list_images, read_label_mask, read_rgb, resize_mask, resize_rgb, to_chw_float
 
 
 def split_train_val(paths, val_ratio, seed):
@@ -143,7 +143,7 @@ class ImageDataset:
 
 
 def raise_if_bad(bad, shown=5):
-    """adkit.errors.raise_if_bad for ``find_bad``'s [(index, message)]."""
+    """adkit.core.errors.raise_if_bad for ``find_bad``'s [(index, message)]."""
     errors.raise_if_bad([message for _, message in bad], shown)
 
 
@@ -190,7 +190,7 @@ class TestDataset(ImageDataset):
         """[(bool mask, saturation area)] per defect of image i, for sPRO; None when the layout
         has no saturation thresholds. Model size: masks resized (nearest) and absolute
         thresholds scaled by the change of area, so a defect needs the same share found."""
-        from adkit.pixel_metrics import saturation_area
+        from adkit.evaluate.pixel_metrics import saturation_area
 
         item = self.items[i]
         if self.defect_kinds is None or item.mask_path is None:

@@ -11,8 +11,8 @@ its image, so a misnamed file is found before evaluation starts.
 """
 import os
 
-from adkit.errors import UserError
-from adkit.image_io import find_images
+from adkit.core.errors import UserError
+from adkit.core.image_io import find_images
 
 from .common import Category, TestItem
 

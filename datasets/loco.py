@@ -4,8 +4,8 @@ defects_config.json (the sPRO saturation threshold of each defect kind)."""
 import json
 import os
 
-from adkit.errors import UserError
-from adkit.image_io import list_images
+from adkit.core.errors import UserError
+from adkit.core.image_io import list_images
 
 from .common import DefectKind, images_in
 from .mvtec import MVTecCategory

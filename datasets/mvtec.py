@@ -1,8 +1,8 @@
 """The MVTec AD folder layout: <cls>/train/good, <cls>/test/<type>, <cls>/ground_truth/<type>."""
 import os
 
-from adkit.errors import UserError
-from adkit.image_io import list_images
+from adkit.core.errors import UserError
+from adkit.core.image_io import list_images
 
 from .common import Category, TestItem, images_in
 

@@ -4,7 +4,7 @@ import csv
 import functools
 import os
 
-from adkit.errors import UserError
+from adkit.core.errors import UserError
 
 from .common import Category, TestItem
 

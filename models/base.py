@@ -14,7 +14,7 @@ class AnomalyMethod:
     name = "base"
 
     def __init__(self, cfg):
-        from adkit.registry import method_settings
+        from adkit.options.registry import method_settings
 
         self.cfg = cfg
         self.settings = method_settings(cfg)

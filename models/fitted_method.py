@@ -6,9 +6,9 @@ A subclass provides ``fit_arrays(train_set) -> {name: ndarray}`` (from ``self.en
 """
 import paddle
 
-from adkit.errors import UserError
-from adkit.fitted import load_fitted, save_fitted
-from adkit.training import log
+from adkit.core.errors import UserError
+from adkit.train.fitted import load_fitted, save_fitted
+from adkit.core.progress import log
 
 from .backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint, encoder_record
 from .base import AnomalyMethod
@@ -54,7 +54,7 @@ class FittedFeatureMethod(AnomalyMethod):
 
     def features(self, train_set, desc):
         """Yield the encoder's [f4, f8, f16] (paddle tensors) batch by batch over ``train_set``."""
-        from adkit.evaluation import batches
+        from adkit.evaluate.evaluation import batches
 
         with paddle.no_grad():
             for batch in batches(train_set, int(self.cfg["batch_size"]), desc):

@@ -203,3 +203,38 @@ function print_summary() {
     echo "  ${#STEP_NAMES[@]} steps run, ${FAILED} failed; results: ${RESULTS}"
     [[ ${FAILED} -eq 0 ]] || exit 1
 }
+
+# func_read_arguments SCRIPT HELP_LINES "$@": -h prints the script's header comment (lines
+# HELP_LINES, e.g. 2,11); otherwise sets CONFIG (absolute), MODE and OUTPUT_ROOT (absolute, default
+# test_tipc/output under the repository root) or stops with the usage line.
+function func_read_arguments() {
+    local script=$1 help_lines=$2
+    shift 2
+    if [[ $# -eq 1 && ( $1 == -h || $1 == --help ) ]]; then
+        sed -n "${help_lines}s/^# \\{0,1\\}//p" "${script}"
+        exit 0
+    fi
+    if [[ $# -lt 2 || $# -gt 3 ]]; then
+        die "usage: bash test_tipc/$(basename "${script}") CONFIG MODE [OUTPUT_ROOT] (MODE: ${TIPC_MODES// / | })"
+    fi
+    CONFIG=$1
+    MODE=$2
+    OUTPUT_ROOT=${3:-test_tipc/output}  # the default is relative to the repository root
+    [[ $# -eq 3 && ${OUTPUT_ROOT} != /* ]] && OUTPUT_ROOT=${PWD}/${OUTPUT_ROOT}
+    [[ -f ${CONFIG} ]] || die "${CONFIG}: config file not found"
+    func_is_mode "${MODE}" || die "mode ${MODE}: unknown (choose ${TIPC_MODES// / | })"
+    CONFIG=$(cd "$(dirname "${CONFIG}")" && pwd)/$(basename "${CONFIG}")
+}
+
+# func_python_and_timeout SECTION: PYTHON (the interpreter command, an array) and STEP_TIMEOUT
+# (seconds any one step may take in this mode; empty: no limit, so a hung step becomes a
+# failure otherwise) from SECTION's python: and step_timeout: keys.
+function func_python_and_timeout() {
+    local section=$1
+    read -ra PYTHON <<< "$(config_value "${section}" python)"
+    [[ ${#PYTHON[@]} -gt 0 ]] || die "${CONFIG}: python is empty"
+    command -v "${PYTHON[0]}" > /dev/null || die "${CONFIG}: python '${PYTHON[0]}' not found on PATH"
+    STEP_TIMEOUT=$(config_value "${section}" step_timeout)
+    [[ -z ${STEP_TIMEOUT} || ${STEP_TIMEOUT} =~ ^[1-9][0-9]*$ ]] \
+        || die "${CONFIG}: step_timeout must be a whole number of seconds, got '${STEP_TIMEOUT}'"
+}

@@ -15,8 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from adkit.image_io import collect_images  # noqa: E402
-from adkit.serving.client import ServiceClient, ServiceError  # noqa: E402
+from adkit.core.image_io import collect_images  # noqa: E402
+from adkit.deploy.serving.client import ServiceClient, ServiceError  # noqa: E402
 
 BAD_REQUESTS = [(b"", 400), (b"not an image", 400), (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, 400)]
 

@@ -19,20 +19,7 @@ SECTIONS="serving_params client_params"
 declare -A SECTION_KEYS=([serving_params]="model_name python step_timeout serving" [client_params]="client")
 declare -A SCRIPT_FLAGS=([serving_params]="--port --host" [client_params]="--url --output")
 
-if [[ $# -eq 1 && ( $1 == -h || $1 == --help ) ]]; then
-    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-    exit 0
-fi
-if [[ $# -lt 2 || $# -gt 3 ]]; then
-    die "usage: bash test_tipc/test_serving_infer_python.sh CONFIG MODE [OUTPUT_ROOT] (MODE: ${TIPC_MODES// / | })"
-fi
-CONFIG=$1
-MODE=$2
-OUTPUT_ROOT=${3:-test_tipc/output}
-[[ $# -eq 3 && ${OUTPUT_ROOT} != /* ]] && OUTPUT_ROOT=${PWD}/${OUTPUT_ROOT}
-[[ -f ${CONFIG} ]] || die "${CONFIG}: config file not found"
-func_is_mode "${MODE}" || die "mode ${MODE}: unknown (choose ${TIPC_MODES// / | })"
-CONFIG=$(cd "$(dirname "${CONFIG}")" && pwd)/$(basename "${CONFIG}")
+func_read_arguments "${BASH_SOURCE[0]}" 2,13 "$@"
 cd "${ROOT}" || die "cannot enter ${ROOT}"
 func_read_config "${CONFIG}"
 
@@ -42,11 +29,7 @@ for required in serving_params:model_name serving_params:python serving_params:s
         || die "${CONFIG}: missing '${required#*:}:' in ${required%%:*}"
 done
 MODEL_NAME=$(config_value serving_params model_name)
-read -ra PYTHON <<< "$(config_value serving_params python)"
-command -v "${PYTHON[0]}" > /dev/null || die "${CONFIG}: python '${PYTHON[0]}' not found on PATH"
-STEP_TIMEOUT=$(config_value serving_params step_timeout)
-[[ -z ${STEP_TIMEOUT} || ${STEP_TIMEOUT} =~ ^[1-9][0-9]*$ ]] \
-    || die "${CONFIG}: step_timeout must be a whole number of seconds, got '${STEP_TIMEOUT}'"
+func_python_and_timeout serving_params
 read -ra SERVE_CMD <<< "$(config_value serving_params serving)"
 read -ra CLIENT_CMD <<< "$(config_value client_params client)"
 IMG_PATH=$(config_value client_params --img_path)

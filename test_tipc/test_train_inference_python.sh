@@ -26,20 +26,7 @@ declare -A SCRIPT_FLAGS=([common_params]="--output_dir --model" [train_params]="
 CPU_ONLY_FLAGS="--enable_mkldnn --cpu_threads"
 GPU_ONLY_FLAGS="--use_tensorrt"
 
-if [[ $# -eq 1 && ( $1 == -h || $1 == --help ) ]]; then
-    sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-    exit 0
-fi
-if [[ $# -lt 2 || $# -gt 3 ]]; then
-    die "usage: bash test_tipc/test_train_inference_python.sh CONFIG MODE [OUTPUT_ROOT] (MODE: ${TIPC_MODES// / | })"
-fi
-CONFIG=$1
-MODE=$2
-OUTPUT_ROOT=${3:-test_tipc/output}  # the default is relative to the repository root
-[[ $# -eq 3 && ${OUTPUT_ROOT} != /* ]] && OUTPUT_ROOT=${PWD}/${OUTPUT_ROOT}
-[[ -f ${CONFIG} ]] || die "${CONFIG}: config file not found"
-func_is_mode "${MODE}" || die "mode ${MODE}: unknown (choose ${TIPC_MODES// / | })"
-CONFIG=$(cd "$(dirname "${CONFIG}")" && pwd)/$(basename "${CONFIG}")
+func_read_arguments "${BASH_SOURCE[0]}" 2,11 "$@"
 # Relative paths in the config are relative to the repository root, where everything runs.
 cd "${ROOT}" || die "cannot enter ${ROOT}"
 
@@ -55,13 +42,7 @@ for required in ${REQUIRED_KEYS}; do
 done
 MODEL_NAME=$(config_value common_params model_name)
 [[ -n ${MODEL_NAME} ]] || die "${CONFIG}: model_name is empty"
-read -ra PYTHON <<< "$(config_value common_params python)"
-[[ ${#PYTHON[@]} -gt 0 ]] || die "${CONFIG}: python is empty"
-command -v "${PYTHON[0]}" > /dev/null || die "${CONFIG}: python '${PYTHON[0]}' not found on PATH"
-# Seconds any one step may take in this mode (empty: no limit): a hung step becomes a failure.
-STEP_TIMEOUT=$(config_value common_params step_timeout)
-[[ -z ${STEP_TIMEOUT} || ${STEP_TIMEOUT} =~ ^[1-9][0-9]*$ ]] \
-    || die "${CONFIG}: step_timeout must be a whole number of seconds, got '${STEP_TIMEOUT}'"
+func_python_and_timeout common_params
 read -ra TRAIN_CMD <<< "$(config_value train_params train)"
 read -ra EVAL_CMD <<< "$(config_value eval_params eval)"
 read -ra EXPORT_CMD <<< "$(config_value export_params export)"

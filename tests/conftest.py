@@ -4,10 +4,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from adkit.runtime import set_cpu_threads  # noqa: E402
+from adkit.core.runtime import set_cpu_threads  # noqa: E402
 
-# Paddle pins one thread unless told otherwise; the tests use the machine's two cores.
-set_cpu_threads(int(os.environ.get("TEST_CPU_THREADS", "2")))
+# Paddle pins one thread unless told otherwise; the tests use the machine's two cores: two
+# threads in one process, or one in each of pytest-xdist's two workers (pytest.ini: -n 2).
+set_cpu_threads(int(os.environ.get("TEST_CPU_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")))
 
 
 import pytest  # noqa: E402
@@ -25,7 +26,7 @@ def brick_train_set():
 def train_cfg():
     """``make(model, folder, option=value, ...)``: a resolved --mode train config at 64 px with a
     random backbone (no downloads), outputs in ``folder``."""
-    from adkit.config import resolve_config
+    from adkit.options.config import resolve_config
 
     def make(model, folder, **options):
         argv = ["--model", model, "--mode", "train", "--image_size", "64", "--backbone_weights", "none",

@@ -18,16 +18,16 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from adkit.runtime import set_cpu_threads  # noqa: E402
+from adkit.core.runtime import set_cpu_threads  # noqa: E402
 
 set_cpu_threads(1)
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from adkit import distributed  # noqa: E402
-from adkit.trainer import CHECKPOINT_FILE, Trainer, TrainingInterrupted  # noqa: E402
-from adkit.training import batch_stream, make_adam  # noqa: E402
+from adkit.core import distributed  # noqa: E402
+from adkit.train.trainer import CHECKPOINT_FILE, Trainer, TrainingInterrupted  # noqa: E402
+from adkit.train.training import batch_stream, make_adam  # noqa: E402
 
 DATA = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float32)  # 4 inputs, 1 target
 

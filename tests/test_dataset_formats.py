@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from test_main import run_cli
-from adkit import metrics
-from adkit.errors import UserError
-from adkit.evaluation import evaluate_dataset
+from adkit.evaluate import metrics
+from adkit.core.errors import UserError
+from adkit.evaluate.evaluation import evaluate_dataset
 from datasets import TestDataset, find_categories, open_category
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

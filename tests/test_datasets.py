@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from adkit.errors import UserError
-from adkit.training import batch_stream
-from adkit.image_io import read_mask, read_rgb, to_chw_float
+from adkit.core.errors import UserError
+from adkit.train.training import batch_stream
+from adkit.core.image_io import read_mask, read_rgb, to_chw_float
 from datasets import ImageDataset, MVTecCategory, TestDataset, find_categories, split_train_val
 
 

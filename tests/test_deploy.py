@@ -107,7 +107,7 @@ def dygraph_outputs(ckpt_dir, paths):
     """The reference: models.load_trained + inference_net -> (maps [N,S,S], scores [N])."""
     import paddle
 
-    from adkit.registry import load_trained
+    from adkit.options.registry import load_trained
 
     _, method = load_trained(str(ckpt_dir))
     batch = paddle.to_tensor(np.stack([model_input(p) for p in paths]))
@@ -120,7 +120,7 @@ def dygraph_outputs(ckpt_dir, paths):
 def trained(tmp_path_factory, images):
     """model -> its 2-step training run, evaluated and exported with ONNX (built on first use)."""
     import main
-    from adkit.config import resolve_config
+    from adkit.options.config import resolve_config
     from export_model import export
 
     cache = {}
@@ -168,7 +168,7 @@ def test_export_refuses_an_onnx_model_that_disagrees_with_paddle(trained, tmp_pa
     import onnx
     from onnx import numpy_helper
 
-    from adkit.errors import UserError
+    from adkit.core.errors import UserError
     from export_model import check_onnx_matches_paddle
 
     folder = tmp_path / "export"
@@ -284,7 +284,7 @@ def write_files(folder, names):
 
 
 def test_model_files_finds_paddle3_and_paddle26_graphs(tmp_path):
-    from adkit.deploy import model_files
+    from adkit.deploy.exported import model_files
 
     folder = write_files(tmp_path / "paddle26", ["inference.pdmodel", "inference.pdiparams"])
     assert model_files(folder) == (os.path.join(folder, "inference.pdmodel"),
@@ -294,7 +294,7 @@ def test_model_files_finds_paddle3_and_paddle26_graphs(tmp_path):
         assert model_files(folder)[0] == os.path.join(folder, "inference.json")
         return
     # Paddle 2.6 cannot read a PIR graph: one line naming the Paddle that wrote the folder
-    from adkit.errors import UserError
+    from adkit.core.errors import UserError
 
     with open(os.path.join(folder, "deploy_config.json"), "w") as f:
         json.dump({"model": "rd4ad", "image_size": 64, "paddle_version": "3.3.1"}, f)
@@ -308,8 +308,8 @@ def test_model_files_finds_paddle3_and_paddle26_graphs(tmp_path):
 @pytest.mark.parametrize("names", [[], ["inference.pdiparams"], ["inference.pdmodel"],
                                    ["inference.json", "model.onnx"]])
 def test_model_files_without_a_graph_and_params_pair_is_a_user_error(tmp_path, names):
-    from adkit.deploy import model_files
-    from adkit.errors import UserError
+    from adkit.deploy.exported import model_files
+    from adkit.core.errors import UserError
 
     folder = write_files(tmp_path / "export", names)
     with pytest.raises(UserError) as err:
@@ -368,7 +368,7 @@ def test_infer_user_errors_exit_2_with_one_line(trained, images, tmp_path, case)
 
 def test_failed_export_leaves_the_existing_export_intact(trained, tmp_path, monkeypatch):
     import export_model
-    from adkit.errors import UserError
+    from adkit.core.errors import UserError
 
     run = trained("efficientad_s")
     save_dir = tmp_path / "deployed"
@@ -399,7 +399,7 @@ def test_successful_export_replaces_the_whole_folder(trained, tmp_path):
     assert sorted(os.listdir(save_dir)) == sorted(["calibration.json", "deploy_config.json", "eval_metrics.json",
                                                    GRAPH_FILE, "inference.pdiparams"])
     assert sorted(os.listdir(tmp_path)) == ["deployed"]
-    from adkit.io_utils import default_dir_mode
+    from adkit.core.io_utils import default_dir_mode
 
     assert os.stat(save_dir).st_mode & 0o777 == default_dir_mode()  # not mkdtemp's 0700
 

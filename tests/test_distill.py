@@ -8,10 +8,10 @@ import numpy as np
 import paddle
 import pytest
 
-from adkit.errors import UserError
-from adkit.weights import read_state_dict, safe_load
-from adkit.image_io import find_images
-from adkit.trainer import CHECKPOINT_FILE as STATE_FILE
+from adkit.core.errors import UserError
+from adkit.train.weights import read_state_dict, safe_load
+from adkit.core.image_io import find_images
+from adkit.train.trainer import CHECKPOINT_FILE as STATE_FILE
 from models.efficientad.distill import (DistillSampler, DistillTarget, RunningChannelStats,
                             projection_matrix, run_distill, target_statistics)
 from models.efficientad import PDN, EfficientADMethod

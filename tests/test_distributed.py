@@ -1,4 +1,4 @@
-"""Several processes (adkit.distributed) and --amp.
+"""Several processes (adkit.core.distributed) and --amp.
 
 Paddle's CPU build runs its Gloo collectives with two local processes under
 ``python -m paddle.distributed.launch --nproc_per_node 2`` (``--devices 0,1`` needs GPUs), so
@@ -21,9 +21,9 @@ import numpy as np
 import paddle
 import pytest
 
-from adkit import distributed
-from adkit.errors import UserError
-from adkit.training import load_train_state
+from adkit.core import distributed
+from adkit.core.errors import UserError
+from adkit.train.training import load_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
@@ -106,7 +106,7 @@ def test_amp_needs_a_gpu_and_says_so_in_one_line():
 
 
 def test_amp_values_are_checked():
-    from adkit.config import resolve_config
+    from adkit.options.config import resolve_config
 
     with pytest.raises(UserError, match="--amp must be one of fp16, bf16, got 'fp32'"):
         resolve_config(["--model", "rd4ad", "--mode", "train", "--amp", "fp32", "--device", "gpu"])
@@ -115,8 +115,8 @@ def test_amp_values_are_checked():
 
 def test_fp16_needs_a_step_that_lets_the_trainer_scale_the_loss(tmp_path):
     """(On CPU the autocast and the scaler do nothing, but the trainer's checks still run.)"""
-    from adkit.trainer import Trainer, set_mixed_precision
-    from adkit.training import make_adam
+    from adkit.train.trainer import Trainer, set_mixed_precision
+    from adkit.train.training import make_adam
 
     def toy(step_uses_trainer):
         net = paddle.nn.Linear(2, 1)

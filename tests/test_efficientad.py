@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from adkit.errors import UserError
+from adkit.core.errors import UserError
 from models.graph_ops import bilinear_resize
 from models.efficientad import (PDN, AutoEncoder, EfficientADInference, EfficientADMethod,
                                 PenaltyImages, autoencoder_loss, color_jitter,
@@ -157,7 +157,7 @@ NELSON_CONV_INDICES = {"small": (0, 3, 6, 8), "medium": (0, 3, 6, 8, 10, 12)}
 
 @pytest.mark.parametrize("size", ["small", "medium"])
 def test_nelson_and_anomalib_layouts_load_the_same_network(size):
-    from adkit.weights import load_into_layer
+    from adkit.train.weights import load_into_layer
 
     source = PDN(size)
     ours = {k: v.numpy() for k, v in source.state_dict().items()}
@@ -343,7 +343,7 @@ def test_color_jitter_hand_values():
 
 
 def test_penalty_images_resize_grayscale_and_centre_crop(tmp_path):
-    from adkit.image_io import read_rgb, resize_rgb
+    from adkit.core.image_io import read_rgb, resize_rgb
 
     (tmp_path / "class_a").mkdir()
     picture = RNG.integers(0, 256, (30, 50, 3), dtype=np.uint8)
@@ -400,14 +400,14 @@ def _data():
 
 
 def _final_weights(ckpt):
-    from adkit.weights import read_state_dict
+    from adkit.train.weights import read_state_dict
 
     return {role: read_state_dict(ckpt / f"{role}_final.pdparams")
             for role in ("teacher", "student", "autoencoder")}
 
 
 def test_resumed_training_reaches_the_same_weights(tmp_path, monkeypatch):
-    from adkit.weights import safe_load
+    from adkit.train.weights import safe_load
 
     train, val = _data()
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -440,7 +440,7 @@ def test_resumed_training_reaches_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_trained_checkpoint_loads_and_scores(tmp_path):
-    from adkit.weights import save_atomic
+    from adkit.train.weights import save_atomic
 
     train, val = _data()
     teacher_file = tmp_path / "teacher_small.pdparams"

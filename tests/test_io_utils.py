@@ -1,5 +1,5 @@
-"""Atomic writes (adkit.io_utils.atomic_path, used for outputs and checkpoints alike) and staged
-folders (adkit.io_utils.staged_folder, the datasets the tools write)."""
+"""Atomic writes (adkit.core.io_utils.atomic_path, used for outputs and checkpoints alike) and staged
+folders (adkit.core.io_utils.staged_folder, the datasets the tools write)."""
 import os
 import stat
 from pathlib import Path
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adkit.errors import UserError
-from adkit.io_utils import atomic_path, default_dir_mode, read_json, staged_folder, write_json
-from adkit.weights import safe_load, save_atomic
+from adkit.core.errors import UserError
+from adkit.core.io_utils import atomic_path, default_dir_mode, read_json, staged_folder, write_json
+from adkit.train.weights import safe_load, save_atomic
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
@@ -77,7 +77,7 @@ def test_staged_folder_refuses_a_target_that_appeared_meanwhile(tmp_path):
 def test_an_abrupt_stop_says_the_run_folder_was_removed(tmp_path):
     """A second Ctrl-C during training (before any checkpoint): the folder goes, and the
     message says so instead of a bare 'interrupted'."""
-    from adkit.io_utils import new_folder
+    from adkit.core.io_utils import new_folder
 
     target = tmp_path / "output" / "rd4ad" / "brick"
     with pytest.raises(KeyboardInterrupt) as stop:

@@ -249,7 +249,7 @@ def test_a_training_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
 
 
 def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypatch):
-    from adkit.engines import DygraphEngine
+    from adkit.deploy.engines import DygraphEngine
 
     data, out, common = gravel_run
     good = os.path.join(data, "gravel", "test", "good")
@@ -268,9 +268,9 @@ def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypat
 
 
 def test_every_long_phase_reports_progress_off_a_terminal(tmp_path, monkeypatch, capsys):
-    from adkit import training
+    from adkit.core import progress
 
-    monkeypatch.setattr(training, "PLAIN_PROGRESS_SECONDS", 0.0)  # a line at every update
+    monkeypatch.setattr(progress, "PLAIN_PROGRESS_SECONDS", 0.0)  # a line at every update
     common = ["--model", "efficientad_s", "--data_dir", make_dataset(tmp_path), "--cls", "gravel",
               "--output_dir", str(tmp_path / "out"), "--image_size", "64", "--teacher_weights", "none"]
     assert run_cli(common + ["--mode", "train", "--steps", "2"]) == 0

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from adkit.image_io import read_rgb
-from adkit.synthetic import DATASET_KINDS, KINDS, MAX_AREA, MIN_AREA, make_defect
+from adkit.core.image_io import read_rgb
+from adkit.evaluate.synthetic import DATASET_KINDS, KINDS, MAX_AREA, MIN_AREA, make_defect
 from datasets import split_train_val
 
 REPO = Path(__file__).resolve().parent.parent

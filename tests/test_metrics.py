@@ -1,4 +1,4 @@
-"""adkit.metrics against independent references: brute-force pair counts, a brute-force PRO
+"""adkit.evaluate.metrics against independent references: brute-force pair counts, a brute-force PRO
 curve with its own flood-fill region labelling, hand-derived AU-PRO cases and scikit-learn."""
 import json
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from adkit import metrics
+from adkit.evaluate import metrics
 
 
 # ----------------------------------------------------------------------------- references

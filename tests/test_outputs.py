@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from adkit.errors import UserError
-from adkit.io_utils import default_dir_mode, default_file_mode
-from adkit.outputs import ImageOutputs, RunFolder, display_range
-from adkit.predictor import predict_files
-from adkit.image_io import collect_images, folder_label
+from adkit.core.errors import UserError
+from adkit.core.io_utils import default_dir_mode, default_file_mode
+from adkit.outputs.folders import ImageOutputs, RunFolder, display_range
+from adkit.deploy.predictor import predict_files
+from adkit.core.image_io import collect_images, folder_label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BRICK_TEST = os.path.join(ROOT, "sample_data", "brick", "test")
@@ -183,17 +183,17 @@ def test_a_bad_image_stops_the_run_naming_it_and_leaves_no_output(tmp_path):
 def test_progress_off_a_terminal_is_plain_log_lines(monkeypatch, caplog):
     import logging
 
-    from adkit import training
+    from adkit.core import progress
 
-    monkeypatch.setattr(training, "PLAIN_PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PLAIN_PROGRESS_SECONDS", 0.0)
     caplog.set_level(logging.INFO, logger="adkit")
-    bar = training.progress(total=3, desc="train")  # pytest captures stderr: not a terminal
+    bar = progress.progress(total=3, desc="train")  # pytest captures stderr: not a terminal
     for _ in range(3):
         bar.set_postfix(loss="0.5")
         bar.update(1)
     bar.close()
     assert [r.getMessage() for r in caplog.records] == [f"train {i}/3 (loss=0.5)" for i in (1, 2, 3)]
-    assert list(training.progress(range(4), total=4, desc="x")) == [0, 1, 2, 3]
+    assert list(progress.progress(range(4), total=4, desc="x")) == [0, 1, 2, 3]
 
 
 def test_metrics_summaries_merge_per_model_and_category(tmp_path):
@@ -201,7 +201,7 @@ def test_metrics_summaries_merge_per_model_and_category(tmp_path):
     <out>/metrics.json: a gravel eval keeps brick, a padim eval keeps rd4ad."""
     import json
 
-    from adkit.eval_outputs import write_metrics_summaries
+    from adkit.outputs.eval_folder import write_metrics_summaries
 
     def result(auroc):
         return {"image_auroc": auroc, "pixel_auroc": None, "aupro": None, "f1_max": None}

@@ -56,7 +56,7 @@ def inference_config(tmp_path):
 ])
 def test_inference_gpu_and_tensorrt_settings_bind_on_this_paddle(inference_config, precision,
                                                                   use_tensorrt, expected):
-    from adkit.engines import configure_gpu
+    from adkit.deploy.engines import configure_gpu
 
     checked = BindingChecked(inference_config)
     configure_gpu(checked, gpu_mem_mb=500, gpu_id=0, precision=precision, use_tensorrt=use_tensorrt,
@@ -78,9 +78,9 @@ def bind(function, *args, **kwargs):
 
 
 def test_mixed_precision_calls_fit_this_paddle():
-    """adkit/trainer.py: GradScaler(init_loss_scaling=), auto_cast(enable=, dtype=, level=),
+    """adkit/train/trainer.py: GradScaler(init_loss_scaling=), auto_cast(enable=, dtype=, level=),
     and the scaler methods the fp16 step and checkpoint call."""
-    from adkit.trainer import AMP_MODES
+    from adkit.train.trainer import AMP_MODES
 
     bind(paddle.amp.GradScaler, init_loss_scaling=2.0**15)
     for dtype in AMP_MODES.values():

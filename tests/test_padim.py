@@ -4,7 +4,7 @@ import numpy as np
 import paddle
 import pytest
 
-from adkit.errors import UserError
+from adkit.core.errors import UserError
 from models.backbones.encoders import build_encoder
 from models.padim import networks
 from models.padim.gaussian import GaussianAccumulator

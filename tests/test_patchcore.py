@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from adkit.errors import UserError
+from adkit.core.errors import UserError
 from models.backbones.encoders import build_encoder
 from models.patchcore import networks
 from models.patchcore.coreset import greedy_coreset, random_projection
@@ -108,7 +108,7 @@ def test_random_projection_keeps_distances_roughly_and_small_inputs_unchanged():
 def test_inference_net_matches_a_numpy_pipeline(engine):
     """The net in dygraph, and as eval and calibration run it on the CPU (engines.GraphEngine:
     the static graph on Paddle Inference with oneDNN), against numpy."""
-    from adkit.engines import GraphEngine
+    from adkit.deploy.engines import GraphEngine
 
     encoder = build_encoder("efficientnet_lite0", "none")
     embed = PatchEmbedding(encoder.channels, 64)
@@ -141,7 +141,7 @@ def test_inference_net_matches_a_numpy_pipeline(engine):
 
 
 def test_patchcore_scores_through_the_graph_on_the_cpu_only():
-    from adkit.engines import DygraphEngine, GraphEngine, scoring_engine
+    from adkit.deploy.engines import DygraphEngine, GraphEngine, scoring_engine
 
     class Fitted:  # a fitted method's one method the choice needs
         def inference_net(self):

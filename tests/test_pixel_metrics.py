@@ -1,5 +1,5 @@
-"""adkit.pixel_metrics against independent references: scikit-learn's ROC AUC, a brute-force PRO
-curve (cv2 region labelling, one pass per threshold), the exact in-memory adkit.metrics on
+"""adkit.evaluate.pixel_metrics against independent references: scikit-learn's ROC AUC, a brute-force PRO
+curve (cv2 region labelling, one pass per threshold), the exact in-memory adkit.evaluate.metrics on
 full-size stacks, and hand-derived sPRO cases."""
 import math
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from adkit import metrics
-from adkit.pixel_metrics import LOCO_FPR_LIMITS, PixelMetricAccumulator, saturation_area
+from adkit.evaluate import metrics
+from adkit.evaluate.pixel_metrics import LOCO_FPR_LIMITS, PixelMetricAccumulator, saturation_area
 
 SIZES = [(37, 53), (64, 48), (50, 50), (20, 90)]
 

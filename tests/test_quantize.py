@@ -32,7 +32,7 @@ def cli(*args, code=None):
 def exported(tmp_path_factory):
     """A PaDiM fitted at 64 px, exported fp32 and int8."""
     import main
-    from adkit.config import resolve_config
+    from adkit.options.config import resolve_config
     from export_model import export
 
     out = tmp_path_factory.mktemp("quantize")
@@ -64,9 +64,9 @@ def test_int8_export_records_what_was_quantised_and_checked(exported):
 
 
 def test_int8_graph_runs_with_onednn_int8_and_its_maps_follow_fp32(exported):
-    from adkit.compat import runs_old_ir
-    from adkit.engines import PaddleEngine
-    from adkit.image_io import find_images, model_input, read_rgb
+    from adkit.core.compat import runs_old_ir
+    from adkit.deploy.engines import PaddleEngine
+    from adkit.core.image_io import find_images, model_input, read_rgb
 
     paths = find_images(os.path.join(ROOT, "sample_data", CLS, "test"), "test")
     batch = np.stack([model_input(read_rgb(p), SIZE) for p in paths])
@@ -96,7 +96,7 @@ def test_infer_runs_the_int8_folder_without_new_flags(exported, tmp_path):
 
 def test_refusal_is_one_line_and_leaves_no_folder(exported, tmp_path):
     # Force the refusal through the module's bar (no drop can be below -1), one level for speed.
-    code = ("import sys, adkit.quantize as q, export_model; q.MAX_AUROC_DROP = -1.0; "
+    code = ("import sys, adkit.deploy.quantize as q, export_model; q.MAX_AUROC_DROP = -1.0; "
             "q.LEVELS = {'backbone': q.LEVELS['backbone']}; export_model.main(sys.argv[1:])")
     save_dir = tmp_path / "refused"
     proc = cli("--model", MODEL, "--checkpoint_dir", exported["ckpt"], "--save_dir", save_dir,
@@ -112,8 +112,8 @@ def test_refusal_is_one_line_and_leaves_no_folder(exported, tmp_path):
 
 
 def test_int8_folder_refuses_gpu_and_quantize_refuses_onnx(exported, tmp_path):
-    from adkit.engines import PaddleEngine
-    from adkit.errors import UserError
+    from adkit.deploy.engines import PaddleEngine
+    from adkit.core.errors import UserError
     from export_model import export
 
     with pytest.raises(UserError, match="int8 export"):
@@ -127,7 +127,7 @@ def test_the_check_compares_decisions_at_each_models_own_threshold():
     """Hand-computed: fp32 separates 2 good from 4 defects; int8 lets one defect (3) fall below
     a good image (4). synthetic_f1 on the int8 scores: flagging {6, 7, 8} gives class-balanced
     F1 2*3 / (2*3 + 0 + 1) = 0.857, the best, so its threshold is halfway down to 4: 5."""
-    from adkit.quantize import compare, describe_check, passes
+    from adkit.deploy.quantize import compare, describe_check, passes
 
     labels = np.array([0, 0, 1, 1, 1, 1])
     maps = np.random.default_rng(0).random((6, 1, 4, 4)).astype(np.float32)

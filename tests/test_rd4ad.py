@@ -5,11 +5,11 @@ import paddle
 import pytest
 from scipy import ndimage
 
-from adkit.deploy import model_files
-from adkit.errors import UserError
+from adkit.deploy.exported import model_files
+from adkit.core.errors import UserError
 from models.graph_ops import bilinear_resize, summed_separable_maps
-from adkit.training import load_train_state
-from adkit.weights import Weights
+from adkit.train.training import load_train_state
+from adkit.train.weights import Weights
 from models.backbones import encoders
 from models.backbones.encoders import build_encoder
 from models.rd4ad import (RD4ADInference, RD4ADMethod, anomaly_map, build_student,

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from adkit.config import build_parser, resolve_config
-from adkit.errors import UserError
-from adkit import registry
+from adkit.options.config import build_parser, resolve_config
+from adkit.core.errors import UserError
+from adkit.options import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

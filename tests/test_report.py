@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from adkit import report
-from adkit.report import Example, ReportData, render_report, write_report
+from adkit.outputs import report
+from adkit.outputs.report import Example, ReportData, render_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -222,7 +222,7 @@ def test_without_matplotlib_modules(monkeypatch):
 def test_import_does_not_load_matplotlib():
     import subprocess
 
-    code = "import sys, adkit.report; print('matplotlib' in sys.modules)"
+    code = "import sys, adkit.outputs.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=report.__file__.rsplit("/adkit/", 1)[0])
     assert out.stdout.strip() == "False"
@@ -243,7 +243,7 @@ def test_warning_box_and_run_metadata_are_shown():
 
 
 def test_few_validation_images_warn_for_the_policies_that_use_them():
-    from adkit.calibration import few_validation_warning
+    from adkit.evaluate.calibration import few_validation_warning
 
     two = {"val": [{"path": "a", "score": 1.0}, {"path": "b", "score": 2.0}]}
     three = {"val": two["val"] + [{"path": "c", "score": 3.0}]}
@@ -283,7 +283,8 @@ def test_roc_line_is_visible_at_auroc_1():
 
 
 def test_example_shows_the_plain_image_with_its_ground_truth_beside_the_heat_map():
-    from adkit.visualize import GROUND_TRUTH_COLOUR, annotated_overlay, ground_truth_view, side_by_side
+    from adkit.outputs.visualize import (GROUND_TRUTH_COLOUR, annotated_overlay, ground_truth_view,
+                                         side_by_side)
 
     image = np.full((120, 160, 3), 90, np.uint8)
     mask = np.zeros((120, 160), np.uint8)
@@ -302,7 +303,7 @@ def test_example_shows_the_plain_image_with_its_ground_truth_beside_the_heat_map
 
 
 def test_outline_and_text_scale_with_the_image():
-    from adkit.visualize import annotated_overlay, line_width, overlay
+    from adkit.outputs.visualize import annotated_overlay, line_width, overlay
 
     assert line_width(256, 256) == 2 and line_width(4000, 6000) == 16
     big = np.zeros((4000, 6000, 3), np.uint8)

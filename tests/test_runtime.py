@@ -1,4 +1,4 @@
-"""adkit.runtime: freed memory is reused without page faults (each case in a fresh process, since
+"""adkit.core.runtime: freed memory is reused without page faults (each case in a fresh process, since
 the malloc settings last for the whole process)."""
 import os
 import subprocess
@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import ctypes, resource, sys
 sys.path.insert(0, {root!r})
-from adkit.runtime import keep_freed_memory
+from adkit.core.runtime import keep_freed_memory
 if {keep}:
     assert keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
@@ -53,7 +53,7 @@ def test_a_log_line_on_a_terminal_does_not_stick_to_the_progress_bar():
 
     from tqdm import tqdm
 
-    from adkit.runtime import BarSafeHandler
+    from adkit.core.runtime import BarSafeHandler
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -79,7 +79,7 @@ def test_the_log_handler_follows_stderr_when_it_is_swapped_and_closed(monkeypatc
     import io
     import logging
 
-    from adkit.runtime import BarSafeHandler
+    from adkit.core.runtime import BarSafeHandler
 
     first, second = io.StringIO(), io.StringIO()
     logger = logging.getLogger("stderr_follow_test")

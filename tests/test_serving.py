@@ -92,7 +92,7 @@ class Server:
 def exports(tmp_path_factory):
     """Two PaDiM exports of brick at 64 px (different training subsets: different models)."""
     import main
-    from adkit.config import resolve_config
+    from adkit.options.config import resolve_config
     from export_model import export
 
     root = tmp_path_factory.mktemp("serving")
@@ -118,7 +118,7 @@ def server(exports, tmp_path_factory):
 
 
 def regions_by_scipy(amap, threshold):
-    """Independent of adkit.regions: scipy's 8-connected labels and find_objects."""
+    """Independent of adkit.evaluate.regions: scipy's 8-connected labels and find_objects."""
     labels, count = ndimage.label(amap >= threshold, structure=np.ones((3, 3)))
     out = []
     for k, box in enumerate(ndimage.find_objects(labels), 1):
@@ -242,7 +242,7 @@ def test_health_ready_info_and_metrics(server):
     text = server.metrics()
     assert 'adkit_requests_total{path="/predict",status="400"}' in text
     assert 'adkit_predict_latency_seconds_bucket{le="+Inf"}' in text
-    assert "adkit_queue_depth 0" in text
+    assert "adkit_queue_depth 0" in text and in_flight(text) == 0
     count = int(next(l for l in text.splitlines() if l.startswith("adkit_predict_latency_seconds_count")).split()[1])
     answered = sum(int(l.rsplit(" ", 1)[1]) for l in text.splitlines()
                    if l.startswith('adkit_requests_total{path="/predict"'))
@@ -318,13 +318,20 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(exports, tmp_path):
     srv = Server(exports[0], "--max_batch", 2, key=None)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         load = [pool.submit(srv.upload, big, params={"overlay": "true"}) for _ in range(6)]
-        time.sleep(0.5)
+        deadline = time.time() + 60
+        while in_flight(srv.metrics()) < 6:  # all six received, none answered yet
+            assert time.time() < deadline and not any(f.done() for f in load), srv.output()
+            time.sleep(0.02)
         srv.proc.send_signal(signal.SIGTERM)
         codes = [f.result().status_code for f in load]
     assert srv.stop() == 0
     assert codes == [200] * 6
     with pytest.raises(httpx.HTTPError):
         httpx.get(srv.url + "/health", timeout=2)
+
+
+def in_flight(metrics_text):
+    return int(next(l for l in metrics_text.splitlines() if l.startswith("adkit_requests_in_flight ")).split()[1])
 
 
 def test_a_full_queue_answers_503_with_retry_after(exports):
@@ -354,7 +361,7 @@ def test_the_batcher_groups_waiting_images_and_refuses_beyond_its_queue():
     """MicroBatcher alone, with an engine that records its batches: deterministic."""
     import asyncio
 
-    from adkit.serving.batcher import BatcherClosed, MicroBatcher, QueueFull
+    from adkit.deploy.serving.batcher import BatcherClosed, MicroBatcher, QueueFull
 
     seen = []
 

@@ -4,7 +4,7 @@ import numpy as np
 import paddle
 import pytest
 
-from adkit.errors import UserError
+from adkit.core.errors import UserError
 from models.stfpm.networks import STFPMInference, Student, anomaly_map, stfpm_loss
 from tests.numpy_reference import bilinear
 

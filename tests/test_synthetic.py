@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from adkit.synthetic import (DATASET_KINDS, DEFAULT_KINDS, KINDS, MAX_AREA, MIN_AREA, make_defect,
-                             synthetic_defects)
+from adkit.evaluate.synthetic import (DATASET_KINDS, DEFAULT_KINDS, KINDS, MAX_AREA, MIN_AREA, make_defect,
+                                      synthetic_defects)
 
 SEEDS = range(4)
 

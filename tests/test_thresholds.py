@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from adkit import metrics
-from adkit.calibration import resolve_threshold, write_calibration
-from adkit.errors import UserError
-from adkit.thresholds import Policy, candidate_thresholds, compute_threshold, parse_policy
+from adkit.evaluate import metrics
+from adkit.evaluate.calibration import resolve_threshold, write_calibration
+from adkit.core.errors import UserError
+from adkit.evaluate.thresholds import Policy, candidate_thresholds, compute_threshold, parse_policy
 
 VAL = [0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, 0.90, 1.00]
 

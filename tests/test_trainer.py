@@ -10,9 +10,9 @@ import numpy as np
 import paddle
 import pytest
 
-from adkit.errors import UserError
-from adkit.trainer import CHECKPOINT_FILE, Trainer, TrainingInterrupted
-from adkit.training import make_adam, load_train_state
+from adkit.core.errors import UserError
+from adkit.train.trainer import CHECKPOINT_FILE, Trainer, TrainingInterrupted
+from adkit.train.training import make_adam, load_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
@@ -164,12 +164,12 @@ def test_the_curve_has_a_row_every_log_interval_and_at_an_interrupted_step(tmp_p
 def test_plain_progress_speaks_after_5_s_then_every_30_s(monkeypatch, caplog):
     """Off a terminal a long phase logs its first line after 5 s (not 30: EfficientAD's
     calibration after the last step once stayed silent for 40 s), then every 30 s."""
-    from adkit import training
+    from adkit.core import progress
 
     now = [100.0]
     monkeypatch.setattr("time.monotonic", lambda: now[0])  # PlainProgress's clock
     with caplog.at_level("INFO", logger="adkit"):
-        bar = training.PlainProgress(None, 10, 0, "scoring training images")
+        bar = progress.PlainProgress(None, 10, 0, "scoring training images")
         for t in (103.0, 106.0, 120.0, 134.0, 137.0):
             now[0] = t
             bar.update(1)

@@ -1,4 +1,4 @@
-"""adkit.weights: torch/Paddle files read back exactly, malicious pickles are refused."""
+"""adkit.train.weights: torch/Paddle files read back exactly, malicious pickles are refused."""
 import os
 import pickle
 import struct
@@ -8,9 +8,9 @@ import numpy as np
 import paddle
 import pytest
 
-from adkit.errors import UserError
-from adkit.weights import (load_into_layer, read_state_dict, resolve_backbone_weights,
-                           safe_load, save_atomic)
+from adkit.core.errors import UserError
+from adkit.train.weights import (load_into_layer, read_state_dict, resolve_backbone_weights, safe_load,
+                                 save_atomic)
 
 # ---------------------------------------------------------------- torch files, written by hand
 # torch.save pickles (protocol 2) a tensor as

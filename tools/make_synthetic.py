@@ -18,7 +18,7 @@ round(n * --test_ratio) of them, at least 1, leaving at least 1 for training
 (datasets.split_train_val(sorted paths, --test_ratio, --seed)); defects are only
 ever drawn on held-out images, so no training image leaks into the defective test set. Defect i
 of a kind is drawn on held-out image i mod n_held with numpy.random.default_rng([seed, k, i]),
-k being the kind's index in adkit.synthetic.KINDS: the same options give the same pixels, and
+k being the kind's index in adkit.evaluate.synthetic.KINDS: the same options give the same pixels, and
 adding or dropping a kind leaves the others as they were.
 
 Every image is read (and checked) before anything is written; the dataset is built in a hidden
@@ -33,11 +33,11 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from adkit.config import HelpFormatter, OneLineParser  # noqa: E402
-from adkit.errors import UserError, exit_on_user_error, raise_if_bad  # noqa: E402
-from adkit.image_io import find_images, read_rgb, resize_rgb, write_png  # noqa: E402
-from adkit.io_utils import staged_folder, write_json  # noqa: E402
-from adkit.synthetic import DATASET_KINDS, KINDS, make_defect  # noqa: E402
+from adkit.options.config import HelpFormatter, OneLineParser  # noqa: E402
+from adkit.core.errors import UserError, exit_on_user_error, raise_if_bad  # noqa: E402
+from adkit.core.image_io import find_images, read_rgb, resize_rgb, write_png  # noqa: E402
+from adkit.core.io_utils import staged_folder, write_json  # noqa: E402
+from adkit.evaluate.synthetic import DATASET_KINDS, KINDS, make_defect  # noqa: E402
 from datasets import split_train_val  # noqa: E402
 
 MIN_SIDE = 32  # the smallest image the defect kinds can draw on

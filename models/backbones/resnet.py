@@ -2,7 +2,7 @@
 
 Parameter names follow torchvision's layout (conv1, bn1, layer1.0.conv1, layer1.0.downsample.0,
 ...), which is also the layout of ``paddle.vision.models.resnet``, so either family of ImageNet
-state dicts loads without renaming (torch's BN buffer names are converted by adkit.weights).
+state dicts loads without renaming (torch's BN buffer names are converted by adkit.train.weights).
 layer4 and fc are not built: anomaly detection only uses the outputs of layer1..layer3, and
 ``UNUSED_PREFIXES`` names the keys a loader must drop.
 

@@ -4,7 +4,7 @@ distill.py (teacher pretraining, --mode distill).
 
 The names below are imported on first use, so that reading the registry entry (spec.py)
 does not load Paddle."""
-from adkit.registry import lazy_attributes
+from adkit.options.registry import lazy_attributes
 
 _WHERE = {
     "PenaltyImages": "augment",

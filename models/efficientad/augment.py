@@ -4,7 +4,7 @@ generic images of the optional ImageNet penalty.
 
 import numpy as np
 
-from adkit.image_io import find_images, read_rgb, resize_rgb, to_chw_float
+from adkit.core.image_io import find_images, read_rgb, resize_rgb, to_chw_float
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)  # ITU-R 601, as PIL

@@ -27,13 +27,14 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from adkit import distributed
-from adkit.errors import UserError
-from adkit.runtime import seed_everything
-from adkit.trainer import CHECKPOINT_FILE, Trainer
-from adkit.training import log, make_adam, progress, state_to_numpy
-from adkit.weights import save_atomic
-from adkit.image_io import find_images, read_rgb
+from adkit.core import distributed
+from adkit.core.errors import UserError
+from adkit.core.runtime import seed_everything
+from adkit.train.trainer import CHECKPOINT_FILE, Trainer
+from adkit.core.progress import log, progress
+from adkit.train.training import make_adam, state_to_numpy
+from adkit.train.weights import save_atomic
+from adkit.core.image_io import find_images, read_rgb
 
 from ..backbones.encoders import build_encoder
 from ..graph_ops import bilinear_resize, imagenet_normalize
@@ -247,7 +248,7 @@ def _write_teacher(output_dir, settings, student):
 
 def run_distill(cfg):
     """Distil ``cfg['backbone']`` into a padded PDN and write ``<output_dir>/teacher_<size>
-    .pdparams`` (fp16) plus ``checkpoint.pdparams`` (adkit.trainer, resumable; ``extra`` holds
+    .pdparams`` (fp16) plus ``checkpoint.pdparams`` (adkit.train.trainer, resumable; ``extra`` holds
     the run settings and the target mean/std). Returns the teacher path.
 
     ``cfg`` keys: model, data_dir, output_dir, backbone, backbone_weights, steps, batch_size,

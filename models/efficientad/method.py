@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import paddle
 
-from adkit.errors import UserError
-from adkit.evaluation import batches
-from adkit.runtime import seed_everything
-from adkit.trainer import CHECKPOINT_FILE, Trainer
-from adkit.training import batch_stream, log, make_adam, state_to_numpy, total_steps
-from adkit.weights import load_into_layer, read_state_dict, safe_load, save_atomic
+from adkit.core.errors import UserError
+from adkit.evaluate.evaluation import batches
+from adkit.core.runtime import seed_everything
+from adkit.train.trainer import CHECKPOINT_FILE, Trainer
+from adkit.train.training import batch_stream, make_adam, state_to_numpy, total_steps
+from adkit.core.progress import log
+from adkit.train.weights import load_into_layer, read_state_dict, safe_load, save_atomic
 
 from ..base import AnomalyMethod
 from ..graph_ops import imagenet_normalize
@@ -47,7 +48,7 @@ class EfficientADMethod(AnomalyMethod):
     """The paper's recipe (nelson1425/EfficientAD): batch 1, Adam lr 1e-4 wd 1e-5, lr x0.1 at
     95% of the steps, hard feature loss + optional penalty + AE and student-AE losses.
 
-    Checkpoint folder: checkpoint.pdparams (adkit.trainer: the three nets, optimizer, scheduler,
+    Checkpoint folder: checkpoint.pdparams (adkit.train.trainer: the three nets, optimizer, scheduler,
     teacher mean/std) for --resume; the published {teacher,student,autoencoder}_{tmp,final}
     .pdparams role files; normalization.pdparams (teacher mean/std and, once training
     finished, the four map quantiles).

@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from adkit.errors import UserError
+from adkit.core.errors import UserError
 
 from ..graph_ops import (bilinear_resize)
 

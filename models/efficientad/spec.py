@@ -1,7 +1,7 @@
-"""EfficientAD's entry in the method registry (see adkit/registry.py)."""
+"""EfficientAD's entry in the method registry (see adkit/options/registry.py)."""
 from dataclasses import dataclass
 
-from adkit.registry import MethodSpec, setting
+from adkit.options.registry import MethodSpec, setting
 
 
 @dataclass

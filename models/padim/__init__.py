@@ -1,7 +1,7 @@
 """PaDiM (Defard et al., ICPR 2021): networks.py (embedding, Mahalanobis map, inference
 network), gaussian.py (fitting the per-position Gaussians in bounded memory) and method.py.
 Names are imported on first use: reading spec.py loads no Paddle."""
-from adkit.registry import lazy_attributes
+from adkit.options.registry import lazy_attributes
 
 _WHERE = {
     "PaDiMMethod": "method",

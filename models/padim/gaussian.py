@@ -6,7 +6,7 @@ only, so that float16 statistics can be fitted in several passes without ever ho
 them in float32 (see PaDiMMethod)."""
 import numpy as np
 
-from adkit.runtime import zeros_outside_heap
+from adkit.core.runtime import zeros_outside_heap
 
 REGULARISATION = 0.01  # the paper's epsilon * I added to each covariance
 POSITION_BLOCK = 32  # positions per float32 outer-product block (d = 550: 39 MB)

@@ -3,8 +3,8 @@ import math
 
 import numpy as np
 
-from adkit.errors import UserError
-from adkit.runtime import zeros_outside_heap
+from adkit.core.errors import UserError
+from adkit.core.runtime import zeros_outside_heap
 
 from ..fitted_method import FittedFeatureMethod, check_choice
 from .gaussian import GaussianAccumulator

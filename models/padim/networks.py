@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from adkit.compat import tensor_view
+from adkit.core.compat import tensor_view
 
 from ..graph_ops import nearest_matrix, resize_and_blur, separable_map
 

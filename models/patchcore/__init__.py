@@ -1,7 +1,7 @@
 """PatchCore (Roth et al., CVPR 2022): networks.py (patch embedding, nearest-neighbour scoring,
 inference network), coreset.py (greedy k-center selection) and method.py (fitting the memory
 bank, checkpoint). Names are imported on first use: reading spec.py loads no Paddle."""
-from adkit.registry import lazy_attributes
+from adkit.options.registry import lazy_attributes
 
 _WHERE = {
     "PatchCoreMethod": "method",

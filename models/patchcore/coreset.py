@@ -18,7 +18,7 @@ taken BLOCK rows at a time so that the product, its minimum and the fold stay in
 """
 import numpy as np
 
-from adkit.training import progress
+from adkit.core.progress import progress
 
 BATCH = 64  # choices between full updates
 VISIT = 256  # points whose true distance is computed at a time

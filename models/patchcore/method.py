@@ -4,8 +4,8 @@ import time
 
 import numpy as np
 
-from adkit.errors import UserError
-from adkit.training import log
+from adkit.core.errors import UserError
+from adkit.core.progress import log
 
 from ..fitted_method import FittedFeatureMethod, check_choice
 from .coreset import greedy_coreset, random_projection
@@ -16,7 +16,7 @@ BANK_DTYPES = ("float32", "float16")
 
 class PatchCoreMethod(FittedFeatureMethod):
     """Checkpoint: ``fitted.npz`` with the bank [M, D]; ``checkpoint.pdparams`` with the
-    backbone, its fingerprint, the image size, D and b (adkit.fitted)."""
+    backbone, its fingerprint, the image size, D and b (adkit.train.fitted)."""
 
     name = "patchcore"
 

@@ -3,7 +3,7 @@ network) and method.py (training recipe, checkpoint).
 
 The names below are imported on first use, so that reading the registry entry (spec.py)
 does not load Paddle."""
-from adkit.registry import lazy_attributes
+from adkit.options.registry import lazy_attributes
 
 _WHERE = {
     "RD4ADMethod": "method",

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import paddle
 
-from adkit.errors import UserError
-from adkit.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
-from adkit.training import batch_stream, load_train_state, make_adam, set_state, total_steps
+from adkit.core.errors import UserError
+from adkit.train.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
+from adkit.train.training import batch_stream, load_train_state, make_adam, set_state, total_steps
 
 from ..backbones.encoders import (build_encoder, check_same_encoder, encoder_fingerprint,
                                   encoder_record)
@@ -17,7 +17,7 @@ OLD_CHECKPOINT = "last.pdparams"  # before the shared trainer: still loads, cann
 
 
 class RD4ADMethod(AnomalyMethod):
-    """Checkpoint: ``<ckpt_dir>/checkpoint.pdparams`` (adkit.trainer) with nets bottleneck and
+    """Checkpoint: ``<ckpt_dir>/checkpoint.pdparams`` (adkit.train.trainer) with nets bottleneck and
     decoder; ``extra`` holds the backbone name, weights source and fingerprint, image size."""
 
     name = "rd4ad"

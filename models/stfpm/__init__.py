@@ -1,7 +1,7 @@
 """STFPM (Wang et al., BMVC 2021): networks.py (student, loss, map, inference network) and
 method.py (training recipe, checkpoint). Names are imported on first use: reading spec.py
 loads no Paddle."""
-from adkit.registry import lazy_attributes
+from adkit.options.registry import lazy_attributes
 
 _WHERE = {
     "STFPMMethod": "method",

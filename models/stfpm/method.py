@@ -4,8 +4,8 @@ from pathlib import Path
 
 import paddle
 
-from adkit.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
-from adkit.training import batch_stream, set_state, total_steps
+from adkit.train.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
+from adkit.train.training import batch_stream, set_state, total_steps
 
 from ..backbones.encoders import (build_encoder, check_same_encoder, encoder_fingerprint,
                                   encoder_record)
@@ -14,7 +14,7 @@ from .networks import STFPMInference, Student, stfpm_loss
 
 
 class STFPMMethod(AnomalyMethod):
-    """Checkpoint: ``<ckpt_dir>/checkpoint.pdparams`` (adkit.trainer) with the student; ``extra``
+    """Checkpoint: ``<ckpt_dir>/checkpoint.pdparams`` (adkit.train.trainer) with the student; ``extra``
     holds the backbone, the teacher's weights source and fingerprint, the image size."""
 
     name = "stfpm"
