@@ -60,6 +60,20 @@ def parse_args(argv):
     return args
 
 
+def check_address(host, port):
+    """UserError unless this process could listen on host:port (as uvicorn will: SO_REUSEADDR)."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); "
+                        "choose another --port, or stop what uses it") from None
+
+
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
@@ -78,6 +92,7 @@ def main(argv=None):
     from adkit.deploy.serving.model_slot import LoadedModel
 
     log = logging.getLogger("adkit")
+    check_address(args.host, args.port)  # before the model loads: a taken port is one line, at once
     options = predictor_options(args, args.max_batch)
     model = LoadedModel(args.model_dir, options)  # a folder that does not load: one line, no server
     settings = ServiceSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,

@@ -488,3 +488,16 @@ def test_the_page_shows_the_apis_answer_for_an_uploaded_image(exports, browser, 
             shutil.copy(shot, os.path.join(os.environ["ADKIT_SCREENSHOT_DIR"], "serving_page.png"))
     finally:
         srv.stop()
+
+
+def test_a_taken_port_is_one_line_before_the_model_loads(exports):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "serve.py"), "--model_dir", str(exports[0]),
+                               "--port", str(port)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use); "
+        "choose another --port, or stop what uses it"]
