@@ -50,11 +50,11 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         module = importlib.import_module("adkit." + MOVED_MODULES[spec.name[len("adkit."):]])
-        self._real_spec = module.__spec__
+        spec.loader_state = module.__spec__
         return module
 
     def exec_module(self, module):
-        module.__spec__ = self._real_spec  # the import system set the old name's spec on it
+        module.__spec__ = module.__spec__.loader_state  # the import system set the old name's spec on it
 
 
 sys.meta_path.append(_MovedModuleFinder())

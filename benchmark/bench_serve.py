@@ -31,7 +31,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "test_tipc"))
 
 from adkit.deploy.serving.client import ServiceClient, ServiceError  # noqa: E402
 from machine import cpu_model  # noqa: E402

@@ -156,8 +156,18 @@ function collect_flags() {
 }
 
 
-# ---- running and recording steps: the calling script sets LOG_DIR, RESULTS, STEP_TIMEOUT and
-# empty STEP_NAMES / STEP_STATUS / STEP_SECONDS arrays and FAILED=0 ------------------------------
+# ---- running and recording steps: the calling script sets LOG_DIR, RESULTS and STEP_TIMEOUT, then
+# calls func_new_log_dir ------------------------------------------------------------------------
+# A fresh LOG_DIR (the previous run's removed) and no steps recorded yet.
+function func_new_log_dir() {
+    rm -rf "${LOG_DIR}"
+    mkdir -p "${LOG_DIR}"
+    STEP_NAMES=()
+    STEP_STATUS=()
+    STEP_SECONDS=()
+    FAILED=0
+}
+
 function now_ms() {
     echo $(($(date +%s%N) / 1000000))
 }

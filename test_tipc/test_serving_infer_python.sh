@@ -51,12 +51,7 @@ done
 
 LOG_DIR=${OUTPUT_ROOT}/${MODEL_NAME}/${MODE}_serving
 RESULTS=${LOG_DIR}/results_serving.log
-rm -rf "${LOG_DIR}"
-mkdir -p "${LOG_DIR}"
-STEP_NAMES=()
-STEP_STATUS=()
-STEP_SECONDS=()
-FAILED=0
+func_new_log_dir
 PORT=$("${PYTHON[@]}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:${PORT}
 

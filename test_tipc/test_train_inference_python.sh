@@ -86,14 +86,7 @@ LOG_DIR=${OUTPUT_ROOT}/${MODEL_NAME}/${MODE}
 RESULTS=${LOG_DIR}/results_python.log
 TRAIN_OUTPUT=${LOG_DIR}/train
 EXPORT_DIR=${LOG_DIR}/inference_model
-rm -rf "${LOG_DIR}"
-mkdir -p "${LOG_DIR}"
-
-# ---- running and recording steps (common_func.sh: run_step, skip, print_summary) ---------------
-STEP_NAMES=()
-STEP_STATUS=()
-STEP_SECONDS=()
-FAILED=0
+func_new_log_dir  # common_func.sh, with run_step, skip and print_summary
 
 function has_cuda() {
     [[ $("${PYTHON[@]}" -c 'import paddle; print(paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0)' 2> /dev/null) == True ]]

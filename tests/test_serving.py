@@ -7,7 +7,6 @@ test fails and says so)."""
 import base64
 import concurrent.futures
 import csv
-import json
 import os
 import shutil
 import signal

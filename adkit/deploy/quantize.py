@@ -52,7 +52,6 @@ PTQ_ALGO = "abs_max"  # activation ranges: the maximum over the calibration imag
 #                       a defect's activations lie beyond the good images', clipping them hides it)
 
 
-
 # ------------------------------------------------------------------------- the export side
 
 class GoodImages:

@@ -4,8 +4,6 @@ import random
 import numpy as np
 
 
-
-
 def make_adam(parameters, learning_rate, weight_decay=0.0, beta1=0.9, beta2=0.999):
     """Adam with coupled L2 weight decay (as torch.optim.Adam).
 
