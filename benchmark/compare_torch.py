@@ -58,7 +58,8 @@ def _efficientad(args, dataset, torch):
                           "--device", "cpu"])
     method = build_method(cfg)
     batches = _batches(dataset, EFFICIENTAD_BATCH, args.steps + 2)
-    mean, std = teacher_channel_stats(method.teacher, batches[:2])
+    method._teacher_graph = method.frozen_forward(method.teacher)  # as fit() does
+    mean, std = teacher_channel_stats(method._teacher_graph, batches[:2])
     method.normalization = {"teacher_mean": mean, "teacher_std": std}
     optimizer, _ = method._make_optimizer(100)
     method.student.train()
@@ -106,12 +107,10 @@ def _rd4ad(args, dataset, torch):
     method.decoder.train()
     batches = _batches(dataset, RD4AD_BATCH, args.steps + 2)
 
-    def paddle_step(images, _seed):
-        if hasattr(method, "_train_step"):
-            return method._train_step(images, optimizer)["total"]
-        x = paddle.to_tensor(images)  # the step of RD4ADMethod.fit
-        with paddle.no_grad():
-            enc = method.encoder(x)
+    encoder = method.frozen_forward(method.encoder)
+
+    def paddle_step(images, _seed):  # the step of RD4ADMethod.fit
+        enc = encoder(paddle.to_tensor(images))
         loss = rd4ad_loss(enc, method.decoder(method.bottleneck(enc)), settings.loss_per_image)
         optimizer.clear_grad()
         loss.backward()

@@ -35,3 +35,12 @@ class AnomalyMethod:
         """An eval-mode paddle.nn.Layer: x [B,3,H,W] float32 RGB in [0,1] at the model size
         -> (anomaly map [B,1,H,W] float32 at the input size, image score [B] = max of the map)."""
         raise NotImplementedError
+
+    def frozen_forward(self, layer):
+        """The training forward of a frozen network (a teacher, an encoder), made once its
+        weights are final: its static graph in Paddle Inference on the CPU (oneDNN fuses each
+        conv with its BN and ReLU), the dygraph layer on a GPU (adkit.deploy.engines.FrozenForward)."""
+        from adkit.deploy.engines import FrozenForward
+
+        return FrozenForward(layer, int(self.cfg["image_size"]), self.cfg.get("device") or "cpu",
+                             int(self.cfg.get("cpu_threads") or 2))

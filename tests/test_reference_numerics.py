@@ -24,8 +24,11 @@ RTOL = 1e-4
 # RD4AD's three Adam steps at lr 0.005 turn rounding-level differences of near-zero gradients
 # into full-size updates. Measured between MKL's AVX-512, AVX2 and generic code paths on one
 # AMD EPYC (MKL_DEBUG_CPU_TYPE 7 / 5 / unset): weight sums within 4e-4 relative, test scores
-# within 2.4e-3 of the largest, image AUROC one pair of 60 apart (0.017).
-LOOSER = {"rd4ad": {"weights": 1e-3, "scores": 5e-3, "metrics": 0.02}}
+# within 2.4e-3 of the largest, image AUROC one pair of 60 apart (0.017). Running the frozen
+# encoder through its oneDNN graph (fused conv + BN, another rounding) instead of dygraph moved
+# the weight sums by 6e-4 and the scores by 6.1e-3 of the largest: oneDNN picks its kernels by
+# CPU too, so the tolerances cover both spreads.
+LOOSER = {"rd4ad": {"weights": 2e-3, "scores": 1e-2, "metrics": 0.02}}
 RUNS = {
     "rd4ad": ["--backbone", "efficientnet_lite0", "--backbone_weights", "none", "--steps", "3",
               "--batch_size", "4"],

@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 
 
-from ..graph_ops import (imagenet_normalize)
+from ..graph_ops import imagenet_normalize
 
 
 def quantile_linear(values, q):
@@ -33,24 +33,30 @@ def quantile_linear(values, q):
 
 
 def hard_feature_loss(teacher_out, student_out, q=0.999):
-    """Mean of the squared teacher-student differences at or above their q-quantile."""
-    distance = (teacher_out - student_out[:, :teacher_out.shape[1]]) ** 2
+    """Mean of the squared teacher-student differences at or above their q-quantile;
+    ``student_out`` is the student's teacher half (as many channels as the teacher)."""
+    distance = paddle.square(teacher_out - student_out)
     with paddle.no_grad():
         hard = (distance >= quantile_linear(distance.detach(), q)).astype(distance.dtype)
     return (distance * hard).sum() / hard.sum()
 
 
+# The losses square with paddle.square: `** 2` runs Paddle's general pow kernel, which took
+# ~17 ms forward and as long backward on a 384x56x56 map (square: ~2 ms).
+
 def penalty_loss(student_out):
-    """Keeps the student's teacher half from imitating the teacher on unrelated images."""
-    return paddle.mean(student_out[:, :student_out.shape[1] // 2] ** 2)
+    """Keeps the student's teacher half (``student_out``) from imitating the teacher on
+    unrelated images."""
+    return paddle.mean(paddle.square(student_out))
 
 
 def autoencoder_loss(teacher_out, ae_out):
-    return paddle.mean((teacher_out - ae_out) ** 2)
+    return paddle.mean(paddle.square(teacher_out - ae_out))
 
 
 def student_ae_loss(ae_out, student_out):
-    return paddle.mean((ae_out - student_out[:, ae_out.shape[1]:]) ** 2)
+    """``student_out``: the student's autoencoder half."""
+    return paddle.mean(paddle.square(ae_out - student_out))
 
 
 class RunningChannelStats:
@@ -85,6 +91,7 @@ class RunningChannelStats:
 def teacher_channel_stats(teacher, images_iter):
     """Per-channel mean and std of the teacher's output over all images and positions.
 
+    ``teacher`` maps normalised images to features (the layer, or its frozen forward);
     ``images_iter`` yields float32 [B,3,H,W] RGB in [0,1]. The reference computes the mean of
     per-image channel means, then the std as the sqrt of the mean of per-image mean squared
     deviations from that mean; with equal-sized images that is exactly the population

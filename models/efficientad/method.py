@@ -72,6 +72,7 @@ class EfficientADMethod(AnomalyMethod):
             param.stop_gradient = True
         self.teacher.eval()
         self.normalization = None  # teacher_mean, teacher_std (+ quantiles when trained)
+        self._teacher_graph = None  # the frozen teacher's forward in training (fit makes it)
 
     # -- training ------------------------------------------------------------------------
 
@@ -94,7 +95,10 @@ class EfficientADMethod(AnomalyMethod):
             self.normalization = trainer.resume()["normalization"]
         else:
             self._load_teacher()
-            mean, std = teacher_channel_stats(self.teacher, self._batches(train_set, "teacher statistics"))
+        self._teacher_graph = self.frozen_forward(self.teacher)  # the teacher's weights are final
+        if not resume:
+            mean, std = teacher_channel_stats(self._teacher_graph,
+                                              self._batches(train_set, "teacher statistics"))
             self.normalization = {"teacher_mean": mean, "teacher_std": std}
         trainer.extra = {"normalization": self.normalization}
         if penalty is None:
@@ -164,16 +168,19 @@ class EfficientADMethod(AnomalyMethod):
         ae_images = np.stack([random_color_jitter(image) for image in images])
         x_st = imagenet_normalize(paddle.to_tensor(images))
         x_ae = imagenet_normalize(paddle.to_tensor(ae_images))
-        with paddle.no_grad():
-            teacher_st = self._normalize_teacher(self.teacher(x_st))
-            teacher_ae = self._normalize_teacher(self.teacher(x_ae))
-        losses = {"hard": hard_feature_loss(teacher_st, self.student(x_st))}
+        with paddle.no_grad():  # the teacher sees both inputs in one run of its graph
+            teacher_out = self._normalize_teacher(self._teacher_graph(paddle.concat([x_st, x_ae])))
+            teacher_st, teacher_ae = paddle.split(teacher_out, 2)
+        # each input needs one half of the student's output: compute only that half
+        channels = teacher_st.shape[1]
+        teacher_half, ae_half = (0, channels), (channels, 2 * channels)
+        losses = {"hard": hard_feature_loss(teacher_st, self.student(x_st, teacher_half))}
         if penalty is not None:
             x_penalty = imagenet_normalize(paddle.to_tensor(penalty.sample(len(images))))
-            losses["penalty"] = penalty_loss(self.student(x_penalty))
+            losses["penalty"] = penalty_loss(self.student(x_penalty, teacher_half))
         ae_out = self.autoencoder(x_ae)
         losses["ae"] = autoencoder_loss(teacher_ae, ae_out)
-        losses["stae"] = student_ae_loss(ae_out, self.student(x_ae))
+        losses["stae"] = student_ae_loss(ae_out, self.student(x_ae, ae_half))
         total = paddle.add_n(list(losses.values()))
         optimizer.clear_grad()
         total.backward()

@@ -57,11 +57,10 @@ class RD4ADMethod(AnomalyMethod):
             check_same_encoder(self.encoder_sha256, trainer.resume(), path, settings.backbone_weights)
         per_image = settings.loss_per_image
         bottleneck, decoder = trainer.data_parallel(self.bottleneck), trainer.data_parallel(self.decoder)
+        encoder = self.frozen_forward(self.encoder)
 
         def train_step(images, _step_seed):
-            x = paddle.to_tensor(images)
-            with paddle.no_grad():
-                enc = self.encoder(x)
+            enc = encoder(paddle.to_tensor(images))
             loss = rd4ad_loss(enc, decoder(bottleneck(enc)), per_image)
             trainer.optimise(loss)
             return {"total": float(loss)}

@@ -51,12 +51,11 @@ class STFPMMethod(AnomalyMethod):
         if resume:
             check_same_encoder(self.teacher_sha256, trainer.resume(), path, settings.backbone_weights)
         student = trainer.data_parallel(self.student)
+        teacher = self.frozen_forward(self.teacher)
 
         def train_step(images, _step_seed):
             x = paddle.to_tensor(images)
-            with paddle.no_grad():
-                target = self.teacher(x)
-            loss = stfpm_loss(target, student(x))
+            loss = stfpm_loss(teacher(x), student(x))
             trainer.optimise(loss)
             return {"total": float(loss)}
 
