@@ -101,6 +101,7 @@ def mkl_dispatch_for_amd():
 
 
 _VERBOSE = False
+_CPU_THREADS = None  # what set_cpu_threads gave Paddle's dygraph, for restore_cpu_threads
 
 
 def set_cpu_threads(num_threads, verbose=False):
@@ -108,7 +109,7 @@ def set_cpu_threads(num_threads, verbose=False):
     memory reuse (``keep_freed_memory``) and MKL's AVX-512 kernels on AMD CPUs
     (``mkl_dispatch_for_amd``), which every entry point wants before Paddle loads, and
     (unless ``verbose``) silences Paddle's C++ warnings, which say nothing a user can act on."""
-    global _VERBOSE
+    global _VERBOSE, _CPU_THREADS
     num_threads = int(num_threads)
     if num_threads < 1:
         raise UserError(f"--cpu_threads must be >= 1, got {num_threads}")
@@ -123,7 +124,19 @@ def set_cpu_threads(num_threads, verbose=False):
     from paddle.base import core
 
     core.set_num_threads(num_threads)
+    _CPU_THREADS = num_threads
     return num_threads
+
+
+def restore_cpu_threads():
+    """Give dygraph back the thread count set_cpu_threads chose (nothing if it was never called).
+    A Paddle Inference predictor run leaves the calling thread's math library on fewer threads:
+    dygraph's EfficientAD student forward + backward after one took 1.7x as long until the count
+    was set again, so every in-process predictor run is followed by this."""
+    if _CPU_THREADS is not None:
+        from paddle.base import core
+
+        core.set_num_threads(_CPU_THREADS)
 
 
 def setup_logging():

@@ -7,7 +7,7 @@ import os
 
 from adkit.core.compat import use_old_ir
 from adkit.core.errors import UserError
-from adkit.core.runtime import framework_stderr_silenced, framework_stdout_silenced
+from adkit.core.runtime import framework_stderr_silenced, framework_stdout_silenced, restore_cpu_threads
 
 
 class PaddleEngine:
@@ -74,6 +74,7 @@ class PaddleEngine:
         self.input.copy_from_cpu(batch)
         with framework_stdout_silenced(), framework_stderr_silenced(self.quantized):
             self.predictor.run()
+        restore_cpu_threads()  # for dygraph work after it in this process
         return [out.copy_to_cpu() for out in self.outputs]
 
 
@@ -167,22 +168,17 @@ class FrozenForward:
     graph when this is made: make it again after they change."""
 
     def __init__(self, layer, image_size, device="cpu", cpu_threads=2):
-        self.layer, self.engine, self.cpu_threads = layer, None, cpu_threads
+        self.layer, self.engine = layer, None
         if device == "cpu":
             self.engine = GraphEngine(_wrapped(layer), image_size, cpu_threads)
 
     def __call__(self, x):
         import paddle
-        from paddle.base import core
 
         if self.engine is None:
             with paddle.no_grad():
                 return self.layer(x)
-        outputs = self.engine.run_outputs(x.numpy())
-        # a predictor run leaves the caller's math library on fewer threads: dygraph's
-        # student forward/backward after it took 1.7x as long until the count was set again
-        core.set_num_threads(self.cpu_threads)
-        outputs = [paddle.to_tensor(out) for out in outputs]
+        outputs = [paddle.to_tensor(out) for out in self.engine.run_outputs(x.numpy())]
         return outputs[0] if len(outputs) == 1 else outputs
 
 
