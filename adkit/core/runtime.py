@@ -130,9 +130,10 @@ def set_cpu_threads(num_threads, verbose=False):
 
 def restore_cpu_threads():
     """Give dygraph back the thread count set_cpu_threads chose (nothing if it was never called).
-    A Paddle Inference predictor run leaves the calling thread's math library on fewer threads:
-    dygraph's EfficientAD student forward + backward after one took 1.7x as long until the count
-    was set again, so every in-process predictor run is followed by this."""
+    Creating a Paddle Inference predictor, and every run of it, leaves the calling thread's math
+    library on fewer threads: dygraph's EfficientAD student forward + backward after a run took
+    1.7x as long, a teacher forward after creating one 1.5x, until the count was set again; so
+    adkit.deploy.engines.PaddleEngine calls this after both."""
     if _CPU_THREADS is not None:
         from paddle.base import core
 

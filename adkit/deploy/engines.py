@@ -61,6 +61,7 @@ class PaddleEngine:
         self.quantized = quantized
         with framework_stdout_silenced(), framework_stderr_silenced(quantized):
             self.predictor = inference.create_predictor(config)
+        restore_cpu_threads()  # creating it lowers the count too
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
 
