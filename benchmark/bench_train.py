@@ -25,24 +25,26 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from adkit.options.config import CPU_CONV_CHOICES  # noqa: E402
 from adkit.options.registry import benchmark_cases, spec_for  # noqa: E402
 
 CASES = benchmark_cases()  # label: (model, options)
 
 
-def config(case, steps, image_size):
+def config(case, steps, image_size, cpu_conv="onednn"):
     from adkit.options.config import resolve_config
 
     model, options = CASES[case]
     argv = ["--model", model, "--mode", "train", "--steps", str(steps), "--image_size", str(image_size),
-            "--save_interval", str(10**9), "--log_interval", str(10**9), "--device", "cpu"]
+            "--save_interval", str(10**9), "--log_interval", str(10**9), "--device", "cpu",
+            "--cpu_conv", cpu_conv]
     return resolve_config(argv + [word for key, value in options.items() for word in (f"--{key}", str(value))])
 
 
-def fit_seconds(case, steps, image_size, data):
+def fit_seconds(case, steps, image_size, data, cpu_conv):
     from adkit.options.registry import build_method
 
-    method = build_method(config(case, steps, image_size))
+    method = build_method(config(case, steps, image_size, cpu_conv))
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         method.fit(data["train"], data["val"], folder)
@@ -61,6 +63,8 @@ def main():
                         help="with --compare_torch: efficientad_s and/or rd4ad")
     parser.add_argument("--rd4ad_backbone", default="wide_resnet50_2",
                         help="with --compare_torch: wide_resnet50_2 (the paper's) or resnet18")
+    parser.add_argument("--cpu_conv", default="onednn", choices=CPU_CONV_CHOICES,
+                        help="Paddle's training convolutions (main.py --cpu_conv)")
     parser.add_argument("--torch_alone", choices=("efficientad_s", "rd4ad"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_alone:  # --compare_torch's check: torch's step in a process without Paddle
@@ -96,12 +100,12 @@ def main():
           f"({args.cpu_threads} threads, {args.image_size}px, dygraph)")
     for case in args.models.split(","):
         if not spec_for(CASES[case][0]).trains:
-            fit, method = fit_seconds(case, 1, args.image_size, data)
+            fit, method = fit_seconds(case, 1, args.image_size, data, args.cpu_conv)
             speed = f"{f'fit {fit:.1f} s':>14}{'-':>10}"
         else:
             warm = 2
-            short, _ = fit_seconds(case, warm, args.image_size, data)
-            long, method = fit_seconds(case, warm + args.steps, args.image_size, data)
+            short, _ = fit_seconds(case, warm, args.image_size, data, args.cpu_conv)
+            long, method = fit_seconds(case, warm + args.steps, args.image_size, data, args.cpu_conv)
             per_step = max(long - short, 1e-9) / args.steps
             speed = f"{per_step:>14.3f}{1 / per_step:>10.3f}"
         batch = config(case, 1, args.image_size)["eval_batch_size"]

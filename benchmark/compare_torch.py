@@ -50,12 +50,13 @@ def _batches(dataset, batch_size, count, seed=0):
 def _efficientad(args, dataset, torch):
     from adkit.options.config import resolve_config
     from adkit.options.registry import build_method
+    from adkit.train.onednn_layers import onednn_convolutions
     from models.efficientad.augment import random_color_jitter
     from models.efficientad.losses import teacher_channel_stats
 
     cfg = resolve_config(["--model", "efficientad_s", "--mode", "train", "--steps", "100",
                           "--image_size", str(args.image_size), "--teacher_weights", "none",
-                          "--device", "cpu"])
+                          "--device", "cpu", "--cpu_conv", args.cpu_conv])
     method = build_method(cfg)
     batches = _batches(dataset, EFFICIENTAD_BATCH, args.steps + 2)
     method._teacher_graph = method.frozen_forward(method.teacher)  # as fit() does
@@ -64,10 +65,12 @@ def _efficientad(args, dataset, torch):
     optimizer, _ = method._make_optimizer(100)
     method.student.train()
     method.autoencoder.train()
+    onednn = method.trains_with_onednn()
 
     def paddle_step(images, seed):
         np.random.seed(seed)
-        return method._train_step(images, None, optimizer)["total"]
+        with onednn_convolutions(method.student, method.autoencoder, on=onednn):  # as in fit()
+            return method._train_step(images, None, optimizer)["total"]
 
     if torch is None:
         return paddle_step, None, batches, None
@@ -97,21 +100,24 @@ def _rd4ad(args, dataset, torch):
 
     cfg = resolve_config(["--model", "rd4ad", "--mode", "train", "--steps", "100",
                           "--image_size", str(args.image_size), "--backbone", args.rd4ad_backbone,
-                          "--backbone_weights", "none", "--device", "cpu"])
+                          "--backbone_weights", "none", "--device", "cpu", "--cpu_conv", args.cpu_conv])
     method = build_method(cfg)
     settings = method.settings
     method._build(settings.backbone, "none", cfg["image_size"])
-    optimizer = make_adam(method.bottleneck.parameters() + method.decoder.parameters(),
+    data_format = "NHWC" if method.trains_with_onednn() else "NCHW"  # as RD4ADMethod.fit
+    nets = method._training_twins(settings.backbone, data_format)
+    optimizer = make_adam(nets["bottleneck"].parameters() + nets["decoder"].parameters(),
                           float(cfg["lr"]), beta1=settings.beta1, beta2=settings.beta2)
-    method.bottleneck.train()
-    method.decoder.train()
+    for net in nets.values():
+        net.train()
     batches = _batches(dataset, RD4AD_BATCH, args.steps + 2)
 
-    encoder = method.frozen_forward(method.encoder)
+    encoder = method.frozen_forward(method.encoder, channels_last=data_format == "NHWC")
 
     def paddle_step(images, _seed):  # the step of RD4ADMethod.fit
         enc = encoder(paddle.to_tensor(images))
-        loss = rd4ad_loss(enc, method.decoder(method.bottleneck(enc)), settings.loss_per_image)
+        loss = rd4ad_loss(enc, nets["decoder"](nets["bottleneck"](enc)), settings.loss_per_image,
+                          data_format)
         optimizer.clear_grad()
         loss.backward()
         optimizer.step()

@@ -36,11 +36,21 @@ class AnomalyMethod:
         -> (anomaly map [B,1,H,W] float32 at the input size, image score [B] = max of the map)."""
         raise NotImplementedError
 
-    def frozen_forward(self, layer):
+    def frozen_forward(self, layer, channels_last=False):
         """The training forward of a frozen network (a teacher, an encoder), made once its
         weights are final: its static graph in Paddle Inference on the CPU (oneDNN fuses each
-        conv with its BN and ReLU), the dygraph layer on a GPU (adkit.deploy.engines.FrozenForward)."""
+        conv with its BN and ReLU), the dygraph layer on a GPU (adkit.deploy.engines.FrozenForward);
+        ``channels_last``: outputs in NHWC, for a student trained channels-last."""
         from adkit.deploy.engines import FrozenForward
 
         return FrozenForward(layer, int(self.cfg["image_size"]), self.cfg.get("device") or "cpu",
-                             int(self.cfg.get("cpu_threads") or 2))
+                             int(self.cfg.get("cpu_threads") or 2), channels_last)
+
+    def trains_with_onednn(self):
+        """Whether training runs its convolutions with oneDNN's kernels: on the CPU when the
+        library inside Paddle's wheel can be used, unless ``--cpu_conv paddle``
+        (adkit.train.onednn_layers)."""
+        from adkit.train import onednn_layers
+
+        on_cpu = (self.cfg.get("device") or "cpu") == "cpu"
+        return on_cpu and self.cfg.get("cpu_conv", "onednn") == "onednn" and onednn_layers.available()

@@ -176,6 +176,7 @@ def test_help_shows_each_default_once():
     (["--val_ratio", "0", "--threshold_policy", "val_max"], "--threshold_policy val_max: needs validation"),
     (["--val_ratio", "0"], "--threshold_policy synthetic_f1: needs validation good images"),
     (["--save_format", "bmp"], "--save_format must be one of png, npy, tiff"),
+    (["--cpu_conv", "mkl"], "--cpu_conv must be one of onednn, paddle, got 'mkl'"),
 ])
 def test_threshold_policies_that_cannot_apply_stop_before_training(tmp_path, args, says):
     code, lines = cli_error(["--model", "rd4ad", "--mode", "train", "--data_dir", make_dataset(tmp_path),

@@ -100,6 +100,41 @@ def mkl_dispatch_for_amd():
     return value
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _global_openmp():
+    """The file that gives ``GOMP_parallel`` to libraries through the process's global scope
+    (None when no library there does, the usual case)."""
+    try:
+        process = ctypes.CDLL(None)
+        address = ctypes.cast(process.GOMP_parallel, ctypes.c_void_p)
+        info = _DlInfo()
+        if not process.dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+            return None
+    except (AttributeError, OSError):
+        return None
+    return os.path.realpath(info.dli_fname.decode())
+
+
+def keep_openmp_pools_apart():
+    """Stop two OpenMP thread pools from fighting over the cores. When a libgomp is in the
+    process's global scope before Paddle loads (torch imported first brings its own), Paddle's
+    oneDNN (its graphs, adkit.core.onednn) takes its threads from that libgomp while Paddle's
+    other operators use Paddle's libiomp5, which by default spins for 200 ms after each parallel
+    region: on 2 cores the spinning threads slowed oneDNN's training convolutions by 10-20%.
+    Then libiomp5's threads sleep at once instead (``KMP_BLOCKTIME=0``, unless the user set it;
+    called before ``import paddle``, since libiomp5 reads it when it starts). Returns the other
+    runtime's file, or None (one pool, the usual case: nothing is changed)."""
+    other = _global_openmp()
+    if other is None or os.path.basename(other).startswith("libiomp5"):
+        return None
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
+    return other
+
+
 _VERBOSE = False
 _CPU_THREADS = None  # what set_cpu_threads gave Paddle's dygraph, for restore_cpu_threads
 
@@ -120,6 +155,7 @@ def set_cpu_threads(num_threads, verbose=False):
     mkl_dispatch_for_amd()
     for var in _LIBRARY_THREAD_VARS:
         os.environ[var] = str(num_threads)
+    keep_openmp_pools_apart()
     import_paddle_quietly()
     from paddle.base import core
 

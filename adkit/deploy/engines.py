@@ -165,13 +165,14 @@ class FrozenForward:
     """``layer(x)`` of a frozen layer (no gradients, eval mode) that takes [N,3,S,S] float32:
     on the CPU through its static graph in Paddle Inference, whose oneDNN convolutions run
     EfficientAD-S's teacher ~2.5x faster than dygraph; on a GPU the dygraph layer. Returns what
-    the layer returns (a tensor, or a list of them). The layer's weights are copied into the
-    graph when this is made: make it again after they change."""
+    the layer returns (a tensor, or a list of them), ``channels_last``: each 4-D output
+    transposed to NHWC (inside the graph), for a channels-last student. The layer's weights are
+    copied into the graph when this is made: make it again after they change."""
 
-    def __init__(self, layer, image_size, device="cpu", cpu_threads=2):
-        self.layer, self.engine = layer, None
+    def __init__(self, layer, image_size, device="cpu", cpu_threads=2, channels_last=False):
+        self.layer, self.engine = _wrapped(layer, channels_last), None
         if device == "cpu":
-            self.engine = GraphEngine(_wrapped(layer), image_size, cpu_threads)
+            self.engine = GraphEngine(self.layer, image_size, cpu_threads)
 
     def __call__(self, x):
         import paddle
@@ -183,17 +184,23 @@ class FrozenForward:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def _wrapped(layer):
-    """A wrapper for to_static to convert, so that ``layer`` itself stays a dygraph layer."""
+def _wrapped(layer, channels_last):
+    """A wrapper for to_static to convert, so that ``layer`` itself stays a dygraph layer.
+    (Its forward names nothing from enclosing functions: Paddle 2.6's to_static loses them.)"""
     import paddle
 
     class Forward(paddle.nn.Layer):
         def __init__(self):
             super().__init__()
-            self.inner = layer
+            self.inner, self.channels_last = layer, channels_last
 
         def forward(self, x):
-            return self.inner(x)
+            out = self.inner(x)
+            if not self.channels_last:
+                return out
+            if isinstance(out, (list, tuple)):
+                return [o.transpose([0, 2, 3, 1]) for o in out]
+            return out.transpose([0, 2, 3, 1])
 
     return Forward()
 

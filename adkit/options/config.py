@@ -15,6 +15,7 @@ from adkit.outputs.folders import SAVE_FORMAT_HELP, SAVE_FORMATS
 from adkit.evaluate.thresholds import DEFAULT_POLICY, POLICY_HELP, parse_policy
 
 BASE_MODES = ("train", "eval", "infer")
+CPU_CONV_CHOICES = ("onednn", "paddle")
 AMP_CHOICES = ("fp16", "bf16")  # adkit.train.trainer.AMP_MODES (config reads no Paddle module)
 DATA_FORMATS = ("mvtec", "loco", "visa", "folder")  # the layouts datasets.open_category reads
 CONFIG_DIR = os.path.join(PROJECT_ROOT, "configs")
@@ -47,6 +48,10 @@ OPTIONS = {
                  "with loss scaling; bf16 needs no scaling, Ampere or newer); off by default. "
                  "Several GPUs: python -m paddle.distributed.launch --devices 0,1 main.py ..."),
     "cpu_threads": (int, "CPU threads for Paddle (set before Paddle loads)"),
+    "cpu_conv": (str, "train on the CPU: " + " or ".join(CPU_CONV_CHOICES) + "; onednn runs the "
+                      "trained convolutions of RD4AD and EfficientAD with the oneDNN library inside "
+                      "Paddle's wheel (faster; the same results to float rounding), paddle with "
+                      "Paddle's own kernels"),
     "seed": (int, "random seed (data order, init, augmentation)"),
     "img_path": (str, "infer: an image file, or a folder of images (subfolders too; outputs "
                       "mirror the tree)"),
@@ -64,7 +69,7 @@ OPTIONS = {
 }
 DEFAULTS = {"data_dir": "sample_data", "data_format": "mvtec", "train_dir": None, "test_good_dir": None,
             "test_defect_dir": None, "mask_dir": None, "eval_resolution": "model", "cls": "all", "output_dir": "output", "device": "cpu",
-            "amp": None, "cpu_threads": 2, "img_path": None, "threshold": None, "threshold_policy": None,
+            "amp": None, "cpu_threads": 2, "cpu_conv": "onednn", "img_path": None, "threshold": None, "threshold_policy": None,
             "save_format": "npy", "resume": False, "skip_bad_images": False, "verbose": False,
             "log_dir": None}
 
@@ -262,6 +267,8 @@ def _validate(cfg):
     for name, allowed in (("data_format", DATA_FORMATS), ("eval_resolution", EVAL_RESOLUTIONS)):
         if cfg[name] not in allowed:
             raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {cfg[name]!r}")
+    if cfg["cpu_conv"] not in CPU_CONV_CHOICES:
+        raise UserError(f"--cpu_conv must be one of {', '.join(CPU_CONV_CHOICES)}, got {cfg['cpu_conv']!r}")
     if cfg["save_format"] not in SAVE_FORMATS:
         raise UserError(f"--save_format must be one of {', '.join(SAVE_FORMATS)}, got {cfg['save_format']!r}")
     if cfg.get("amp") is not None:

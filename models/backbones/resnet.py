@@ -13,27 +13,43 @@ import math
 
 import paddle.nn as nn
 
+from adkit.train import onednn_layers
+
 UNUSED_PREFIXES = ("layer4.", "fc.")
 
 
-def conv3x3(in_ch, out_ch, stride=1):
-    return nn.Conv2D(in_ch, out_ch, 3, stride=stride, padding=1, bias_attr=False)
+def conv3x3(in_ch, out_ch, stride=1, data_format="NCHW"):
+    return _conv(in_ch, out_ch, 3, stride, 1, data_format)
 
 
-def conv1x1(in_ch, out_ch, stride=1):
-    return nn.Conv2D(in_ch, out_ch, 1, stride=stride, bias_attr=False)
+def conv1x1(in_ch, out_ch, stride=1, data_format="NCHW"):
+    return _conv(in_ch, out_ch, 1, stride, 0, data_format)
 
 
-def deconv2x2(in_ch, out_ch):
+def _conv(in_ch, out_ch, size, stride, padding, data_format):
+    if data_format == "NHWC":  # a channels-last training twin (adkit.train.onednn_layers)
+        return onednn_layers.Conv2D(in_ch, out_ch, size, stride=stride, padding=padding,
+                                    bias_attr=False, data_format="NHWC")
+    return nn.Conv2D(in_ch, out_ch, size, stride=stride, padding=padding, bias_attr=False)
+
+
+def deconv2x2(in_ch, out_ch, data_format="NCHW"):
     """Doubles the resolution: the decoder's counterpart of a stride-2 conv."""
+    if data_format == "NHWC":
+        return onednn_layers.Conv2DTranspose(in_ch, out_ch, 2, stride=2, bias_attr=False,
+                                             data_format="NHWC")
     return nn.Conv2DTranspose(in_ch, out_ch, 2, stride=2, bias_attr=False)
 
 
-def _resampling_conv(in_ch, out_ch, stride, transposed):
+def batch_norm(channels, data_format="NCHW"):
+    return nn.BatchNorm2D(channels, data_format=data_format)
+
+
+def _resampling_conv(in_ch, out_ch, stride, transposed, data_format):
     """The block's conv that changes resolution (3x3 conv, or 2x2 deconv in a decoder)."""
     if transposed and stride == 2:
-        return deconv2x2(in_ch, out_ch)
-    return conv3x3(in_ch, out_ch, stride)
+        return deconv2x2(in_ch, out_ch, data_format)
+    return conv3x3(in_ch, out_ch, stride, data_format)
 
 
 class BasicBlock(nn.Layer):
@@ -42,14 +58,14 @@ class BasicBlock(nn.Layer):
     expansion = 1
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, width_per_group=64,
-                 transposed=False):
+                 transposed=False, data_format="NCHW"):
         super().__init__()
         if width_per_group != 64:
             raise ValueError("BasicBlock has no width multiplier (width_per_group must be 64)")
-        self.conv1 = _resampling_conv(inplanes, planes, stride, transposed)
-        self.bn1 = nn.BatchNorm2D(planes)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2D(planes)
+        self.conv1 = _resampling_conv(inplanes, planes, stride, transposed, data_format)
+        self.bn1 = batch_norm(planes, data_format)
+        self.conv2 = conv3x3(planes, planes, 1, data_format)
+        self.bn2 = batch_norm(planes, data_format)
         self.relu = nn.ReLU()
         # torchvision's name; in a transposed (decoder) block this shortcut upsamples.
         self.downsample = downsample
@@ -68,15 +84,15 @@ class Bottleneck(nn.Layer):
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, width_per_group=64,
-                 transposed=False):
+                 transposed=False, data_format="NCHW"):
         super().__init__()
         width = planes * width_per_group // 64
-        self.conv1 = conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2D(width)
-        self.conv2 = _resampling_conv(width, width, stride, transposed)
-        self.bn2 = nn.BatchNorm2D(width)
-        self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2D(planes * self.expansion)
+        self.conv1 = conv1x1(inplanes, width, 1, data_format)
+        self.bn1 = batch_norm(width, data_format)
+        self.conv2 = _resampling_conv(width, width, stride, transposed, data_format)
+        self.bn2 = batch_norm(width, data_format)
+        self.conv3 = conv1x1(width, planes * self.expansion, 1, data_format)
+        self.bn3 = batch_norm(planes * self.expansion, data_format)
         self.relu = nn.ReLU()
         self.downsample = downsample
 
@@ -89,19 +105,20 @@ class Bottleneck(nn.Layer):
 
 
 def make_stage(block, inplanes, planes, num_blocks, stride=1, width_per_group=64,
-               transposed=False):
+               transposed=False, data_format="NCHW"):
     """A torchvision-style ``layerN``: the first block changes resolution/width (with a
-    projection shortcut when needed), the rest keep it."""
+    projection shortcut when needed), the rest keep it. ``data_format="NHWC"`` builds a
+    channels-last training twin: the same parameters, oneDNN's convolutions on the CPU."""
     out_ch = planes * block.expansion
     shortcut = None
     if stride != 1 or inplanes != out_ch:
         if transposed and stride == 2:
-            projection = deconv2x2(inplanes, out_ch)
+            projection = deconv2x2(inplanes, out_ch, data_format)
         else:
-            projection = conv1x1(inplanes, out_ch, stride)
-        shortcut = nn.Sequential(projection, nn.BatchNorm2D(out_ch))
-    blocks = [block(inplanes, planes, stride, shortcut, width_per_group, transposed)]
-    blocks += [block(out_ch, planes, 1, None, width_per_group, transposed)
+            projection = conv1x1(inplanes, out_ch, stride, data_format)
+        shortcut = nn.Sequential(projection, batch_norm(out_ch, data_format))
+    blocks = [block(inplanes, planes, stride, shortcut, width_per_group, transposed, data_format)]
+    blocks += [block(out_ch, planes, 1, None, width_per_group, transposed, data_format)
                for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
 

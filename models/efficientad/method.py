@@ -13,6 +13,7 @@ import paddle
 from adkit.core.errors import UserError
 from adkit.evaluate.evaluation import batches
 from adkit.core.runtime import seed_everything
+from adkit.train.onednn_layers import onednn_convolutions
 from adkit.train.trainer import CHECKPOINT_FILE, Trainer
 from adkit.train.training import batch_stream, make_adam, state_to_numpy, total_steps
 from adkit.core.progress import log
@@ -112,7 +113,8 @@ class EfficientADMethod(AnomalyMethod):
         self.student.train()
         self.autoencoder.train()
         batch_size, seed = int(cfg["batch_size"]), int(cfg["seed"])
-        trainer.run(lambda start: batch_stream(train_set, batch_size, seed, start), train_step)
+        with onednn_convolutions(self.student, self.autoencoder, on=self.trains_with_onednn()):
+            trainer.run(lambda start: batch_stream(train_set, batch_size, seed, start), train_step)
         self.student.eval()
         self.autoencoder.eval()
         self._save_role_files(ckpt_dir, "final")

@@ -11,6 +11,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from adkit.core.errors import UserError
+from adkit.train import onednn_layers
 
 from ..graph_ops import (bilinear_resize)
 
@@ -32,13 +33,14 @@ def _conv(in_channels, out_channels, kernel, stride=1, padding=0):
     """Conv2D initialised as torch's default (uniform +-1/sqrt(fan_in) for weight and bias).
 
     Paddle's default (Kaiming normal, zero bias) starts the unnormalised PDN/AE stacks at a
-    different scale than the reference implementation; training is meant to match it.
+    different scale than the reference implementation; training is meant to match it. Training
+    on the CPU switches it to oneDNN's kernels (adkit.train.onednn_layers).
     """
     bound = 1.0 / math.sqrt(in_channels * kernel * kernel)
     init = nn.initializer.Uniform(-bound, bound)
-    return nn.Conv2D(in_channels, out_channels, kernel, stride=stride, padding=padding,
-                     weight_attr=paddle.ParamAttr(initializer=init),
-                     bias_attr=paddle.ParamAttr(initializer=init))
+    return onednn_layers.Conv2D(in_channels, out_channels, kernel, stride=stride, padding=padding,
+                                weight_attr=paddle.ParamAttr(initializer=init),
+                                bias_attr=paddle.ParamAttr(initializer=init))
 
 
 def _pdn_layers(size):
@@ -102,8 +104,8 @@ class PDN(nn.Layer):
         for index, (name, relu) in enumerate(self._order):
             layer = getattr(self, name)
             if index == last and channels is not None:
-                x = F.conv2d(x, _rows(layer.weight, *channels), _rows(layer.bias, *channels),
-                             padding=self._last_padding)
+                x = onednn_layers.conv2d(x, _rows(layer.weight, *channels), _rows(layer.bias, *channels),
+                                         padding=self._last_padding, use_onednn=layer.use_onednn)
             else:
                 x = layer(x)
             if relu:

@@ -43,11 +43,13 @@ class RD4ADMethod(AnomalyMethod):
         if resume:  # check the options before building anything
             check_resumable(path, self.name, {"backbone": settings.backbone, "image_size": cfg["image_size"]})
         self._build(settings.backbone, settings.backbone_weights, cfg["image_size"])
-        optimizer = make_adam(self.bottleneck.parameters() + self.decoder.parameters(),
+        # on the CPU a channels-last twin trains: oneDNN's NHWC convolutions, no reorders
+        data_format = "NHWC" if self.trains_with_onednn() else "NCHW"
+        nets = self._training_twins(settings.backbone, data_format)
+        optimizer = make_adam(nets["bottleneck"].parameters() + nets["decoder"].parameters(),
                               float(cfg["lr"]), beta1=settings.beta1, beta2=settings.beta2)
         trainer = Trainer(
-            self.name, path, {"bottleneck": self.bottleneck, "decoder": self.decoder},
-            ("bottleneck", "decoder"), optimizer,
+            self.name, path, nets, ("bottleneck", "decoder"), optimizer,
             total=total_steps(cfg, len(train_set), "paper: 200 epochs"), seed=cfg["seed"],
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
             log_dir=cfg.get("log_dir"),
@@ -56,21 +58,36 @@ class RD4ADMethod(AnomalyMethod):
         if resume:
             check_same_encoder(self.encoder_sha256, trainer.resume(), path, settings.backbone_weights)
         per_image = settings.loss_per_image
-        bottleneck, decoder = trainer.data_parallel(self.bottleneck), trainer.data_parallel(self.decoder)
-        encoder = self.frozen_forward(self.encoder)
+        bottleneck, decoder = trainer.data_parallel(nets["bottleneck"]), trainer.data_parallel(nets["decoder"])
+        encoder = self.frozen_forward(self.encoder, channels_last=data_format == "NHWC")
 
         def train_step(images, _step_seed):
             enc = encoder(paddle.to_tensor(images))
-            loss = rd4ad_loss(enc, decoder(bottleneck(enc)), per_image)
+            loss = rd4ad_loss(enc, decoder(bottleneck(enc)), per_image, data_format)
             trainer.optimise(loss)
             return {"total": float(loss)}
 
-        self.bottleneck.train()
-        self.decoder.train()
+        for net in nets.values():
+            net.train()
         batches = lambda start: batch_stream(train_set, int(cfg["batch_size"]), int(cfg["seed"]), start)  # noqa: E731
-        trainer.run(batches, train_step)
-        self.bottleneck.eval()
-        self.decoder.eval()
+        try:
+            trainer.run(batches, train_step)
+        finally:  # the trained weights (also of an interrupted run) into the nets eval and export use
+            if nets["bottleneck"] is not self.bottleneck:
+                self.bottleneck.set_state_dict(nets["bottleneck"].state_dict())
+                self.decoder.set_state_dict(nets["decoder"].state_dict())
+            self.bottleneck.eval()
+            self.decoder.eval()
+
+    def _training_twins(self, backbone, data_format):
+        """The nets training updates: the student itself in NCHW, else its channels-last twin
+        (same parameters and state-dict names, copied from the student)."""
+        if data_format == "NCHW":
+            return {"bottleneck": self.bottleneck, "decoder": self.decoder}
+        bottleneck, decoder = build_student(backbone, self.encoder.channels, data_format)
+        bottleneck.set_state_dict(self.bottleneck.state_dict())
+        decoder.set_state_dict(self.decoder.state_dict())
+        return {"bottleneck": bottleneck, "decoder": decoder}
 
     # -- using a trained model -----------------------------------------------------------
 

@@ -15,7 +15,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 
-from ..backbones.resnet import BasicBlock, Bottleneck, conv3x3, init_like_torchvision, make_stage
+from ..backbones.resnet import (BasicBlock, Bottleneck, batch_norm, conv3x3, init_like_torchvision,
+                                make_stage)
 from ..graph_ops import gaussian_blur_matrix, resize_and_blur, summed_separable_maps  # noqa: F401 (re-exported)
 
 
@@ -38,21 +39,24 @@ class OCBE(nn.Layer):
 
     f1 goes through two stride-2 conv3x3-BN-ReLU (c1->c2->c3), f2 through one (c2->c3); both are
     concatenated with f3 and passed through a residual stage whose first block has stride 2.
+    ``data_format="NHWC"``: the channels-last training twin (same parameters).
     """
 
-    def __init__(self, channels, block, num_blocks, width_per_group=64):
+    def __init__(self, channels, block, num_blocks, width_per_group=64, data_format="NCHW"):
         super().__init__()
         c1, c2, c3 = channels
-        self.conv1 = conv3x3(c1, c2, stride=2)
-        self.bn1 = nn.BatchNorm2D(c2)
-        self.conv2 = conv3x3(c2, c3, stride=2)
-        self.bn2 = nn.BatchNorm2D(c3)
-        self.conv3 = conv3x3(c2, c3, stride=2)
-        self.bn3 = nn.BatchNorm2D(c3)
+        self.conv1 = conv3x3(c1, c2, 2, data_format)
+        self.bn1 = batch_norm(c2, data_format)
+        self.conv2 = conv3x3(c2, c3, 2, data_format)
+        self.bn2 = batch_norm(c3, data_format)
+        self.conv3 = conv3x3(c2, c3, 2, data_format)
+        self.bn3 = batch_norm(c3, data_format)
         self.relu = nn.ReLU()
         self.out_channels = 2 * c3
+        self.channel_axis = channel_axis(data_format)
         self.bn_layer = make_stage(block, 3 * c3, self.out_channels // block.expansion,
-                                   num_blocks, stride=2, width_per_group=width_per_group)
+                                   num_blocks, stride=2, width_per_group=width_per_group,
+                                   data_format=data_format)
         init_like_torchvision(self)
 
     def forward(self, feats):
@@ -60,20 +64,21 @@ class OCBE(nn.Layer):
         a = self.relu(self.bn1(self.conv1(f1)))
         a = self.relu(self.bn2(self.conv2(a)))
         b = self.relu(self.bn3(self.conv3(f2)))
-        return self.bn_layer(paddle.concat([a, b, f3], axis=1))
+        return self.bn_layer(paddle.concat([a, b, f3], axis=self.channel_axis))
 
 
 class ReverseDecoder(nn.Layer):
     """The encoder run backwards: three residual stages whose first block upsamples x2 with a
     2x2 transposed conv; outputs [d1, d2, d3] shaped like the encoder's [f1, f2, f3]."""
 
-    def __init__(self, channels, block, layers, width_per_group=64):
+    def __init__(self, channels, block, layers, width_per_group=64, data_format="NCHW"):
         super().__init__()
         inplanes = 2 * channels[2]
         # layer1 rebuilds f3, layer2 f2, layer3 f1 (names as in the official decoder)
         for index, (out_ch, num_blocks) in enumerate(zip(channels[::-1], layers), start=1):
             stage = make_stage(block, inplanes, out_ch // block.expansion, num_blocks, stride=2,
-                               width_per_group=width_per_group, transposed=True)
+                               width_per_group=width_per_group, transposed=True,
+                               data_format=data_format)
             setattr(self, f"layer{index}", stage)
             inplanes = out_ch
         init_like_torchvision(self)
@@ -85,25 +90,32 @@ class ReverseDecoder(nn.Layer):
         return [d1, d2, d3]
 
 
-def build_student(backbone, channels):
-    """(OCBE, ReverseDecoder) sized for an encoder named ``backbone`` with ``channels``."""
+def build_student(backbone, channels, data_format="NCHW"):
+    """(OCBE, ReverseDecoder) sized for an encoder named ``backbone`` with ``channels``;
+    ``data_format="NHWC"`` builds the channels-last training twin."""
     block, ocbe_blocks, decoder_layers, width = ARCHITECTURES.get(backbone, GENERIC_ARCHITECTURE)
-    return (OCBE(channels, block, ocbe_blocks, width),
-            ReverseDecoder(channels, block, decoder_layers, width))
+    return (OCBE(channels, block, ocbe_blocks, width, data_format),
+            ReverseDecoder(channels, block, decoder_layers, width, data_format))
 
 
-def rd4ad_loss(enc_feats, dec_feats, per_image=False):
+def channel_axis(data_format):
+    return 1 if data_format == "NCHW" else -1
+
+
+def rd4ad_loss(enc_feats, dec_feats, per_image=False, data_format="NCHW"):
     """Sum over scales of mean(1 - cos(teacher, student)).
 
     Default: cosine along channels at every position, averaged (the paper's Eq. 2).
     ``per_image=True``: cosine between whole flattened feature maps, one per image, as the
-    official training script computes it.
+    official training script computes it (the same in either layout: the order of a map's
+    values does not change a cosine).
     """
     total = 0.0
     for enc, dec in zip(enc_feats, dec_feats):
         if per_image:
             enc, dec = enc.flatten(1), dec.flatten(1)
-        total = total + (1.0 - F.cosine_similarity(enc, dec, axis=1)).mean()
+        axis = 1 if per_image else channel_axis(data_format)
+        total = total + (1.0 - F.cosine_similarity(enc, dec, axis=axis)).mean()
     return total
 
 
