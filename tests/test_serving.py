@@ -40,7 +40,7 @@ def free_port():
 class Server:
     """serve.py in a subprocess; ``url``; ``stop()`` sends SIGTERM and returns the exit code."""
 
-    def __init__(self, model_dir, *options, key=KEY):
+    def __init__(self, model_dir, *options, key=KEY, own_group=False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, os.path.join(ROOT, "serve.py"), "--model_dir", str(model_dir),
@@ -48,7 +48,8 @@ class Server:
         if key:
             argv += ["--api_key", key]
         self.log = open(os.path.join(os.path.dirname(str(model_dir)), f"serve_{self.port}.log"), "w+")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=own_group)
         self.headers = {"X-API-Key": key} if key else {}
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -309,22 +310,31 @@ def test_sighup_loads_the_folder_again(exports, tmp_path):
         assert srv.stop() == 0
 
 
-def test_sigterm_finishes_the_requests_in_flight_then_exits(exports, tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["to the server", "to its process group"])
+def test_sigterm_finishes_the_requests_in_flight_then_exits(exports, tmp_path, to_group):
+    """SIGTERM to the server, or to its whole process group as systemd's default stop sends it
+    (then the engine's child process gets it too, and must keep working until the server is done)."""
     import cv2
 
     big = tmp_path / "big.png"  # slow enough to be in flight when the signal comes
     cv2.imwrite(str(big), cv2.resize(cv2.imread(DEFECTS[0]), (2048, 2048)))
-    srv = Server(exports[0], "--max_batch", 2, key=None)
+    srv = Server(exports[0], "--max_batch", 2, key=None, own_group=to_group)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         load = [pool.submit(srv.upload, big, params={"overlay": "true"}) for _ in range(6)]
         deadline = time.time() + 60
         while in_flight(srv.metrics()) < 6:  # all six received, none answered yet
             assert time.time() < deadline and not any(f.done() for f in load), srv.output()
             time.sleep(0.02)
-        srv.proc.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(srv.proc.pid, signal.SIGTERM)
+        else:
+            srv.proc.send_signal(signal.SIGTERM)
         codes = [f.result().status_code for f in load]
+    srv.proc.wait(60)
+    output = srv.output()
     assert srv.stop() == 0
-    assert codes == [200] * 6
+    assert codes == [200] * 6, output
+    assert "Traceback" not in output and "SIGTERM" not in output, output
     with pytest.raises(httpx.HTTPError):
         httpx.get(srv.url + "/health", timeout=2)
 

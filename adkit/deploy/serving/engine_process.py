@@ -21,14 +21,21 @@ class EngineFailed(RuntimeError):
     """The child process died or its engine raised: the batch gets no result."""
 
 
-def _child(conn, model_dir, options):
+def _ignore_stop_signals():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _child(conn, model_dir, options):
+    _ignore_stop_signals()
     try:
         from adkit.core.image_io import to_chw_float
         from adkit.deploy.predictor import Predictor
 
         predictor = Predictor(model_dir, **options)
+        # again: importing Paddle installs its own SIGTERM handler (it dies with a C++ traceback),
+        # which a signal to the whole group (systemd's default stop) would reach
+        _ignore_stop_signals()
         size = predictor.image_size
         predictor.run(np.zeros((1, 3, size, size), np.float32))  # warm-up: the first run is slow
     except BaseException as err:  # noqa: BLE001 (everything goes back to the server as one line)
