@@ -2,14 +2,14 @@
 (``paddle/libs/libdnnl.so.3``), called with ctypes: nothing is compiled.
 
 Why: Paddle's dygraph runs a trainable convolution as im2col + sgemm one image at a time and
-never dispatches to its own oneDNN kernels; torch eager runs oneDNN's. oneDNN's channels-last
-(NHWC) kernels need no layout conversion of the activations, so a network trained in NHWC with
-these calls runs its convolutions at oneDNN's speed (adkit/train/channels_last.py wraps them as
-autograd ops and layers).
+never dispatches to its own oneDNN kernels; torch eager runs oneDNN's. These calls run a
+convolution at oneDNN's speed (adkit/train/onednn_layers.py wraps them as autograd ops and layers).
 
-Layouts: activations NHWC (``acdb``), weights as Paddle stores them, OIHW (``abcd``), bias [O].
-oneDNN picks the weights' internal layout; they are reordered in and out on each call (into
-temporary buffers the caller's ``scratch(nbytes)`` allocates). A transposed convolution is the
+Layouts: activations NHWC (``acdb``: oneDNN's kernels take them as they are) or NCHW (``abcd``:
+reordered to and from the blocked layout oneDNN picks, as torch does), weights as Paddle stores
+them, OIHW (``abcd``), bias [O]. oneDNN picks the weights' internal layout; whatever differs from
+the caller's is reordered in and out on each call (into temporary buffers the caller's
+``scratch(nbytes)`` allocates). A transposed convolution is the
 backward-data pass of the convolution it mirrors, so one ``Convolution`` serves both.
 
 The numbers below are oneDNN 3.x's C API (``dnnl_types.h``, ``dnnl_common_types.h``); the
@@ -186,7 +186,7 @@ class _Operand:
 class Convolution:
     """The three primitives of one convolution geometry, on float32 buffers given as addresses:
     ``forward`` (y = conv(x, w) + b), ``backward_data`` (dx from dy) and ``backward_weights``
-    (dw and db from x and dy). ``src`` is [N, C, H, W] (the buffers hold it as NHWC), ``weights``
+    (dw and db from x and dy). ``src`` is [N, C, H, W] (the buffers hold it in ``layout``), ``weights``
     [O, C, KH, KW] (OIHW), ``padding`` (top, left, bottom, right). Made once per geometry
     (``Convolution.get``); a lock serialises calls, which reuse the same memory objects."""
 
