@@ -58,6 +58,8 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     import paddle
 
     from adkit import __version__
+    from adkit.core.image_io import image_hw
+    from adkit.core.tiling import Tiling
     from adkit.deploy.exported import DEPLOY_CONFIG, INPUT_DESCRIPTION, save_inference_graph
     from adkit.core.io_utils import default_dir_mode, write_json
     from adkit.evaluate.calibration import (CALIBRATION_FILE, EVAL_METRICS_FILE, read_calibration,
@@ -72,8 +74,9 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     if calibration_dir and not quantize:
         raise UserError("--calibration_dir needs --quantize int8")
     cfg, method = load_trained(checkpoint_dir, runtime_cfg={"device": "cpu"}, expected_model=model)
+    tiling = Tiling.from_config(cfg)
     net = method.inference_net()
-    size = int(cfg["image_size"])
+    size = image_hw(cfg["image_size"])
     chosen = resolve_threshold(checkpoint_dir, threshold_policy, threshold)
     calibration = read_calibration(checkpoint_dir)
 
@@ -86,12 +89,13 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
         save_inference_graph(net, size, staging)
         quantization = None
         if quantize:
-            quantization, calibration = quantize_into(staging, checkpoint_dir, size, cfg, calibration,
-                                                      calibration_dir, cpu_threads)
+            quantization, calibration = quantize_into(staging, checkpoint_dir, size, tiling, cfg,
+                                                      calibration, calibration_dir, cpu_threads)
             # the int8 model's own training-side scores: its threshold, df_training.csv
             chosen = resolve_threshold(staging, threshold_policy, threshold)
         write_json(os.path.join(staging, DEPLOY_CONFIG), {
-            "model": model, "image_size": size, "precision": quantize or "fp32",
+            "model": model, "image_size": list(size), **(tiling.as_config() if tiling else {}),
+            "precision": quantize or "fp32",
             "quantization": quantization, "threshold": chosen.value,
             "threshold_policy": chosen.policy, "threshold_source": chosen.source,
             "map_range": calibration["map_range"] if calibration else None,
@@ -110,7 +114,7 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     return save_dir
 
 
-def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_dir, cpu_threads):
+def quantize_into(staging, checkpoint_dir, size, tiling, cfg, calibration, calibration_dir, cpu_threads):
     """int8 graph in ``staging`` (or a one-line refusal) and its calibration.json written there;
     returns (what deploy_config.json records, the int8 calibration)."""
     import logging
@@ -120,12 +124,14 @@ def quantize_into(staging, checkpoint_dir, size, cfg, calibration, calibration_d
 
     log = logging.getLogger("adkit")
     info, engine = quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir,
-                                   cpu_threads, log)
+                                   cpu_threads, log, tiling)
     train = [e["path"] for e in calibration.get("train", [])]
     train = train if all(os.path.isfile(p) for p in train) else []
     val = [e["path"] for e in calibration["val"]]
-    recalibrated = calibrate(engine.run, GoodImages(train, size), GoodImages(val, size),
-                             int(cfg.get("eval_batch_size") or 4), calibration["seed"], calibration["policy"])
+    photo_size = None if tiling else size
+    recalibrated = calibrate(engine.run, GoodImages(train, photo_size), GoodImages(val, photo_size),
+                             int(cfg.get("eval_batch_size") or 4), calibration["seed"], calibration["policy"],
+                             tiling)
     write_calibration(staging, recalibrated)
     log.info("int8 (%s) kept: %s; threshold recalibrated on the int8 scores", info["level"],
              describe_check(info["check"]))
@@ -153,12 +159,13 @@ def check_onnx_matches_paddle(folder, tolerance=1e-4):
     import numpy as np
 
     from adkit.core.compat import import_paddle2onnx
+    from adkit.core.image_io import image_hw
     from adkit.deploy.exported import read_deploy_config
     from adkit.deploy.engines import OnnxEngine, PaddleEngine
 
-    size = int(read_deploy_config(folder)["image_size"])
-    batch = np.random.default_rng(0).random((2, 3, size, size), dtype=np.float32)
-    expected = PaddleEngine(folder, enable_mkldnn=False, image_size=size).run(batch)
+    height, width = image_hw(read_deploy_config(folder)["image_size"])
+    batch = np.random.default_rng(0).random((2, 3, height, width), dtype=np.float32)
+    expected = PaddleEngine(folder, enable_mkldnn=False, image_size=(height, width)).run(batch)
     actual = OnnxEngine(folder).run(batch)
     for name, want, got in zip(("map", "score"), expected, actual):
         diff = float(np.max(np.abs(want - got)))

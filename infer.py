@@ -83,7 +83,7 @@ def report_timings(args, model, engine, timings, num_images, size):
         return
     logger = auto_log.AutoLogger(
         model_name=model, model_precision=precision, batch_size=args.batch_size,
-        data_shape=f"3,{size},{size}", save_path=os.path.join(args.output_dir, "auto_log.txt"),
+        data_shape=f"3,{size[0]},{size[1]}", save_path=os.path.join(args.output_dir, "auto_log.txt"),
         inference_config=engine.config, pids=os.getpid(), process_name=None,
         gpu_ids=args.gpu_id if args.device == "gpu" else None, time_keys=list(TIME_KEYS), warmup=0)
     # Hand auto_log our per-image durations (it averages them) instead of re-timing.

@@ -33,7 +33,7 @@ def parse_args(argv):
                         help="how long the first image of a batch waits for others to join")
     parser.add_argument("--max_queue", type=int, default=64,
                         help="images waiting at most; beyond it requests get 503 with Retry-After")
-    parser.add_argument("--max_bytes", type=int, default=20 * 1024 * 1024,
+    parser.add_argument("--max_bytes", type=int, default=64 * 1024 * 1024,
                         help="largest image file accepted, in bytes (413 beyond)")
     parser.add_argument("--max_pixels", type=int, default=40_000_000,
                         help="largest image accepted, width x height from its header (413 beyond)")

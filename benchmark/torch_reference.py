@@ -118,7 +118,12 @@ class EfficientADStep:
 
     def __init__(self, paddle_method=None, lr=1e-4, weight_decay=1e-5, image_size=256):
         if paddle_method is not None:
-            image_size = int(paddle_method.cfg["image_size"])
+            from adkit.core.image_io import image_hw
+
+            height, width = image_hw(paddle_method.cfg["image_size"])
+            if height != width:
+                raise ValueError(f"the torch reference step takes square images, got {height}x{width}")
+            image_size = height
         out_size = paddle_method.autoencoder.out_size if paddle_method else pdn_out_size(image_size)
         self.teacher, self.student = PDNSmall(384), PDNSmall(768)
         self.autoencoder = AutoEncoder(image_size, out_size)

@@ -7,7 +7,8 @@ import numpy as np
 
 from adkit.core import errors
 from adkit.core.errors import UserError
-from adkit.core.image_io import list_images, read_label_mask, read_rgb, resize_mask, resize_rgb, to_chw_float
+from adkit.core.image_io import (image_hw, list_images, read_label_mask, read_rgb, resize_mask, resize_rgb,
+                                 to_chw_float)
 
 
 def split_train_val(paths, val_ratio, seed):
@@ -88,11 +89,13 @@ def union_mask(mask_path, hw):
 
 
 class ImageDataset:
-    """Images resized to the model size, as float32 3xHxW in [0,1]; resized uint8 kept in memory."""
+    """Images resized to the model size (``image_size``: a side or (height, width)), as float32
+    3xHxW in [0,1]; resized uint8 kept in memory. ``image_size=None``: photos at their own
+    size, read again on each use (tiled models: a set of camera photos may not fit in memory)."""
 
     def __init__(self, paths, image_size):
         self.paths = list(paths)
-        self.image_size = image_size
+        self.image_size = None if image_size is None else image_hw(image_size)
         self._cache = {}
         self.original_hw = {}
 
@@ -100,14 +103,23 @@ class ImageDataset:
         return len(self.paths)
 
     def load_uint8(self, i):
-        if i not in self._cache:
-            image = read_rgb(self.paths[i])
-            self.original_hw[i] = image.shape[:2]
-            self._cache[i] = resize_rgb(image, self.image_size)
+        if i in self._cache:
+            return self._cache[i]
+        image = read_rgb(self.paths[i])
+        self.original_hw[i] = image.shape[:2]
+        if self.image_size is None:
+            return image
+        self._cache[i] = resize_rgb(image, self.image_size)
         return self._cache[i]
 
     def __getitem__(self, i):
         return to_chw_float(self.load_uint8(i))
+
+    def photo_hw(self, i):
+        """(height, width) of image i as read from its file."""
+        if i not in self.original_hw:
+            self.load_uint8(i)
+        return self.original_hw[i]
 
     def preload(self):
         """Read every image now: broken files stop the run before training or evaluation, not
@@ -172,17 +184,18 @@ class TestDataset(ImageDataset):
         return subset
 
     def mask(self, i):
-        """(mask HxW {0,1} at the model size, whether a ground truth exists for the image)."""
+        """(mask HxW {0,1} at the model size, or at the image's own size for photos kept at
+        their size, whether a ground truth exists for the image)."""
         item = self.items[i]
-        size = self.image_size
+        size = self.image_size or self.photo_hw(i)
         if item.mask_path is None:
-            return np.zeros((size, size), np.uint8), item.label == 0
-        return resize_mask(self.full_mask(i), size), True
+            return np.zeros(size, np.uint8), item.label == 0
+        full = self.full_mask(i)
+        return (full if self.image_size is None else resize_mask(full, size)), True
 
     def full_mask(self, i):
         """{0,1} uint8 mask at the image's own size (all zeros without a ground truth)."""
-        self.load_uint8(i)  # records the original size the mask must match
-        hw = self.original_hw[i]
+        hw = self.photo_hw(i)  # the size the mask must match
         item = self.items[i]
         return np.zeros(hw, np.uint8) if item.mask_path is None else union_mask(item.mask_path, hw)
 
@@ -195,9 +208,8 @@ class TestDataset(ImageDataset):
         item = self.items[i]
         if self.defect_kinds is None or item.mask_path is None:
             return None if self.defect_kinds is None else []
-        self.load_uint8(i)
-        hw = self.original_hw[i]
-        scale = self.image_size ** 2 / float(hw[0] * hw[1]) if at_model_size else 1.0
+        hw = self.photo_hw(i)
+        scale = self.image_size[0] * self.image_size[1] / float(hw[0] * hw[1]) if at_model_size else 1.0
         result = []
         for mask, value in read_defect_masks(item.mask_path, hw):
             kind = self.defect_kinds.get(value)

@@ -43,7 +43,7 @@ class AnomalyMethod:
         ``channels_last``: outputs in NHWC, for a student trained channels-last."""
         from adkit.deploy.engines import FrozenForward
 
-        return FrozenForward(layer, int(self.cfg["image_size"]), self.cfg.get("device") or "cpu",
+        return FrozenForward(layer, self.cfg["image_size"], self.cfg.get("device") or "cpu",
                              int(self.cfg.get("cpu_threads") or 2), channels_last)
 
     def trains_with_onednn(self):

@@ -7,6 +7,7 @@ A subclass provides ``fit_arrays(train_set) -> {name: ndarray}`` (from ``self.en
 import paddle
 
 from adkit.core.errors import UserError
+from adkit.core.image_io import image_hw
 from adkit.train.fitted import load_fitted, save_fitted
 from adkit.core.progress import log
 
@@ -19,7 +20,7 @@ class FittedFeatureMethod(AnomalyMethod):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.encoder = self.encoder_sha256 = self.net = None
-        self.image_size = int(cfg["image_size"])
+        self.image_size = image_hw(cfg["image_size"])
 
     def _build_encoder(self, backbone, weights):
         self.encoder = build_encoder(backbone, weights)
@@ -34,7 +35,7 @@ class FittedFeatureMethod(AnomalyMethod):
         self._build_encoder(settings.backbone, settings.backbone_weights)
         arrays = self.fit_arrays(train_set)
         extra = {**encoder_record(settings.backbone, settings.backbone_weights, self.encoder_sha256),
-                 "image_size": self.image_size, **self.describe()}
+                 "image_size": list(self.image_size), **self.describe()}
         save_fitted(ckpt_dir, self.name, arrays, extra)
         self.net = self.build_net(arrays, extra)
 
@@ -43,7 +44,7 @@ class FittedFeatureMethod(AnomalyMethod):
         weights = self.settings.backbone_weights or saved["backbone_weights"]
         self._build_encoder(saved["backbone"], weights)
         check_same_encoder(self.encoder_sha256, saved, ckpt_dir, weights)
-        self.image_size = int(saved["image_size"])
+        self.image_size = image_hw(saved["image_size"])  # a side in checkpoints before [h, w]
         self.net = self.build_net(arrays, saved)
 
     def inference_net(self):

@@ -150,7 +150,7 @@ def test_export_writes_graph_onnx_and_deploy_config(trained, model):
         "inference.pdiparams", "model.onnx"])
     deploy = read_json(run["save_dir"] / "deploy_config.json")
     assert deploy["model"] == model
-    assert deploy["image_size"] == SIZE
+    assert deploy["image_size"] == [SIZE, SIZE]
     # The deployed threshold is the one training chose on the training side, never eval's
     # test-set F1-max, and it says where it came from.
     calibration = read_json(run["ckpt_dir"] / "calibration.json")

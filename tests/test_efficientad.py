@@ -89,7 +89,8 @@ def test_autoencoder_generalises_to_other_sizes():
     # hand arithmetic: 128 px -> PDN map 128-3=125 /2=62 -3=59 /2=29 -2=27 -3=24
     assert pdn_out_size(128) == 24
     ae = AutoEncoder(128)
-    assert ae.upsample_sizes == (2, 4, 8, 16, 32, 64)  # the paper's sizes halved, rounded
+    # the paper's sizes halved, rounded, on both axes
+    assert ae.upsample_sizes == tuple((s, s) for s in (2, 4, 8, 16, 32, 64))
     assert ae.enconv6.weight.shape == [64, 64, 4, 4]
     with paddle.no_grad():
         assert ae(paddle.rand([2, 3, 128, 128])).shape == [2, 384, 24, 24]

@@ -11,7 +11,7 @@ import pytest
 from adkit.core.errors import UserError
 from adkit.core.io_utils import default_dir_mode, default_file_mode
 from adkit.outputs.folders import ImageOutputs, RunFolder, display_range
-from adkit.deploy.predictor import predict_files
+from adkit.deploy.predictor import PredictorBase, predict_files
 from adkit.core.image_io import collect_images, folder_label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,9 +121,9 @@ def test_display_range_puts_the_threshold_in_the_middle():
     assert display_range((0.2, 0.9), 0.1) == (0.2, 0.9)  # threshold below typical good values
 
 
-class FakePredictor:
+class FakePredictor(PredictorBase):
     """Map = the image's mean red channel everywhere, at a 4x4 model size."""
-    image_size = 4
+    image_size = (4, 4)
 
     def __init__(self):
         self.batches = []
@@ -192,7 +192,8 @@ def test_progress_off_a_terminal_is_plain_log_lines(monkeypatch, caplog):
         bar.set_postfix(loss="0.5")
         bar.update(1)
     bar.close()
-    assert [r.getMessage() for r in caplog.records] == [f"train {i}/3 (loss=0.5)" for i in (1, 2, 3)]
+    assert [r.getMessage() for r in caplog.records] == [f"train {i}/3, about 0 s left (loss=0.5)"
+                                                        for i in (1, 2, 3)]
     assert list(progress.progress(range(4), total=4, desc="x")) == [0, 1, 2, 3]
 
 

@@ -140,7 +140,7 @@ def test_inference_net_matches_a_numpy_pipeline(engine):
         assert float(score[i]) == pytest.approx(want, rel=1e-4)
 
 
-def test_patchcore_scores_through_the_graph_on_the_cpu_only():
+def test_scoring_runs_the_graph_on_the_cpu_only():
     from adkit.deploy.engines import DygraphEngine, GraphEngine, scoring_engine
 
     class Fitted:  # a fitted method's one method the choice needs
@@ -151,7 +151,6 @@ def test_patchcore_scores_through_the_graph_on_the_cpu_only():
     cfg = {"model": "patchcore", "image_size": 64, "cpu_threads": 1}
     assert isinstance(scoring_engine(Fitted(), dict(cfg, device="cpu")), GraphEngine)
     assert isinstance(scoring_engine(Fitted(), dict(cfg, device="gpu")), DygraphEngine)
-    assert isinstance(scoring_engine(Fitted(), dict(cfg, model="rd4ad")), DygraphEngine)
 
 
 def test_fit_keeps_the_coreset_share_and_a_reload_gives_the_same_maps(train_cfg, tmp_path, brick_train_set):

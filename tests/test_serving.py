@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from adkit.deploy.serving.app import ServiceSettings
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "sample_data", "brick", "test")
 GOOD = os.path.join(SAMPLE, "good", "000.png")
@@ -211,7 +213,7 @@ def test_bad_requests_get_their_status_while_a_load_keeps_succeeding(server):
         ("truncated PNG", dict(content=good[: len(good) // 2]), 400, "truncated PNG"),
         ("30000x30000 PNG of a few KB", dict(content=png_declaring(30000, 30000)), 413, "--max_pixels"),
         ("8000x6000 PNG header", dict(content=png_declaring(8000, 6000)), 413, "8000x6000"),
-        ("body over the limit", dict(content=b"\0" * (28 * 1024 * 1024 + 1)), 413, "--max_bytes"),
+        ("body over the limit", dict(content=b"\0" * (ServiceSettings().max_body() + 1)), 413, "--max_bytes"),
         ("bad base64", dict(json={"image": "%%%"}), 400, "base64"),
         ("JSON without image", dict(json={"picture": "x"}), 400, '"image"'),
         ("form without file", dict(data={"part_id": "x"}, files={"other": ("a.txt", b"abc")}), 400, '"file"'),

@@ -1,6 +1,7 @@
 """The TIPC shell pipeline: a real lite run of RD4AD end to end, and failures that must surface."""
 import csv
 import glob
+import json
 import math
 import os
 import re
@@ -216,3 +217,23 @@ def test_lite_pipeline_passes_for_every_other_model(tmp_path, model):
     gpu_runs = 1 if has_cuda() else 0  # use_tensorrt false x batch 2
     assert len(runs) == 3 + 1 + gpu_runs + 2  # train, eval, export, the grid point, dygraph, compare
     assert all(line.startswith("Run successfully with command - ") for line in runs), runs
+
+
+def test_lite_pipeline_with_tiles(tmp_path):
+    """PatchCore's tiled config (128-px tiles of the 256-px sample photos, 64-px model input):
+    train -> eval -> export -> infer.py against main.py --mode infer, at one grid point."""
+    with open(os.path.join(TIPC, "configs", "patchcore", "train_infer_python_tiles.txt"), encoding="utf-8") as f:
+        text = f.read()
+    assert "--tile_size:lite_train_lite_infer=128" in text
+    for grid, point in ONE_GRID_POINT.items():
+        text = text.replace(grid, point)
+    config = tmp_path / "train_infer_python.txt"
+    config.write_text(text, encoding="utf-8")
+    proc = run_tipc(config, tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(os.path.join(tmp_path, "out", "patchcore", MODE, "results_python.log"), encoding="utf-8") as f:
+        runs = [line for line in f if line.startswith("Run ")]
+    assert len(runs) == 3 + 1 + (1 if has_cuda() else 0) + 2
+    assert all(line.startswith("Run successfully with command - ") for line in runs), runs
+    deploy = glob.glob(os.path.join(tmp_path, "out", "patchcore", MODE, "**", "deploy_config.json"), recursive=True)
+    assert deploy and json.load(open(deploy[0], encoding="utf-8"))["tile_size"] == [128, 128]

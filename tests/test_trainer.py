@@ -174,4 +174,6 @@ def test_plain_progress_speaks_after_5_s_then_every_30_s(monkeypatch, caplog):
             now[0] = t
             bar.update(1)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring")]
-    assert lines == ["scoring training images 2/10", "scoring training images 5/10"]  # at 106 and 137
+    # at 106 (2 done in 6 s: 8 more take 24 s) and 137 (5 in 37 s: 5 more take 37 s)
+    assert lines == ["scoring training images 2/10, about 24 s left",
+                     "scoring training images 5/10, about 37 s left"]

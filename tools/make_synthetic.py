@@ -37,7 +37,7 @@ from adkit.options.config import HelpFormatter, OneLineParser  # noqa: E402
 from adkit.core.errors import UserError, exit_on_user_error, raise_if_bad  # noqa: E402
 from adkit.core.image_io import find_images, read_rgb, resize_rgb, write_png  # noqa: E402
 from adkit.core.io_utils import staged_folder, write_json  # noqa: E402
-from adkit.evaluate.synthetic import DATASET_KINDS, KINDS, make_defect  # noqa: E402
+from adkit.evaluate.synthetic import DATASET_KINDS, KINDS, make_defect, parse_kinds  # noqa: E402
 from datasets import split_train_val  # noqa: E402
 
 MIN_SIDE = 32  # the smallest image the defect kinds can draw on
@@ -57,22 +57,9 @@ def parse_args(argv):
     parser.add_argument("--image_size", type=int, default=None,
                         help="resize every image to N x N first (default: keep each image's size)")
     args = parser.parse_args(argv)
-    args.kinds = parse_kinds(args.kinds)
+    args.kinds = parse_kinds(args.kinds, " (use --per_kind for more defects)")
     check_options(args)
     return args
-
-
-def parse_kinds(text):
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    if not kinds:
-        raise UserError(f"--kinds {text!r}: no kind given; known kinds: {', '.join(KINDS)}")
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise UserError(f"--kinds: unknown kind {unknown[0]!r}; known kinds: {', '.join(KINDS)}")
-    repeated = sorted({k for k in kinds if kinds.count(k) > 1})
-    if repeated:
-        raise UserError(f"--kinds: {repeated[0]!r} given twice (use --per_kind for more defects)")
-    return tuple(kinds)
 
 
 def check_options(args):

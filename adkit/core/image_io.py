@@ -168,13 +168,52 @@ def read_mask(path, expected_hw):
     return (read_label_mask(path, expected_hw) > 0).astype(np.uint8)
 
 
+def image_hw(size):
+    """A model input size as (height, width): a square side (256), "HxW" text ("384x512"), or
+    a [height, width] pair (how train_config.json and deploy_config.json store it)."""
+    if isinstance(size, str):
+        parts = size.lower().replace(" ", "").split("x")
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"expected N or HxW (e.g. 256 or 384x512), got {size!r}")
+        return int(parts[0]), int(parts[1])
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2:
+            raise ValueError(f"expected [height, width], got {size!r}")
+        return int(size[0]), int(size[1])
+    if isinstance(size, bool) or int(size) != size:
+        raise ValueError(f"expected N or HxW (e.g. 256 or 384x512), got {size!r}")
+    return int(size), int(size)
+
+
+def size_text(size):
+    """(h, w) -> "256" when square, else "HxW" (as --image_size takes it)."""
+    h, w = image_hw(size)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def aspect_note(photo_hw, size):
+    """A log line when a photo of ``photo_hw`` (height, width) is squashed to the model input
+    ``size`` (aspect ratios more than 2% apart), else None."""
+    (h, w), (mh, mw) = photo_hw, image_hw(size)
+    if abs(h * mw - w * mh) <= 0.02 * w * mh:
+        return None
+    keep = f"{mh}x{32 * max(1, round(mh * w / h / 32))}"
+    return (f"photos of {w}x{h} px (width x height) are resized to the model input of {mw}x{mh} "
+            f"px, which changes their aspect ratio, in training as in use; --image_size {keep} "
+            "(height x width) keeps it, --tile_size keeps their pixels too (doc/large_images.md)")
+
+
 def resize_rgb(image, size):
-    """Resize to size x size: area averaging when shrinking (no aliasing), bilinear otherwise."""
+    """Resize to ``size`` (a side or (height, width), see image_hw): area averaging when
+    shrinking (no aliasing), bilinear otherwise."""
+    out_h, out_w = image_hw(size)
     h, w = image.shape[:2]
-    if (h, w) == (size, size):
+    if (h, w) == (out_h, out_w):
         return image
-    shrinking = h > size or w > size
-    return cv2.resize(image, (size, size),
+    shrinking = h > out_h or w > out_w
+    return cv2.resize(image, (out_w, out_h),
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
@@ -187,7 +226,8 @@ def map_at_size(model_map, hw):
 
 
 def resize_mask(mask, size):
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    out_h, out_w = image_hw(size)
+    return cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
 
 
 def to_chw_float(image):
@@ -196,5 +236,5 @@ def to_chw_float(image):
 
 
 def model_input(image, size):
-    """uint8 RGB image of any size -> the float32 3 x size x size tensor every engine takes."""
+    """uint8 RGB image of any size -> the float32 3 x H x W tensor every engine takes."""
     return to_chw_float(resize_rgb(image, size))

@@ -30,6 +30,7 @@ class PlainProgress:
         self.iterable, self.total, self.n, self.desc = iterable, total, initial, desc
         self.postfix = ""
         self._clock = time.monotonic
+        self._start, self._start_n = self._clock(), initial
         # the first line comes after PLAIN_FIRST_SECONDS, then one every PLAIN_PROGRESS_SECONDS:
         # a 40 s phase (EfficientAD's calibration) is not silent, a 2 s one stays quiet
         self._last = self._clock() - PLAIN_PROGRESS_SECONDS + min(PLAIN_FIRST_SECONDS, PLAIN_PROGRESS_SECONDS)
@@ -44,7 +45,16 @@ class PlainProgress:
         if self._clock() - self._last >= PLAIN_PROGRESS_SECONDS:
             self._last = self._clock()
             total = f"/{self.total}" if self.total else ""
-            log.info("%s %d%s%s", self.desc, self.n, total, f" ({self.postfix})" if self.postfix else "")
+            log.info("%s %d%s%s%s", self.desc, self.n, total, self._time_left(),
+                     f" ({self.postfix})" if self.postfix else "")
+
+    def _time_left(self):
+        """", about 3 min left" from the rate so far, when the total is known."""
+        done = self.n - self._start_n
+        if not self.total or done <= 0:
+            return ""
+        seconds = (self.total - self.n) * (self._clock() - self._start) / done
+        return f", about {seconds:.0f} s left" if seconds < 120 else f", about {seconds / 60:.0f} min left"
 
     def set_postfix(self, refresh=True, **values):
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())

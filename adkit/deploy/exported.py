@@ -2,6 +2,7 @@
 import os
 
 from adkit.core.errors import UserError
+from adkit.core.image_io import image_hw
 from adkit.core.io_utils import read_json
 from adkit.evaluate.calibration import DEPLOY_CONFIG
 
@@ -13,13 +14,19 @@ INPUT_DESCRIPTION = "float32 [N,3,H,W] RGB in [0,1] (pixel/255) at the model siz
 def save_inference_graph(net, image_size, folder):
     """The inference net (an ``AnomalyMethod.inference_net``) as a static graph in ``folder``:
     ``inference.json`` (Paddle 3) or ``inference.pdmodel`` (2.6) + ``inference.pdiparams``, input
-    [None, 3, size, size]. export_model.py and adkit.deploy.engines.GraphEngine both write it here."""
+    [None, 3, H, W] (``image_size``: a side or (H, W), see image_hw). export_model.py and
+    adkit.deploy.engines.GraphEngine both write it here."""
+    import warnings
+
     import paddle
 
     net.eval()  # Layer.eval() returns None on Paddle 2.6
-    spec = [paddle.static.InputSpec([None, 3, int(image_size), int(image_size)], "float32", INPUT_NAME)]
+    height, width = image_hw(image_size)
+    spec = [paddle.static.InputSpec([None, 3, height, width], "float32", INPUT_NAME)]
     static_net = paddle.jit.to_static(net, input_spec=spec, full_graph=True)
-    paddle.jit.save(static_net, os.path.join(folder, MODEL_PREFIX))
+    with warnings.catch_warnings():  # Paddle 3's tracer warns of a `.place` it reads itself
+        warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface")
+        paddle.jit.save(static_net, os.path.join(folder, MODEL_PREFIX))
     # Paddle 2.6 adds a .pdiparams.info for paddle.jit.load, which nothing here uses: the same
     # files from both Paddles
     info = os.path.join(folder, MODEL_PREFIX + ".pdiparams.info")

@@ -19,6 +19,8 @@ import numpy as np
 from adkit.evaluate.calibration import read_calibration, resolve_threshold
 from adkit.deploy.exported import DEPLOY_CONFIG, read_deploy_config
 from adkit.core.errors import UserError
+from adkit.core.image_io import image_hw
+from adkit.core.tiling import Tiling
 from adkit.outputs.folders import display_range, label_of
 
 log = logging.getLogger("adkit")
@@ -33,11 +35,19 @@ class Prediction:
     regions: list = field(default_factory=list)  # regions.defect_regions of the map: boxes, areas
 
 
+TILE_BATCH = 8  # a tiled model's tiles per engine run (a few spread the per-run overhead)
+
+
 class PredictorBase:
-    """What a model's outputs mean, without its engine: the input size, the threshold and the
-    overlay colour scale (``model``, ``model_dir``, ``image_size``, ``threshold``,
-    ``map_range``). Predictor adds the engine; the service's engine process runs that in a
-    child process and keeps this part."""
+    """What a model's outputs mean, without its engine: the input size, the tiles, the
+    threshold and the overlay colour scale (``model``, ``model_dir``, ``image_size`` (height,
+    width), ``tiling`` (adkit.core.tiling.Tiling or None), ``threshold``, ``map_range``).
+    Predictor adds the engine; the service's engine process runs that in a child process and
+    keeps this part."""
+
+    tiling = None
+    tile_batch = TILE_BATCH
+    _aspect_noted = False
 
     def display_range(self, first_maps=None):
         """Colour scale for overlays: from calibration, else from the first maps of a run."""
@@ -47,13 +57,49 @@ class PredictorBase:
         return display_range(map_range, self.threshold.value)
 
     def preprocess(self, image):
-        """RGB uint8 HxWx3 (any size) -> float32 3xSxS in [0,1], the input every engine takes."""
-        from adkit.core.image_io import model_input
+        """RGB uint8 HxWx3 (any size) -> float32 3xHxW in [0,1] at the model size, the input
+        every engine takes (an untiled model's whole image)."""
+        from adkit.core.image_io import aspect_note, model_input
 
+        if not self._aspect_noted:  # once per model: each image of a run is alike
+            self._aspect_noted = True
+            note = aspect_note(image.shape[:2], self.image_size)
+            if note:
+                log.info("%s", note)
         return model_input(image, self.image_size)
 
+    def score_images(self, images, tile_batch=TILE_BATCH, seconds=None):
+        """[(map, score)] of RGB uint8 images: an untiled model's model-size maps and scores,
+        the images run as one batch; a tiled model's photo-size maps (score = the map's max),
+        ``tile_batch`` tiles per run (adkit.core.tiling.score_photo). ``seconds``: a dict whose
+        "inference" (engine runs) and "preprocess" (the rest: resizing; cutting and stitching
+        tiles) are increased."""
+        import time
+
+        from adkit.core.tiling import score_photo
+
+        inference = 0.0
+
+        def run(batch):
+            nonlocal inference
+            begin = time.perf_counter()
+            out = self.run(batch)
+            inference += time.perf_counter() - begin
+            return out
+
+        start = time.perf_counter()
+        if self.tiling is None:
+            results = list(zip(*run(np.stack([self.preprocess(image) for image in images]))))
+        else:
+            results = [score_photo(run, self.tiling, image, tile_batch) for image in images]
+        seconds = {} if seconds is None else seconds
+        seconds["inference"] = seconds.get("inference", 0.0) + inference
+        seconds["preprocess"] = seconds.get("preprocess", 0.0) + time.perf_counter() - start - inference
+        return results
+
     def prediction(self, model_map, score, image_hw):
-        """One image's ``run`` output -> Prediction at the image's size (``image_hw``)."""
+        """One image's map (model-size, or a tiled model's at the image's size) and score ->
+        Prediction at the image's size (``image_hw``)."""
         from adkit.core.image_io import map_at_size
         from adkit.evaluate.regions import defect_regions
 
@@ -80,7 +126,8 @@ class Predictor(PredictorBase):
 
             info = read_deploy_config(model_dir)
             self.model = info["model"]
-            self.image_size = int(info["image_size"])
+            self.image_size = image_hw(info["image_size"])
+            self.tiling = Tiling.from_config(info)
             self.engine = create_engine(backend, model_dir, device=device, cpu_threads=cpu_threads,
                                         enable_mkldnn=enable_mkldnn, use_tensorrt=use_tensorrt,
                                         precision=precision, max_batch_size=max_batch_size,
@@ -95,9 +142,12 @@ class Predictor(PredictorBase):
             set_device(device)
             cfg, method = load_trained(model_dir, runtime_cfg={"device": device, "cpu_threads": cpu_threads})
             self.model = cfg["model"]
-            self.image_size = int(cfg["image_size"])
+            self.image_size = image_hw(cfg["image_size"])
+            self.tiling = Tiling.from_config(cfg)
             self.engine = scoring_engine(method, cfg)
             stored_range = None
+        # TensorRT's engine is built for at most max_batch_size
+        self.tile_batch = max_batch_size if use_tensorrt else max(TILE_BATCH, max_batch_size)
         self.model_dir = model_dir
         self.calibration = read_calibration(model_dir)
         self.threshold = resolve_threshold(model_dir, threshold_policy, threshold)
@@ -106,7 +156,7 @@ class Predictor(PredictorBase):
         self.map_range = stored_range
 
     def run(self, batch):
-        """float32 [N,3,S,S] -> (model-size maps [N,S,S], scores [N])."""
+        """float32 [N,3,H,W] at the model size -> (model-size maps [N,H,W], scores [N])."""
         amap, score = self.engine.run(np.ascontiguousarray(batch, dtype=np.float32))
         return np.asarray(amap)[:, 0], np.asarray(score).reshape(-1)
 
@@ -119,8 +169,8 @@ class Predictor(PredictorBase):
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"predict: expected an RGB uint8 HxWx3 array, got {image.dtype} {image.shape}")
-        maps, scores = self.run(self.preprocess(image)[None])
-        return self.prediction(maps[0], scores[0], image.shape[:2])
+        [(amap, score)] = self.score_images([image], self.tile_batch)
+        return self.prediction(amap, score, image.shape[:2])
 
 
 def predict_into_folder(predictor, img_path, root, paths, run_folder, save_format="npy", batch_size=1,
@@ -271,8 +321,8 @@ def _display_range_up_front(predictor, paths, batch_size):
             break
     if not images:
         return None
-    maps, _ = predictor.run(np.stack([predictor.preprocess(image) for image in images]))
-    return predictor.display_range(maps)
+    results = predictor.score_images(images, predictor.tile_batch)
+    return predictor.display_range(np.concatenate([np.ravel(amap) for amap, _ in results]))
 
 
 def predict_files(predictor, root, paths, outputs, batch_size=1, skip_bad=False, warmup=0):
@@ -297,14 +347,12 @@ def predict_files(predictor, root, paths, outputs, batch_size=1, skip_bad=False,
 
     def flush():
         nonlocal batches_done
-        t0 = time.perf_counter()
-        batch = np.stack([predictor.preprocess(image) for _, image, _ in pending])
-        t1 = time.perf_counter()
-        maps, scores = predictor.run(batch)
+        spent = {}
+        results = predictor.score_images([image for _, image, _ in pending], predictor.tile_batch, spent)
         t2 = time.perf_counter()
         if outputs.value_range is None:
-            outputs.value_range = predictor.display_range(maps)
-        for i, ((path, image, _), amap, score) in enumerate(zip(pending, maps, scores)):
+            outputs.value_range = predictor.display_range(np.concatenate([np.ravel(amap) for amap, _ in results]))
+        for i, ((path, image, _), (amap, score)) in enumerate(zip(pending, results)):
             while skipped and skipped[0][0] == i:
                 skip(*skipped.pop(0)[1:])
             outputs.add(path, os.path.relpath(path, root), image, amap, score, *folder_label(path))
@@ -314,8 +362,8 @@ def predict_files(predictor, root, paths, outputs, batch_size=1, skip_bad=False,
         if batches_done >= warmup:
             n = len(pending)
             read = sum(seconds for _, _, seconds in pending)
-            timings["preprocess_time"].extend([(read + t1 - t0) / n] * n)
-            timings["inference_time"].extend([(t2 - t1) / n] * n)
+            timings["preprocess_time"].extend([(read + spent["preprocess"]) / n] * n)
+            timings["inference_time"].extend([spent["inference"] / n] * n)
             timings["postprocess_time"].extend([(t3 - t2) / n] * n)
         batches_done += 1
         pending.clear()

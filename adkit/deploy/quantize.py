@@ -55,11 +55,12 @@ PTQ_ALGO = "abs_max"  # activation ranges: the maximum over the calibration imag
 # ------------------------------------------------------------------------- the export side
 
 class GoodImages:
-    """Good images at the model size: ``paths``, ``len``, ``[i]`` (float32 CHW), ``load_uint8``
-    (what adkit.evaluate.calibration.calibrate reads)."""
+    """Good images at the model size (``size``), or at their own size (``size`` None: a tiled
+    model's photos, read on each use): ``paths``, ``len``, ``[i]`` (float32 CHW), ``load_uint8``,
+    ``photo_hw`` (what adkit.evaluate.calibration.calibrate and adkit.core.tiling.TileSet read)."""
 
     def __init__(self, paths, size):
-        self.paths, self.size, self._cache = list(paths), size, {}
+        self.paths, self.size, self._cache, self._hw = list(paths), size, {}, {}
 
     def __len__(self):
         return len(self.paths)
@@ -67,9 +68,19 @@ class GoodImages:
     def load_uint8(self, i):
         from adkit.core.image_io import read_rgb, resize_rgb
 
-        if i not in self._cache:
-            self._cache[i] = resize_rgb(read_rgb(self.paths[i]), self.size)
+        if i in self._cache:
+            return self._cache[i]
+        image = read_rgb(self.paths[i])
+        self._hw[i] = image.shape[:2]
+        if self.size is None:
+            return image
+        self._cache[i] = resize_rgb(image, self.size)
         return self._cache[i]
+
+    def photo_hw(self, i):
+        if i not in self._hw:
+            self.load_uint8(i)
+        return self._hw[i]
 
     def __getitem__(self, i):
         from adkit.core.image_io import to_chw_float
@@ -105,27 +116,61 @@ def calibration_paths(calibration, calibration_dir):
     return paths, source
 
 
-def check_set(calibration, size):
-    """(float32 batch [N+M,3,S,S], labels) of the validation good images and the synthetic
-    defects calibration made from them (same seed and count), the accuracy bar's data."""
+def check_set(calibration, size, tiling=None):
+    """(images, labels) of the validation good images and the synthetic defects calibration
+    made from them (same seed and count), the accuracy bar's data: a float32 batch
+    [N+M,3,H,W] at the model size; for a tiled model (``tiling``) a function giving the photos
+    at their own size one at a time, in the same order (see check_outputs)."""
     from adkit.core.image_io import to_chw_float
+    from adkit.evaluate.calibration import synthetic_photos
     from adkit.evaluate.synthetic import DEFAULT_KINDS, synthetic_defects
 
-    val = GoodImages(_existing([e["path"] for e in calibration.get("val", [])], "validation image"), size)
+    val = GoodImages(_existing([e["path"] for e in calibration.get("val", [])], "validation image"),
+                     None if tiling else size)
     per_image = int(calibration.get("synthetic_per_image") or 0)
     if not len(val) or not per_image:
         raise UserError("--quantize int8: needs validation good images and synthetic defects to "
                         "check the int8 model, but calibration.json has none (train with --val_ratio > 0)")
-    made = synthetic_defects([val.load_uint8(i) for i in range(len(val))], calibration["seed"],
-                             DEFAULT_KINDS, per_image)
-    if len(made) != len(calibration.get("synthetic", [])):
+    made = len(val) * len(DEFAULT_KINDS) * per_image
+    if made != len(calibration.get("synthetic", [])):
         raise UserError(f"--quantize int8: calibration.json lists {len(calibration.get('synthetic', []))} "
-                        f"synthetic defects, this version makes {len(made)} from its validation images "
+                        f"synthetic defects, this version makes {made} from its validation images "
                         "(the synthetic kinds changed since training), so the check cannot use "
                         "the same images")
-    images = [val[i] for i in range(len(val))] + [to_chw_float(image) for image, _, _ in made]
-    labels = np.array([0] * len(val) + [1] * len(made))
+    labels = np.array([0] * len(val) + [1] * made)
+    if tiling is not None:
+        def photos():
+            yield from (val.load_uint8(i) for i in range(len(val)))
+            yield from (photo for _, photo in synthetic_photos(val, calibration["seed"], per_image, tiling.tile))
+
+        return photos, labels
+    defects = synthetic_defects([val.load_uint8(i) for i in range(len(val))], calibration["seed"],
+                                DEFAULT_KINDS, per_image)
+    images = [val[i] for i in range(len(val))] + [to_chw_float(image) for image, _, _ in defects]
     return np.stack(images), labels
+
+
+CHECK_MAP_SIDE = 256  # a tiled model's photo maps are compared at this size (correlations only)
+
+
+def check_outputs(run_batch, images, tiling, desc):
+    """(maps [N,h,w], scores [N]) of check_set's images through ``run_batch``; a tiled model's
+    photos through their tiles (adkit.core.tiling.score_photo), each photo's map reduced to
+    CHECK_MAP_SIDE square for the map comparison (the scores are the photo maps' max)."""
+    import cv2
+
+    from adkit.core.progress import progress
+    from adkit.core.tiling import score_photo
+    from adkit.evaluate.evaluation import run_inference
+
+    if tiling is None:
+        return run_inference(run_batch, images, CALIBRATION_BATCH, desc)
+    maps, scores = [], []
+    for photo in progress(images(), desc=desc):
+        amap, score = score_photo(run_batch, tiling, photo, CALIBRATION_BATCH)
+        maps.append(cv2.resize(amap, (CHECK_MAP_SIDE, CHECK_MAP_SIDE), interpolation=cv2.INTER_AREA))
+        scores.append(score)
+    return np.stack(maps), np.array(scores, np.float32)
 
 
 def decision_policy(policy):
@@ -194,32 +239,34 @@ def describe_check(check):
 
 
 def quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir=None, cpu_threads=2,
-                    log=None):
+                    log=None, tiling=None):
     """Replace the fp32 graph in ``staging`` (written by export_model.export) with an int8 one
     that passes the bar, and return what deploy_config.json records about it; or raise the
-    one-line UserError of a refusal. The fp32 graph in ``staging`` is the reference."""
+    one-line UserError of a refusal. The fp32 graph in ``staging`` is the reference. A tiled
+    model (``tiling``) is calibrated on tiles of the good photos and checked on whole photos
+    through their tiles, as it runs."""
     from adkit.deploy.exported import MODEL_PREFIX, model_files
     from adkit.deploy.engines import PaddleEngine
-    from adkit.evaluate.evaluation import run_inference
 
     if calibration is None:
         raise UserError(f"--quantize int8: {checkpoint_dir} has no calibration.json (training writes "
                         "it; for an older checkpoint run main.py --mode eval once)")
     paths, source = calibration_paths(calibration, calibration_dir)
-    batch, labels = check_set(calibration, size)
-    fp32 = run_inference(PaddleEngine(staging, cpu_threads=cpu_threads, image_size=size, quantized=False).run,
-                         batch, CALIBRATION_BATCH, "check: fp32")
+    images, labels = check_set(calibration, size, tiling)
+    fp32 = check_outputs(PaddleEngine(staging, cpu_threads=cpu_threads, image_size=size, quantized=False).run,
+                         images, tiling, "check: fp32")
     tried = []
     with tempfile.TemporaryDirectory(dir=os.path.dirname(staging), prefix=".quantize_") as work:
         for level, op_types in LEVELS.items():
             out = os.path.join(work, level)
             counts = run_worker({"checkpoint_dir": os.path.abspath(checkpoint_dir), "work": work,
                                  "out": out, "op_types": list(op_types), "images": paths,
-                                 "size": size, "cpu_threads": cpu_threads})
+                                 "size": size, "cpu_threads": cpu_threads,
+                                 "tiling": tiling and {"image_size": list(size), **tiling.as_config()}})
             try:
                 engine = PaddleEngine(out, cpu_threads=cpu_threads, image_size=size, quantized=True,
                                       int8_ops=ONEDNN_INT8_OPS[level])
-                int8 = run_inference(engine.run, batch, CALIBRATION_BATCH, f"check: int8 ({level})")
+                int8 = check_outputs(engine.run, images, tiling, f"check: int8 ({level})")
                 check = compare(fp32, int8, labels, calibration.get("policy"))
             except (RuntimeError, ValueError) as err:  # Paddle Inference cannot run this variant
                 message = (str(err).strip().splitlines() or ["?"])[0][:200]
@@ -354,6 +401,8 @@ def worker(job):
     from paddle.static.quantization import PostTrainingQuantization
 
     from adkit.core.compat import ptq_data_loader
+    from adkit.core.image_io import image_hw
+    from adkit.core.tiling import Tiling, TileSet
     from adkit.deploy.exported import INPUT_NAME, MODEL_PREFIX
     from adkit.evaluate.evaluation import batches as image_batches
     from adkit.options.registry import load_trained
@@ -362,12 +411,16 @@ def worker(job):
     net = method.inference_net()
     net.eval()
     size = job["size"]
-    spec = [paddle.static.InputSpec([None, 3, size, size], "float32", INPUT_NAME)]
+    spec = [paddle.static.InputSpec([None, 3, *image_hw(size)], "float32", INPUT_NAME)]
     fp32_dir = os.path.join(job["work"], "fp32_old_ir")
     if not os.path.isfile(os.path.join(fp32_dir, MODEL_PREFIX + ".pdmodel")):
         paddle.jit.save(paddle.jit.to_static(net, input_spec=spec, full_graph=True),
                         os.path.join(fp32_dir, MODEL_PREFIX))
-    images = GoodImages(job["images"], size)
+    if job["tiling"]:  # the tiles the model sees, a seeded sample of the photos' tiles
+        images = TileSet(GoodImages(job["images"], None), Tiling.from_config(job["tiling"]),
+                         MAX_CALIBRATION_IMAGES, 0, "cutting calibration tiles")
+    else:
+        images = GoodImages(job["images"], size)
 
     def batches():
         for batch in image_batches(images, CALIBRATION_BATCH, "int8 calibration"):

@@ -11,7 +11,7 @@ import numpy as np
 
 from adkit.evaluate import thresholds
 from adkit.core.errors import UserError
-from adkit.evaluate.evaluation import run_inference
+from adkit.evaluate.evaluation import map_values, run_inference
 from adkit.core.io_utils import read_json, write_json
 
 CALIBRATION_FILE = "calibration.json"
@@ -21,47 +21,93 @@ SYNTHETIC_TARGET = 24  # synthetic defects to aim for: enough positives for an F
 MAX_PER_IMAGE = 4
 
 
-def calibrate(run_batch, train_set, val_set, batch_size, seed, policy_text):
+def calibrate(run_batch, train_set, val_set, batch_size, seed, policy_text, tiling=None):
     """Score the training side with ``run_batch`` and return the calibration dict (see module).
     Several processes (adkit.core.distributed): every one must call this; each scores its share of
-    the images, and the main process gets the dict, the others None."""
-    from adkit.core import distributed
-    from adkit.core.image_io import to_chw_float
-    from adkit.evaluate.synthetic import DEFAULT_KINDS, synthetic_defects
+    the images, and the main process gets the dict, the others None.
 
-    train_out = run_inference(run_batch, train_set, batch_size, "scoring training images")
-    val_out = run_inference(run_batch, val_set, batch_size, "scoring validation images")
-    per_image, made, synthetic_out = 0, [], None
+    ``tiling`` (adkit.core.tiling.Tiling): the sets hold photos at their own size, scored
+    through their tiles, and each synthetic defect is drawn at the photo's pixel size inside a
+    tile-sized window. The training photos are then scored only when there are no validation
+    photos: their tiles were fitted (their scores say little), and scoring every tile of them
+    again would double the time calibration takes."""
+    from adkit.core import distributed
+    from adkit.evaluate.synthetic import DEFAULT_KINDS
+
+    score_train = tiling is None or not len(val_set)
+    train_out = (run_inference(run_batch, train_set, batch_size, "scoring training images", tiling)
+                 if score_train else (None, np.zeros(0)))
+    val_out = run_inference(run_batch, val_set, batch_size, "scoring validation images", tiling)
+    per_image, synthetic_out = 0, None
     if len(val_set):
         per_kind = SYNTHETIC_TARGET / (len(val_set) * len(DEFAULT_KINDS))
         per_image = min(MAX_PER_IMAGE, max(1, math.ceil(per_kind)))
-        images = [val_set.load_uint8(i) for i in range(len(val_set))]
-        made = synthetic_defects(images, seed, DEFAULT_KINDS, per_image)
-        synthetic_out = run_inference(run_batch, [to_chw_float(im) for im, _, _ in made],
-                                      batch_size, "scoring synthetic defects")
+        synthetic_out = _score_synthetic(run_batch, val_set, batch_size, seed, per_image, tiling)
     if not distributed.is_main():
         return None
     (train_maps, train_scores), (val_maps, val_scores) = train_out, val_out
     synthetic_entries, synthetic_scores = [], np.zeros(0)
     if synthetic_out is not None:
-        synthetic_scores = synthetic_out[1]
+        kinds, synthetic_scores = synthetic_out
         sources = [p for p in val_set.paths for _ in range(len(DEFAULT_KINDS) * per_image)]
         synthetic_entries = [{"path": path, "kind": kind, "score": float(score)}
-                             for path, (_, _, kind), score in zip(sources, made, synthetic_scores)]
-    good_maps = val_maps if len(val_set) else train_maps
+                             for path, kind, score in zip(sources, kinds, synthetic_scores)]
+    good_values = map_values(val_maps if len(val_set) else train_maps)
     policy = thresholds.parse_policy(policy_text)
     threshold = thresholds.compute_threshold(policy, val_scores, synthetic_scores)
     return {
         "policy": str(policy),
         "threshold": threshold.as_dict(),
         "candidates": thresholds.candidate_thresholds(val_scores, synthetic_scores),
-        "map_range": [float(np.median(good_maps)), float(np.quantile(good_maps, 0.999))],
+        "map_range": [float(np.median(good_values)), float(np.quantile(good_values, 0.999))],
         "seed": int(seed),
         "synthetic_per_image": per_image,
-        "train": [{"path": p, "score": float(s)} for p, s in zip(train_set.paths, train_scores)],
+        # a tiled model's training photos unscored (None) when validation photos were scored
+        "train": ([{"path": p, "score": float(s)} for p, s in zip(train_set.paths, train_scores)]
+                  if score_train else [{"path": p, "score": None} for p in train_set.paths]),
         "val": [{"path": p, "score": float(s)} for p, s in zip(val_set.paths, val_scores)],
         "synthetic": synthetic_entries,
     }
+
+
+def _score_synthetic(run_batch, val_set, batch_size, seed, per_image, tiling):
+    """(kinds, scores) of ``per_image`` synthetic defects of each DEFAULT_KIND on every
+    validation image, in the order of synthetic_defects. Whole images: the defects of all of
+    them scored in batches. Tiled: one photo at a time (a set of camera photos and their
+    defective copies need not fit in memory), each defect drawn in a tile-sized window."""
+    from adkit.core.image_io import to_chw_float
+    from adkit.core.progress import progress
+    from adkit.core.tiling import score_photo
+    from adkit.evaluate.synthetic import DEFAULT_KINDS, synthetic_defects
+
+    if tiling is None:
+        images = [val_set.load_uint8(i) for i in range(len(val_set))]
+        made = synthetic_defects(images, seed, DEFAULT_KINDS, per_image)
+        out = run_inference(run_batch, [to_chw_float(im) for im, _, _ in made], batch_size,
+                            "scoring synthetic defects")  # None on all but the main process
+        return [kind for _, _, kind in made], None if out is None else out[1]
+    per_photo = len(DEFAULT_KINDS) * per_image
+    bar = progress(total=per_photo * sum(tiling.count(*val_set.photo_hw(i)) for i in range(len(val_set))),
+                   desc="scoring synthetic defects (tiles)")
+    kinds, scores = [], []
+    for kind, defective in synthetic_photos(val_set, seed, per_image, tiling.tile):
+        kinds.append(kind)
+        scores.append(score_photo(run_batch, tiling, defective, batch_size, bar.update)[1])
+    bar.close()
+    return kinds, np.array(scores, np.float32)
+
+
+def synthetic_photos(val_set, seed, per_image, window):
+    """(kind, defective photo) of the synthetic defects of a tiled model's calibration, one at a
+    time and in synthetic_defects' order and seeds: each drawn at the photo's own pixel size in
+    a ``window`` (the tile) of a validation photo (``len``, ``load_uint8(i)``)."""
+    from adkit.evaluate.synthetic import DEFAULT_KINDS, make_defect_in_window
+
+    for i in range(len(val_set)):
+        photo = val_set.load_uint8(i)
+        for k, kind in enumerate(DEFAULT_KINDS):
+            for r in range(per_image):
+                yield kind, make_defect_in_window(photo, kind, np.random.default_rng([seed, i, k, r]), window)[0]
 
 
 def check_policy_applies(policy_text, n_val):

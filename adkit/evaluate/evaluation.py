@@ -1,4 +1,9 @@
 """Running a model over a set of images and scoring it; used by main.py, the calibration and tests."""
+import os
+import shutil
+import tempfile
+import weakref
+
 import numpy as np
 
 from adkit.evaluate import metrics
@@ -13,9 +18,13 @@ def batches(dataset, batch_size, desc):
         yield np.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
 
 
-def run_inference(run_batch, dataset, batch_size, desc="inference"):
+def run_inference(run_batch, dataset, batch_size, desc="inference", tiling=None):
     """(maps float32 [N,H,W], scores float32 [N]) over ``dataset``; ``run_batch`` is an
     engine's ``run`` (batch -> maps [B,1,H,W], scores).
+
+    ``tiling`` (adkit.core.tiling.Tiling): ``dataset`` holds photos at their own size, each
+    scored through its tiles; the maps are then a PhotoMaps of photo-size maps and each score
+    is its map's max.
 
     Several processes (adkit.core.distributed): each runs ``run_batch`` on its contiguous block of
     ``dataset`` and the results are gathered once to the main process, which gets the whole
@@ -23,6 +32,8 @@ def run_inference(run_batch, dataset, batch_size, desc="inference"):
     the same dataset."""
     from adkit.core import distributed
 
+    if tiling is not None:  # one process (adkit.pipelines.categories.one_process_for_tiles)
+        return run_tiled(run_batch, dataset, tiling, batch_size, desc)
     if distributed.world_size() == 1:
         return _run_batches(run_batch, dataset, batch_size, desc)
     mine = _Subset(dataset, distributed.shard(range(len(dataset))))
@@ -38,6 +49,70 @@ def _run_batches(run_batch, dataset, batch_size, desc):
     if not maps:
         return np.zeros((0, 0, 0), np.float32), np.zeros(0, np.float32)
     return np.concatenate(maps), np.concatenate(scores)
+
+
+def run_tiled(run_batch, photos, tiling, batch_size, desc):
+    """(PhotoMaps, scores [N]) of ``photos`` (``len``, ``load_uint8(i)`` -> uint8 photo,
+    ``photo_hw(i)``) scored through their tiles, one photo at a time; progress counts tiles."""
+    from adkit.core.tiling import score_photo
+
+    maps, scores = PhotoMaps(), np.zeros(len(photos), np.float32)
+    bar = progress(total=sum(tiling.count(*photos.photo_hw(i)) for i in range(len(photos))),
+                   desc=f"{desc} (tiles)")
+    for i in range(len(photos)):
+        amap, scores[i] = score_photo(run_batch, tiling, photos.load_uint8(i), batch_size, bar.update)
+        maps.append(amap)
+    bar.close()
+    return maps, scores
+
+
+class PhotoMaps:
+    """Anomaly maps of photos at their own sizes, one .npy file each in a temporary folder that
+    goes with this object: the maps of a test set of camera photos need not fit in memory.
+    ``len``, ``[i]`` (read back memory-mapped), ``min()`` and ``max()``, as the [N,H,W] array
+    of model-size maps they stand in for."""
+
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="adkit_maps_")
+        weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self._count, self._lo, self._hi = 0, np.inf, -np.inf
+
+    def append(self, amap):
+        np.save(os.path.join(self.folder, f"{self._count}.npy"), np.asarray(amap, np.float32))
+        self._lo, self._hi = min(self._lo, float(amap.min())), max(self._hi, float(amap.max()))
+        self._count += 1
+
+    def __len__(self):
+        return self._count
+
+    def __getitem__(self, i):
+        if not -self._count <= i < self._count:
+            raise IndexError(i)
+        return np.load(os.path.join(self.folder, f"{i % self._count}.npy"), mmap_mode="r")
+
+    def min(self):
+        return self._lo
+
+    def max(self):
+        return self._hi
+
+
+MAX_SAMPLED_VALUES = 1 << 22  # map values kept for quantiles of photo-size maps (16 MB)
+
+
+def map_values(maps):
+    """The values of ``maps`` (an [N,H,W] array or a PhotoMaps) for quantiles: all of an array;
+    of photo maps an evenly strided sample of at most MAX_SAMPLED_VALUES in all."""
+    if not isinstance(maps, PhotoMaps):
+        return np.asarray(maps)
+    if not len(maps):
+        return np.zeros(0, np.float32)
+    per_map = max(1, MAX_SAMPLED_VALUES // len(maps))
+    values = []
+    for i in range(len(maps)):
+        flat = maps[i].reshape(-1)
+        values.append(np.asarray(flat[::max(1, flat.size // per_map)]))
+    return np.concatenate(values)
 
 
 class _Subset:
@@ -59,15 +134,19 @@ EVAL_RESOLUTION_HELP = ("model: maps and masks at the model's input size; origin
                         "image score = max of that map, as the official MVTec evaluation scripts do")
 
 
-def evaluate_dataset(run_batch, test_set, batch_size, resolution="model", subsets=None):
+def evaluate_dataset(run_batch, test_set, batch_size, resolution="model", subsets=None, tiling=None):
     """(metrics dict of adkit.evaluate.metrics.evaluate, per-image model scores, model-size maps, PRO
     curve). ``resolution``: EVAL_RESOLUTIONS. ``subsets`` {name: defect types}: also scored
     apart, each with all good images (MVTec LOCO: logical, structural). When the test set knows
     saturation thresholds (``test_set.defect_kinds``), AU-sPRO is reported at the official
-    LOCO FPR limits, for the whole set and each subset."""
+    LOCO FPR limits, for the whole set and each subset. ``tiling``: the test photos are at
+    their own size and scored through their tiles (run_inference); maps and metrics are then at
+    the original resolution whatever ``resolution`` says."""
     if resolution not in EVAL_RESOLUTIONS:
         raise ValueError(f"resolution must be one of {EVAL_RESOLUTIONS}, got {resolution!r}")
-    maps, scores = run_inference(run_batch, test_set, batch_size, desc="eval")
+    if tiling is not None:
+        resolution = "original"
+    maps, scores = run_inference(run_batch, test_set, batch_size, desc="eval", tiling=tiling)
     labels = np.array([item.label for item in test_set.items])
     types = [item.defect_type for item in test_set.items]
     groups = {"all": None, **(subsets or {})}
@@ -112,14 +191,13 @@ def stream_pixel_metrics(test_set, maps, groups, full_size):
     from adkit.core.image_io import map_at_size
     from adkit.evaluate.pixel_metrics import PixelMetricAccumulator
 
-    lo, hi = (float(maps.min()), float(maps.max())) if maps.size else (0.0, 0.0)
+    lo, hi = (float(maps.min()), float(maps.max())) if len(maps) else (0.0, 0.0)
     accumulators = {name: PixelMetricAccumulator(lo, hi) for name in groups}
     map_max = np.zeros(len(test_set), np.float32)
     for i in progress(range(len(test_set)), total=len(test_set), desc="pixel metrics"):
         item = test_set.items[i]
         if full_size:
-            test_set.load_uint8(i)
-            amap = map_at_size(maps[i], test_set.original_hw[i])
+            amap = map_at_size(maps[i], test_set.photo_hw(i))
         else:
             amap = maps[i]
         map_max[i] = amap.max()

@@ -383,6 +383,23 @@ def _check_kind(kind):
         raise ValueError(f"unknown defect kind {kind!r}; known kinds: {', '.join(KINDS)}")
 
 
+def parse_kinds(text, repeated_hint=""):
+    """--kinds "a,b,..." of the dataset tools -> a tuple of KINDS names; UserError for an empty,
+    unknown or repeated one (``repeated_hint`` is added to the last)."""
+    from adkit.core.errors import UserError
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    if not kinds:
+        raise UserError(f"--kinds {text!r}: no kind given; known kinds: {', '.join(KINDS)}")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise UserError(f"--kinds: unknown kind {unknown[0]!r}; known kinds: {', '.join(KINDS)}")
+    repeated = sorted({k for k in kinds if kinds.count(k) > 1})
+    if repeated:
+        raise UserError(f"--kinds: {repeated[0]!r} given twice{repeated_hint}")
+    return tuple(kinds)
+
+
 def make_defect(image, kind, rng):
     """One defect of `kind` on a copy of `image` (uint8 RGB HxWx3, at least 32x32).
 
@@ -406,3 +423,19 @@ def synthetic_defects(images, seed, kinds=DEFAULT_KINDS, per_image=1):
         _check_kind(kind)
     return [(*make_defect(image, kind, np.random.default_rng([seed, i, k, r])), kind)
             for i, image in enumerate(images) for k, kind in enumerate(kinds) for r in range(per_image)]
+
+
+def make_defect_in_window(image, kind, rng, window):
+    """One defect of ``kind`` drawn at the photo's own pixel size: inside a random ``window``
+    (height, width) of ``image`` (clipped to the photo), sized as make_defect sizes it for an
+    image of the window's size. For tiled models, whose tiles are windows of that size: the
+    defect looks to a tile as it would on a whole image of the tile's size. Returns (image,
+    mask) at the photo's size, as make_defect."""
+    h, w = image.shape[:2]
+    wh, ww = min(int(window[0]), h), min(int(window[1]), w)
+    top, left = int(rng.integers(0, h - wh + 1)), int(rng.integers(0, w - ww + 1))
+    patch, patch_mask = make_defect(np.ascontiguousarray(image[top:top + wh, left:left + ww]), kind, rng)
+    out, mask = image.copy(), np.zeros((h, w), np.uint8)
+    out[top:top + wh, left:left + ww] = patch
+    mask[top:top + wh, left:left + ww] = patch_mask
+    return out, mask

@@ -9,6 +9,7 @@ import sys
 import yaml
 
 from adkit.core.errors import UserError
+from adkit.core.image_io import image_hw, size_text
 from adkit.core.io_utils import PROJECT_ROOT
 from adkit.evaluate.evaluation import EVAL_RESOLUTION_HELP, EVAL_RESOLUTIONS
 from adkit.outputs.folders import SAVE_FORMAT_HELP, SAVE_FORMATS
@@ -19,6 +20,14 @@ CPU_CONV_CHOICES = ("onednn", "paddle")
 AMP_CHOICES = ("fp16", "bf16")  # adkit.train.trainer.AMP_MODES (config reads no Paddle module)
 DATA_FORMATS = ("mvtec", "loco", "visa", "folder")  # the layouts datasets.open_category reads
 CONFIG_DIR = os.path.join(PROJECT_ROOT, "configs")
+
+
+def _size(value):
+    """N or HxW (or a YAML [height, width]) -> [height, width]."""
+    return list(image_hw(value))
+
+
+_size.__name__ = "N or HxW"  # how argparse and the YAML check name the expected value
 
 # Options every method takes: name: (type, help). A method's own options come from its typed
 # settings in the registry (models/<method>/spec.py). Defaults come from the model's YAML, so
@@ -42,7 +51,19 @@ OPTIONS = {
     "batch_size": (int, "training batch size (default: the method's paper value)"),
     "eval_batch_size": (int, "batch size for eval/infer forward passes"),
     "lr": (float, "learning rate"),
-    "image_size": (int, "square model input size in pixels"),
+    "image_size": (_size,
+                   "model input size in pixels: N (square) or HxW, e.g. 384x512 for 4:3 photos; "
+                   "images are resized to it (with --tile_size: each tile is)"),
+    "tile_size": (_size,
+                  "cut each photo into tiles of N (or HxW) pixels of the photo itself, each "
+                  "resized to --image_size: small defects keep their pixels; train, eval, "
+                  "export, infer and serve all use the tiles (default: no tiles, the whole "
+                  "photo resized)"),
+    "tile_stride": (_size,
+                    "with --tile_size: pixels between tile origins (default: 3/4 of the tile, "
+                    "so tiles overlap and a defect on a seam is seen whole)"),
+    "max_train_tiles": (int, "with --tile_size: at most this many training tiles (a seeded "
+                             "sample when the photos hold more)"),
     "device": (str, "cpu or gpu"),
     "amp": (str, "train/distill: mixed precision on GPU, " + " or ".join(AMP_CHOICES) + " (fp16 "
                  "with loss scaling; bf16 needs no scaling, Ampere or newer); off by default. "
@@ -71,7 +92,8 @@ DEFAULTS = {"data_dir": "sample_data", "data_format": "mvtec", "train_dir": None
             "test_defect_dir": None, "mask_dir": None, "eval_resolution": "model", "cls": "all", "output_dir": "output", "device": "cpu",
             "amp": None, "cpu_threads": 2, "cpu_conv": "onednn", "img_path": None, "threshold": None, "threshold_policy": None,
             "save_format": "npy", "resume": False, "skip_bad_images": False, "verbose": False,
-            "log_dir": None}
+            "log_dir": None, "tile_size": None, "tile_stride": None,
+            "max_train_tiles": 2000}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -248,18 +270,31 @@ def _converted(convert, value):
     return convert(value)
 
 
+def _validate_sizes(cfg):
+    """--image_size sides multiples of 32; tiles inside the photo's pixels, with the model's
+    aspect ratio (each tile is resized to --image_size), overlapping or touching."""
+    from adkit.core.tiling import check_tiling
+
+    height, width = cfg["image_size"]
+    if height % 32 or width % 32 or min(height, width) < 32:
+        raise UserError(f"--image_size sides must be multiples of 32, got {size_text(cfg['image_size'])}")
+    if cfg.get("tile_stride") is not None and cfg.get("tile_size") is None:
+        raise UserError("--tile_stride needs --tile_size")
+    if cfg.get("tile_size") is not None:
+        check_tiling(cfg["tile_size"], cfg.get("tile_stride"), cfg["image_size"])
+
+
 def _validate(cfg):
     if cfg["device"] not in ("cpu", "gpu"):
         raise UserError(f"--device must be cpu or gpu, got {cfg['device']!r}")
-    for name in ("batch_size", "eval_batch_size", "image_size", "cpu_threads"):
+    for name in ("batch_size", "eval_batch_size", "cpu_threads", "max_train_tiles"):
         if int(cfg[name]) < 1:
             raise UserError(f"--{name} must be >= 1, got {cfg[name]}")
     # training options: methods fitted in one pass (PatchCore, PaDiM) have none of them
     for name in ("steps", "epochs", "save_interval", "log_interval"):
         if cfg.get(name) is not None and int(cfg[name]) < 1:
             raise UserError(f"--{name} must be >= 1, got {cfg[name]}")
-    if cfg["image_size"] % 32:
-        raise UserError(f"--image_size must be a multiple of 32, got {cfg['image_size']}")
+    _validate_sizes(cfg)
     if cfg.get("lr") is not None and cfg["lr"] <= 0:
         raise UserError(f"--lr must be > 0, got {cfg['lr']}")
     if cfg.get("threshold_policy") is not None:

@@ -43,7 +43,6 @@ class MethodSpec:
     variants: dict = dataclasses.field(default_factory=dict)  # more benchmark cases: label: options
     trains: bool = True  # False: fitted in one pass (no steps, no optimiser), e.g. a memory bank
     data_parallel: bool = False  # several processes train one model together (batched training)
-    scores_through_graph: bool = False  # eval/calibration run the static graph (engines.GraphEngine)
 
     def build(self, cfg):
         return _load(self.method)(cfg)

@@ -190,12 +190,14 @@ def encode_tiff(amap):
 
 def training_rows(calibration, threshold):
     """df_training.csv rows from the scores recorded at the end of training (calibration.json):
-    training and validation good images, and the synthetic defects made from validation images."""
+    training and validation good images (a tiled model's training photos without a score), and
+    the synthetic defects made from validation images."""
     rows = []
     for split in ("train", "val"):
         for entry in calibration.get(split, []):
-            rows.append([entry["path"], split, "good", format_score(entry["score"]),
-                         label_of(entry["score"], threshold), "good"])
+            scored = entry["score"] is not None  # a tiled model's training photos are not
+            rows.append([entry["path"], split, "good", format_score(entry["score"]) if scored else "",
+                         label_of(entry["score"], threshold) if scored else "", "good"])
     for entry in calibration.get("synthetic", []):
         rows.append([entry["path"], "synthetic", f"synthetic_{entry['kind']}",
                      format_score(entry["score"]), label_of(entry["score"], threshold), "defect"])

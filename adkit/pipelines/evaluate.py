@@ -10,7 +10,9 @@ import paddle
 
 from adkit import __version__
 from adkit.core import distributed
+from adkit.core.image_io import size_text
 from adkit.core.io_utils import write_json
+from adkit.core.tiling import Tiling
 from adkit.core.progress import log
 from adkit.deploy.engines import scoring_engine
 from adkit.evaluate import metrics
@@ -20,7 +22,7 @@ from adkit.evaluate.evaluation import evaluate_dataset, mean_over_categories, ru
 from adkit.evaluate.thresholds import DEFAULT_POLICY
 from adkit.options.registry import load_trained as load_from_folder
 from adkit.outputs.eval_folder import MAPS_FOLDER, write_eval_folder, write_metrics_summaries
-from adkit.pipelines.categories import checkpoint_dir, training_side
+from adkit.pipelines.categories import checkpoint_dir, one_process_for_tiles, training_side
 from adkit.pipelines.tables import format_decision, format_subsets, format_table
 from adkit.train.trainer import CHECKPOINT_FILE
 from datasets import open_category, raise_if_bad, TestDataset
@@ -34,11 +36,15 @@ def run_metadata(cfg, ckpt_dir):
                if os.path.isfile(checkpoint) else "-")
     options = {"model": cfg["model"], "backbone": cfg.get("backbone") or "-",
                "steps": cfg.get("steps") or "-", "epochs": cfg.get("epochs") or "-",
-               "image size": cfg["image_size"], "seed": cfg["seed"],
+               "image size": size_text(cfg["image_size"]), "seed": cfg["seed"],
                "checkpoint": f"{os.path.abspath(ckpt_dir)} (written {written})",
                "evaluated": datetime.datetime.now().isoformat(timespec="seconds"),
                "versions": f"paddleAD {__version__}, Paddle {paddle.__version__}, numpy {np.__version__}, "
                            f"OpenCV {cv2.__version__}, Python {platform.python_version()}"}
+    tiling = Tiling.from_config(cfg)
+    if tiling is not None:
+        options["tiles"] = (f"{size_text(tiling.tile)} px of the photo every {size_text(tiling.stride)} px, "
+                            f"each resized to {size_text(tiling.model)}")
     return options
 
 
@@ -53,7 +59,9 @@ def evaluate(cfg, cls):
     category = open_category(cfg, cls)
     items = category.test_items()
     cfg, method, ckpt_dir = load_trained(cfg, cls)
-    test_set = TestDataset(items, cfg["image_size"], category.defect_kinds)
+    one_process_for_tiles(cfg)
+    tiling = Tiling.from_config(cfg)
+    test_set = TestDataset(items, None if tiling else cfg["image_size"], category.defect_kinds)
     bad = test_set.find_bad()  # every image and mask read before the first forward pass
     if bad and not cfg["skip_bad_images"]:
         raise_if_bad(bad)
@@ -67,14 +75,16 @@ def evaluate(cfg, cls):
         train_set, val_set = training_side(cfg, cls, category)
         calibration = calibrate(engine.run, train_set.preload(), val_set.preload(),
                                 cfg["eval_batch_size"], cfg["seed"],
-                                cfg["threshold_policy"] or DEFAULT_POLICY)
+                                cfg["threshold_policy"] or DEFAULT_POLICY, tiling)
         if distributed.is_main():
             write_calibration(ckpt_dir, calibration)
     if not distributed.is_main():  # several processes: score this one's share, gathered to
         run_inference(engine.run, test_set, cfg["eval_batch_size"], desc="eval")  # the main one
         return None  # (the run_inference call that evaluate_dataset makes there)
+    if tiling is not None and cfg["eval_resolution"] != "original":
+        log.info("[%s] tiled model: maps and pixel metrics at the photos' own resolution", cls)
     result, scores, maps, pro_curve = evaluate_dataset(engine.run, test_set, cfg["eval_batch_size"],
-                                                       cfg["eval_resolution"], category.subsets)
+                                                       cfg["eval_resolution"], category.subsets, tiling)
     threshold = resolve_threshold(ckpt_dir, cfg["threshold_policy"], cfg["threshold"],
                                   test_f1_threshold=result["f1_threshold"])
     labels = np.array([item.label for item in test_set.items])

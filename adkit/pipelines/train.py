@@ -14,16 +14,19 @@ from adkit.evaluate.calibration import (calibrate, check_policy_applies, few_val
                                         write_calibration)
 from adkit.evaluate.thresholds import DEFAULT_POLICY
 from adkit.options.registry import build_method, save_training_config, spec_for
-from adkit.pipelines.categories import checkpoint_dir, training_side
+from adkit.core.tiling import Tiling
+from adkit.pipelines.categories import checkpoint_dir, fitting_sets, one_process_for_tiles, training_side
 from adkit.train.trainer import CHECKPOINT_FILE, TrainingInterrupted
 
 
 def train(cfg, cls):
+    one_process_for_tiles(cfg)
     train_set, val_set = training_side(cfg, cls)
     policy = cfg["threshold_policy"] or DEFAULT_POLICY
     check_policy_applies(policy, len(val_set))
     train_set.preload()
     val_set.preload()
+    fit_train, fit_val = fitting_sets(cfg, cls, train_set, val_set)
     ckpt_dir = checkpoint_dir(cfg, cls)
     if cfg["log_dir"]:  # one curve per category
         cfg = dict(cfg, log_dir=os.path.join(cfg["log_dir"], cfg["model"], cls))
@@ -36,9 +39,9 @@ def train(cfg, cls):
         method = build_method(cfg)
         if main_process:
             save_training_config(cfg, ckpt_dir)  # first: eval/export can use interim checkpoints
-        method.fit(train_set, val_set, ckpt_dir, resume=cfg["resume"])
+        method.fit(fit_train, fit_val, ckpt_dir, resume=cfg["resume"])
     calibration = calibrate(scoring_engine(method, cfg).run, train_set, val_set,
-                            cfg["eval_batch_size"], cfg["seed"], policy)
+                            cfg["eval_batch_size"], cfg["seed"], policy, Tiling.from_config(cfg))
     if not main_process:  # it scored its share of the images; the main process writes
         distributed.barrier()
         return

@@ -30,6 +30,7 @@ import numpy as np
 
 from adkit.core import distributed
 from adkit.core.errors import UserError
+from adkit.core.image_io import size_text
 from adkit.train.train_log import ScalarLog
 from adkit.train.training import (load_train_state, optimizer_state, restore_optimizer, save_train_state,
                                   seed_step, set_state, state_to_numpy)
@@ -259,8 +260,12 @@ def read_checkpoint(path, what, advice):
 
 def check_resumable(path, method, options):
     """Before anything is built: UserError unless ``path`` holds a checkpoint of ``method``
-    trained with the same ``options`` {name: value} (those stored in its extras)."""
+    trained with the same ``options`` {name: value} (those stored in its extras). Sizes compare
+    as text: 64 and [64, 64] are one size (checkpoints stored a side before non-square sizes)."""
     saved = read_checkpoint(path, "--resume", f"no {method} training to continue there")["extra"]
     for key, now in options.items():
-        if saved[key] != now:
-            raise UserError(f"{path}: trained with --{key} {saved[key]}, cannot resume with --{key} {now}")
+        before = saved[key]
+        if key == "image_size":
+            before, now = size_text(before), size_text(now)
+        if before != now:
+            raise UserError(f"{path}: trained with --{key} {before}, cannot resume with --{key} {now}")

@@ -4,7 +4,7 @@ generic images of the optional ImageNet penalty.
 
 import numpy as np
 
-from adkit.core.image_io import find_images, read_rgb, resize_rgb, to_chw_float
+from adkit.core.image_io import find_images, image_hw, read_rgb, resize_rgb, to_chw_float
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(3, 1, 1)  # ITU-R 601, as PIL
@@ -36,20 +36,22 @@ def random_color_jitter(image):
 
 class PenaltyImages:
     """Generic images (e.g. ImageNet train) for the penalty loss, prepared as the reference:
-    resize to 2*image_size, grayscale with probability 0.3, centre crop image_size."""
+    resize to twice image_size (a side or (height, width)), grayscale with probability 0.3,
+    centre crop image_size."""
 
     def __init__(self, folder, image_size):
         self.paths = find_images(folder, "--penalty_dir")
-        self.image_size = image_size
+        self.height, self.width = image_hw(image_size)
 
     def sample(self, count):
-        """``count`` random images as float32 [count,3,S,S] in [0,1] (numpy's global RNG)."""
+        """``count`` random images as float32 [count,3,H,W] in [0,1] (numpy's global RNG)."""
         return np.stack([self._prepare(self.paths[np.random.randint(len(self.paths))])
                          for _ in range(count)])
 
     def _prepare(self, path):
-        image = to_chw_float(resize_rgb(read_rgb(path), 2 * self.image_size))
+        image = to_chw_float(resize_rgb(read_rgb(path), (2 * self.height, 2 * self.width)))
         if np.random.rand() < 0.3:
             image = np.repeat(_grayscale(image), 3, axis=0)
-        top = int(round(self.image_size / 2.0))  # torchvision CenterCrop's offset
-        return image[:, top:top + self.image_size, top:top + self.image_size]
+        # torchvision CenterCrop's offsets
+        top, left = int(round(self.height / 2.0)), int(round(self.width / 2.0))
+        return image[:, top:top + self.height, left:left + self.width]

@@ -34,7 +34,7 @@ from adkit.train.trainer import CHECKPOINT_FILE, Trainer
 from adkit.core.progress import log, progress
 from adkit.train.training import make_adam, state_to_numpy
 from adkit.train.weights import save_atomic
-from adkit.core.image_io import find_images, read_rgb
+from adkit.core.image_io import find_images, image_hw, read_rgb, size_text
 
 from ..backbones.encoders import build_encoder
 from ..graph_ops import bilinear_resize, imagenet_normalize
@@ -175,7 +175,12 @@ def _settings(cfg):
     if model not in MODEL_SIZES:
         raise UserError(f"--model {model}: distillation makes EfficientAD teachers "
                         f"({', '.join(MODEL_SIZES)})")
-    image_size = int(cfg.get("image_size") or 256)
+    height, width = image_hw(cfg.get("image_size") or 256)
+    if height != width:  # the sampler's views are squares; the teacher it makes runs at any size
+        raise UserError(f"--mode distill trains on square views: pass a square --image_size (e.g. "
+                        f"{min(height, width)}), not {size_text((height, width))}; the teacher "
+                        "then works at any --image_size")
+    image_size = height
     crop_size = cfg.get("crop_size")
     if crop_size is not None:
         crop_size = int(crop_size)

@@ -11,6 +11,7 @@ import numpy as np
 import paddle
 
 from adkit.core.errors import UserError
+from adkit.core.image_io import image_hw
 from adkit.evaluate.evaluation import batches
 from adkit.core.runtime import seed_everything
 from adkit.train.onednn_layers import onednn_convolutions
@@ -64,11 +65,12 @@ class EfficientADMethod(AnomalyMethod):
                             f"({', '.join(MODEL_SIZES)})")
         self.name = cfg["model"]
         self.size = MODEL_SIZES[cfg["model"]]
-        image_size = int(cfg["image_size"])
+        height, width = image_hw(cfg["image_size"])
         seed_everything(cfg["seed"])  # initial weights depend on the seed only
         self.teacher = PDN(self.size, TEACHER_CHANNELS)
         self.student = PDN(self.size, 2 * TEACHER_CHANNELS)
-        self.autoencoder = AutoEncoder(image_size, pdn_out_size(image_size, self.size))
+        self.autoencoder = AutoEncoder((height, width), (pdn_out_size(height, self.size),
+                                                         pdn_out_size(width, self.size)))
         for param in self.teacher.parameters():
             param.stop_gradient = True
         self.teacher.eval()
@@ -84,7 +86,7 @@ class EfficientADMethod(AnomalyMethod):
                             "--val_ratio > 0 with at least 2 training images")
         steps = total_steps(self.cfg, len(train_set), "paper: 70000 steps")
         penalty_dir = self.settings.penalty_dir
-        penalty = PenaltyImages(penalty_dir, int(cfg["image_size"])) if penalty_dir else None
+        penalty = PenaltyImages(penalty_dir, cfg["image_size"]) if penalty_dir else None
         optimizer, scheduler = self._make_optimizer(steps)
         trainer = Trainer(
             self.name, ckpt_dir / CHECKPOINT_FILE, self._nets(), ("student", "autoencoder"),

@@ -11,6 +11,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from adkit.core.errors import UserError
+from adkit.core.image_io import image_hw, size_text
 from adkit.train import onednn_layers
 
 from ..graph_ops import (bilinear_resize)
@@ -30,13 +31,15 @@ _PDN_LAYERS = {
 
 
 def _conv(in_channels, out_channels, kernel, stride=1, padding=0):
-    """Conv2D initialised as torch's default (uniform +-1/sqrt(fan_in) for weight and bias).
+    """Conv2D initialised as torch's default (uniform +-1/sqrt(fan_in) for weight and bias);
+    ``kernel``: a side or (height, width).
 
     Paddle's default (Kaiming normal, zero bias) starts the unnormalised PDN/AE stacks at a
     different scale than the reference implementation; training is meant to match it. Training
     on the CPU switches it to oneDNN's kernels (adkit.train.onednn_layers).
     """
-    bound = 1.0 / math.sqrt(in_channels * kernel * kernel)
+    kernel_area = kernel * kernel if isinstance(kernel, int) else kernel[0] * kernel[1]
+    bound = 1.0 / math.sqrt(in_channels * kernel_area)
     init = nn.initializer.Uniform(-bound, bound)
     return onednn_layers.Conv2D(in_channels, out_channels, kernel, stride=stride, padding=padding,
                                 weight_attr=paddle.ParamAttr(initializer=init),
@@ -49,9 +52,10 @@ def _pdn_layers(size):
     return _PDN_LAYERS[size]
 
 
-def pdn_out_size(image_size, size="small", padding=False):
-    """Side of the PDN feature map for a square input (256 -> 56 unpadded, 64 padded)."""
-    side = image_size
+def pdn_out_size(input_side, size="small", padding=False):
+    """The PDN feature map's extent along one axis of the input (256 -> 56 unpadded, 64
+    padded): its convs and pools act on each axis alike."""
+    side = input_side
     for layer in _pdn_layers(size):
         if layer[0] == "conv":
             pad = layer[3] if padding else 0
@@ -59,7 +63,7 @@ def pdn_out_size(image_size, size="small", padding=False):
         else:
             side = (side + 2 * (1 if padding else 0) - 2) // 2 + 1
         if side < 1:
-            raise UserError(f"--image_size {image_size} is too small for the PDN")
+            raise UserError(f"an input side of {input_side} px is too small for the PDN")
     return side
 
 
@@ -159,10 +163,10 @@ def teacher_state_from_torch(state, size, source="teacher weights"):
                     f"('conv1.weight', ...); found keys {found}")
 
 
-def autoencoder_upsample_sizes(image_size):
-    """The decoder's six bilinear upsample sizes: the paper's (3, 8, 15, 32, 63, 127) at 256 px,
-    scaled by image_size / 256 (rounded half up) for other sizes."""
-    scale = image_size / 256
+def autoencoder_upsample_sizes(input_side):
+    """The decoder's six bilinear upsample sizes along one axis: the paper's (3, 8, 15, 32, 63,
+    127) at 256 px, scaled by input_side / 256 (rounded half up) for other sides."""
+    scale = input_side / 256
     return tuple(max(1, int(s * scale + 0.5)) for s in (3, 8, 15, 32, 63, 127))
 
 
@@ -171,20 +175,23 @@ class AutoEncoder(nn.Layer):
     and convs back to a 384-channel map of the PDN's size.
 
     At image_size 256 this is exactly the paper's network (final encoder kernel 8, upsample
-    sizes 3..127, output 56x56). Other sizes: the final encoder kernel is image_size // 32 (so
-    the code stays 1x1) and the upsample sizes scale with image_size / 256.
+    sizes 3..127, output 56x56). Other sizes (a side or (height, width)), per axis: the final
+    encoder kernel is side // 32 (so the code stays 1x1), the upsample sizes scale with
+    side / 256, and the output is the PDN's (``out_size``, by default PDN-S's).
     """
 
     def __init__(self, image_size=256, out_size=None, out_channels=TEACHER_CHANNELS):
         super().__init__()
-        if image_size < 32:
-            raise UserError(f"--image_size {image_size} is too small for the autoencoder")
-        self.out_size = out_size or pdn_out_size(image_size)
-        self.upsample_sizes = autoencoder_upsample_sizes(image_size)
+        height, width = image_hw(image_size)
+        if min(height, width) < 32:
+            raise UserError(f"--image_size {size_text(image_size)} is too small for the autoencoder")
+        self.out_size = image_hw(out_size or (pdn_out_size(height), pdn_out_size(width)))
+        self.upsample_sizes = tuple(zip(autoencoder_upsample_sizes(height),
+                                        autoencoder_upsample_sizes(width)))
         widths = (3, 32, 32, 64, 64, 64)
         for i in range(5):
             setattr(self, f"enconv{i + 1}", _conv(widths[i], widths[i + 1], 4, 2, 1))
-        self.enconv6 = _conv(64, 64, image_size // 32)
+        self.enconv6 = _conv(64, 64, (height // 32, width // 32))
         for i in range(6):
             setattr(self, f"deconv{i + 1}", _conv(64, 64, 4, 1, 2))
         self.deconv7 = _conv(64, 64, 3, 1, 1)
@@ -195,8 +202,8 @@ class AutoEncoder(nn.Layer):
         for i in range(1, 6):
             x = F.relu(getattr(self, f"enconv{i}")(x))
         x = self.enconv6(x)
-        for i, side in enumerate(self.upsample_sizes):
-            x = bilinear_resize(x, [side, side])
+        for i, hw in enumerate(self.upsample_sizes):
+            x = bilinear_resize(x, hw)
             x = self.dropout(F.relu(getattr(self, f"deconv{i + 1}")(x)))
-        x = bilinear_resize(x, [self.out_size, self.out_size])
+        x = bilinear_resize(x, self.out_size)
         return self.deconv8(F.relu(self.deconv7(x)))

@@ -34,7 +34,7 @@ class PaDiMMethod(FittedFeatureMethod):
         subset = channel_subset(self.encoder.channels, self._dims(), int(self.cfg["seed"]))
         embed = PaDiMEmbedding(self.encoder.channels, subset)
         dtype, dims = np.dtype(self.settings.stats_dtype), len(subset)
-        positions = (self.image_size // 4) ** 2  # the stride-4 grid
+        positions = (self.image_size[0] // 4) * (self.image_size[1] // 4)  # the stride-4 grid
         passes = 1 if dtype == np.float32 else math.ceil(positions * dims * dims * 4 / ACCUMULATOR_BYTES)
         bounds = np.linspace(0, positions, passes + 1).astype(int)
         in_place = dtype == np.float32  # one pass; the accumulator becomes the result

@@ -12,6 +12,7 @@ import paddle
 import paddle.nn as nn
 
 from adkit.core.compat import tensor_view
+from adkit.core.image_io import image_hw
 
 from ..graph_ops import nearest_matrix, resize_and_blur, separable_map
 
@@ -74,13 +75,14 @@ def mahalanobis(emb, mean, inv_cov):
 
 
 class PaDiMInference(nn.Layer):
-    """x [B,3,H,W] RGB in [0,1] at ``image_size`` -> (map [B,1,H,W], score [B] = map max).
+    """x [B,3,H,W] RGB in [0,1] at ``image_size`` (a side or (H, W)) -> (map [B,1,H,W],
+    score [B] = map max).
     Map: Mahalanobis distance per position, bilinear to the image, Gaussian blur sigma 4."""
 
     def __init__(self, encoder, embedding, mean, inv_cov, image_size):
         super().__init__()
         self.encoder, self.embedding = encoder, embedding
-        self.image_size = int(image_size)
+        self.image_size = image_hw(image_size)
         # views of the numpy arrays (no copy on Paddle 3): PaDiM's inverse covariances run to gigabytes
         self.register_buffer("mean", tensor_view(mean))
         self.register_buffer("inv_cov", tensor_view(inv_cov))
@@ -89,6 +91,6 @@ class PaDiMInference(nn.Layer):
         emb = self.embedding(self.encoder(x))                           # [B, d, h, w]
         h, w = emb.shape[2], emb.shape[3]
         distance = mahalanobis(emb.flatten(2), self.mean, self.inv_cov).reshape([-1, 1, h, w])
-        amap = separable_map(distance, resize_and_blur(h, self.image_size, False),
-                             resize_and_blur(w, self.image_size, False))
+        amap = separable_map(distance, resize_and_blur(h, self.image_size[0], False),
+                             resize_and_blur(w, self.image_size[1], False))
         return amap, amap.flatten(1).max(axis=1)

@@ -12,6 +12,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from adkit.core.image_io import image_hw
+
 from ..graph_ops import (adaptive_pool_matrix, box_matrix, interpolation_matrix,
                          resize_and_blur, separable_map)
 
@@ -111,7 +113,7 @@ def reweighted_score(max_patch, nearest_row, bank, bank_squares, neighbours):
 
 
 class PatchCoreInference(nn.Layer):
-    """x [B,3,H,W] RGB in [0,1] at ``image_size`` -> (map [B,1,H,W], score [B]).
+    """x [B,3,H,W] RGB in [0,1] at ``image_size`` (a side or (H, W)) -> (map [B,1,H,W], score [B]).
 
     Map: nearest-bank distance per patch, upsampled bilinearly to the image and blurred with
     sigma 4 (both one matrix per axis). Score: the reweighted largest patch distance (Eq. 7),
@@ -120,7 +122,7 @@ class PatchCoreInference(nn.Layer):
     def __init__(self, encoder, embedding, bank, image_size, neighbours):
         super().__init__()
         self.encoder, self.embedding = encoder, embedding
-        self.image_size, self.neighbours = int(image_size), int(neighbours)
+        self.image_size, self.neighbours = image_hw(image_size), int(neighbours)
         bank = np.ascontiguousarray(bank)
         squares = np.einsum("ij,ij->i", bank.astype(np.float32), bank.astype(np.float32))
         self.register_buffer("bank", paddle.to_tensor(bank))
@@ -132,8 +134,8 @@ class PatchCoreInference(nn.Layer):
         queries = emb.transpose([0, 2, 3, 1]).reshape([-1, emb.shape[1]])
         distance = nearest_distance(queries, self.bank, self.bank_squares)
         patch_map = distance.reshape([-1, 1, h, w])
-        amap = separable_map(patch_map, resize_and_blur(h, self.image_size, False),
-                             resize_and_blur(w, self.image_size, False))
+        amap = separable_map(patch_map, resize_and_blur(h, self.image_size[0], False),
+                             resize_and_blur(w, self.image_size[1], False))
         per_image = distance.reshape([-1, h * w])
         if self.neighbours <= 1:
             return amap, per_image.max(axis=1)

@@ -27,6 +27,5 @@ SPEC = MethodSpec(
     method="models.patchcore.method:PatchCoreMethod",
     smoke_options={"backbone": "efficientnet_lite0", "backbone_weights": "none"},
     trains=False,
-    scores_through_graph=True,  # dygraph scoring was 2.6x the graph's time per image (bench_fit)
     variants={"patchcore-1%": {"coreset_ratio": 0.01}},
 )

@@ -5,6 +5,7 @@ from pathlib import Path
 import paddle
 
 from adkit.core.errors import UserError
+from adkit.core.image_io import image_hw
 from adkit.train.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
 from adkit.train.training import batch_stream, load_train_state, make_adam, set_state, total_steps
 
@@ -18,7 +19,8 @@ OLD_CHECKPOINT = "last.pdparams"  # before the shared trainer: still loads, cann
 
 class RD4ADMethod(AnomalyMethod):
     """Checkpoint: ``<ckpt_dir>/checkpoint.pdparams`` (adkit.train.trainer) with nets bottleneck and
-    decoder; ``extra`` holds the backbone name, weights source and fingerprint, image size."""
+    decoder; ``extra`` holds the backbone name, weights source and fingerprint, image size
+    ([height, width]; a side in checkpoints written before non-square sizes)."""
 
     name = "rd4ad"
 
@@ -26,14 +28,14 @@ class RD4ADMethod(AnomalyMethod):
         super().__init__(cfg)
         self.encoder = self.bottleneck = self.decoder = None
         self.encoder_sha256 = None  # identifies the teacher weights the student was fit to
-        self.image_size = int(cfg["image_size"])
+        self.image_size = image_hw(cfg["image_size"])
 
     def _build(self, backbone, weights, image_size):
         self.encoder = build_encoder(backbone, weights)
         self.encoder_sha256 = encoder_fingerprint(self.encoder)
         paddle.seed(int(self.cfg["seed"]))  # the student's initial weights depend on the seed
         self.bottleneck, self.decoder = build_student(backbone, self.encoder.channels)
-        self.image_size = int(image_size)
+        self.image_size = image_hw(image_size)
 
     # -- training ------------------------------------------------------------------------
 
@@ -54,7 +56,7 @@ class RD4ADMethod(AnomalyMethod):
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
             log_dir=cfg.get("log_dir"),
             extra={**encoder_record(settings.backbone, settings.backbone_weights, self.encoder_sha256),
-                   "image_size": self.image_size})
+                   "image_size": list(self.image_size)})
         if resume:
             check_same_encoder(self.encoder_sha256, trainer.resume(), path, settings.backbone_weights)
         per_image = settings.loss_per_image

@@ -14,6 +14,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from adkit.core.image_io import image_hw
 
 from ..backbones.resnet import (BasicBlock, Bottleneck, batch_norm, conv3x3, init_like_torchvision,
                                 make_stage)
@@ -121,11 +122,11 @@ def rd4ad_loss(enc_feats, dec_feats, per_image=False, data_format="NCHW"):
 
 def anomaly_map(enc_feats, dec_feats, out_size):
     """[B,1,H,W] map: per scale 1 - cos along channels, bilinear (align_corners, as official)
-    up to ``out_size`` (int or (H, W)), summed over scales, then Gaussian-blurred (sigma 4,
+    up to ``out_size`` (a side or (H, W)), summed over scales, then Gaussian-blurred (sigma 4,
     scipy's reflect borders). Resizing and blurring are both separable linear maps, so each
     scale is resized and blurred at once by a product of the two matrices, and the scales are
     summed inside the same matmul: exact, and the blur costs no op in the exported graph."""
-    out_h, out_w = [out_size, out_size] if isinstance(out_size, int) else list(out_size)
+    out_h, out_w = image_hw(out_size)
     distances = [1.0 - F.cosine_similarity(enc, dec, axis=1).unsqueeze(1)
                  for enc, dec in zip(enc_feats, dec_feats)]
     return summed_separable_maps(distances,
@@ -134,14 +135,15 @@ def anomaly_map(enc_feats, dec_feats, out_size):
 
 
 class RD4ADInference(nn.Layer):
-    """x [B,3,H,W] RGB in [0,1] at ``image_size`` -> (map [B,1,H,W], score [B] = map max)."""
+    """x [B,3,H,W] RGB in [0,1] at ``image_size`` (a side or (H, W)) -> (map [B,1,H,W],
+    score [B] = map max)."""
 
     def __init__(self, encoder, bottleneck, decoder, image_size):
         super().__init__()
         self.encoder = encoder
         self.bottleneck = bottleneck
         self.decoder = decoder
-        self.image_size = int(image_size)
+        self.image_size = image_hw(image_size)
 
     def forward(self, x):
         enc = self.encoder(x)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import paddle
 
+from adkit.core.image_io import image_hw
 from adkit.train.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
 from adkit.train.training import batch_stream, set_state, total_steps
 
@@ -15,21 +16,22 @@ from .networks import STFPMInference, Student, stfpm_loss
 
 class STFPMMethod(AnomalyMethod):
     """Checkpoint: ``<ckpt_dir>/checkpoint.pdparams`` (adkit.train.trainer) with the student; ``extra``
-    holds the backbone, the teacher's weights source and fingerprint, the image size."""
+    holds the backbone, the teacher's weights source and fingerprint, the image size ([height,
+    width]; a side in checkpoints written before non-square sizes)."""
 
     name = "stfpm"
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.teacher = self.student = self.teacher_sha256 = None
-        self.image_size = int(cfg["image_size"])
+        self.image_size = image_hw(cfg["image_size"])
 
     def _build(self, backbone, weights, image_size):
         self.teacher = build_encoder(backbone, weights)
         self.teacher_sha256 = encoder_fingerprint(self.teacher)
         paddle.seed(int(self.cfg["seed"]))  # the student's initial weights depend on the seed
         self.student = Student(backbone)
-        self.image_size = int(image_size)
+        self.image_size = image_hw(image_size)
 
     def fit(self, train_set, val_set, ckpt_dir, resume=False):
         cfg, settings = self.cfg, self.settings
@@ -47,7 +49,7 @@ class STFPMMethod(AnomalyMethod):
             log_interval=cfg["log_interval"], save_interval=cfg["save_interval"],
             log_dir=cfg.get("log_dir"),
             extra={**encoder_record(settings.backbone, settings.backbone_weights, self.teacher_sha256),
-                   "image_size": self.image_size})
+                   "image_size": list(self.image_size)})
         if resume:
             check_same_encoder(self.teacher_sha256, trainer.resume(), path, settings.backbone_weights)
         student = trainer.data_parallel(self.student)

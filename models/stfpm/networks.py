@@ -10,6 +10,8 @@ levels; the image score is its maximum.
 import paddle
 import paddle.nn as nn
 
+from adkit.core.image_io import image_hw
+
 from ..backbones import resnet
 from ..backbones.efficientnet_lite import EfficientNetLite, EfficientNetLiteEncoder
 from ..backbones.encoders import EFFICIENTNET_VARIANTS
@@ -59,22 +61,23 @@ def stfpm_loss(teacher_feats, student_feats):
 
 
 def anomaly_map(teacher_feats, student_feats, out_size):
-    """[B,1,S,S]: the product over levels of the per-level maps, each upsampled bilinearly
-    (align_corners=False, as the official code) to ``out_size``."""
+    """[B,1,H,W]: the product over levels of the per-level maps, each upsampled bilinearly
+    (align_corners=False, as the official code) to ``out_size`` (a side or (H, W))."""
     amap = None
     for m in level_maps(teacher_feats, student_feats):
-        up = bilinear_resize(m, (out_size, out_size))
+        up = bilinear_resize(m, image_hw(out_size))
         amap = up if amap is None else amap * up
     return amap
 
 
 class STFPMInference(nn.Layer):
-    """x [B,3,H,W] RGB in [0,1] at ``image_size`` -> (map [B,1,H,W], score [B] = map max)."""
+    """x [B,3,H,W] RGB in [0,1] at ``image_size`` (a side or (H, W)) -> (map [B,1,H,W],
+    score [B] = map max)."""
 
     def __init__(self, teacher, student, image_size):
         super().__init__()
         self.teacher, self.student = teacher, student
-        self.image_size = int(image_size)
+        self.image_size = image_hw(image_size)
 
     def forward(self, x):
         amap = anomaly_map(self.teacher(x), self.student(x), self.image_size)

@@ -37,7 +37,7 @@ class ServiceSettings:
     max_batch: int = 8
     max_wait_ms: float = 5.0
     max_queue: int = 64
-    max_bytes: int = 20 * 1024 * 1024
+    max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 40_000_000
     api_key: str | None = None
     audit_log: str | None = None
@@ -166,7 +166,7 @@ def create_app(model, settings):
             except UserError as err:
                 raise _Refused(400, str(err)) from None
             try:
-                model_map, score, batch_size = await served.batcher.submit(tensor)
+                model_map, score, batch_size = await _scored(served, tensor, image.shape[:2])
                 break
             except BatcherClosed:
                 continue
@@ -211,7 +211,8 @@ async def _read_image(request):
     (return them as base64 PNG) and part_id, from the query, the form / JSON, or X-Part-Id."""
     query = request.query_params
     options = {"overlay": _flag(query.get("overlay", "")), "map": _flag(query.get("map", "")),
-               "part_id": query.get("part_id") or request.headers.get(PART_HEADER, "")}
+               "part_id": query.get("part_id") or request.headers.get(PART_HEADER, ""),
+               "overlay_max_side": query.get("overlay_max_side")}
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         form = await request.form()
@@ -221,7 +222,8 @@ async def _read_image(request):
         for key in ("overlay", "map"):
             options[key] = options[key] or _flag(form.get(key, ""))
         options["part_id"] = options["part_id"] or str(form.get("part_id", ""))
-        return await upload.read(), f"upload {upload.filename or 'file'}", options
+        options["overlay_max_side"] = options["overlay_max_side"] or form.get("overlay_max_side")
+        return await upload.read(), f"upload {upload.filename or 'file'}", _checked(options)
     if kind == "application/json":
         body = _json(await request.body())
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
@@ -233,8 +235,45 @@ async def _read_image(request):
         for key in ("overlay", "map"):
             options[key] = options[key] or _flag(body.get(key, ""))
         options["part_id"] = options["part_id"] or str(body.get("part_id", ""))
-        return data, "JSON image", options
-    return await request.body(), "request body", options
+        options["overlay_max_side"] = options["overlay_max_side"] or body.get("overlay_max_side")
+        return data, "JSON image", _checked(options)
+    return await request.body(), "request body", _checked(options)
+
+
+def _checked(options):
+    """overlay_max_side: None (the photo's size) or a whole number of pixels >= 16."""
+    side = options["overlay_max_side"]
+    if side is not None and side != "":
+        try:
+            side = int(side)
+        except (TypeError, ValueError):
+            side = 0
+        if side < 16:
+            raise _Refused(400, f"overlay_max_side: expected a whole number of pixels >= 16, got "
+                                f"{options['overlay_max_side']!r}")
+    options["overlay_max_side"] = side or None
+    return options
+
+
+async def _scored(served, inputs, image_hw):
+    """(map, score, largest batch it ran in) of one image's ``preprocess``'d inputs: the image
+    itself as one item of a micro-batch, or a tiled model's tiles in waves of at most
+    --max_batch (a 20-megapixel photo's hundreds of tiles never fill the queue at once, and
+    run in batches with other requests' tiles), stitched into a map at the photo's size."""
+    if served.predictor.tiling is None:
+        return await served.batcher.submit(inputs)
+    boxes, tiles = inputs
+    results, wave = [], served.batcher.max_batch
+    for start in range(0, len(tiles), wave):
+        results += await asyncio.gather(*(served.batcher.submit(tile) for tile in tiles[start:start + wave]))
+    return await asyncio.to_thread(_stitched, served.predictor.tiling, image_hw, boxes, results)
+
+
+def _stitched(tiling, image_hw, boxes, results):
+    from adkit.core.tiling import stitch
+
+    amap = stitch(tiling, image_hw, boxes, [tile_map for tile_map, _, _ in results])
+    return amap, float(amap.max()), max(size for _, _, size in results)
 
 
 def _decode_and_preprocess(served, data, name, settings):
@@ -257,7 +296,8 @@ def _answer(served, image, model_map, score, options):
     if options["overlay"] or options["map"]:
         lo, hi = predictor.display_range(model_map[None])
         if options["overlay"]:
-            picture = annotated_overlay(image, result.map, (lo, hi), threshold.value, result.score,
+            shown, shown_map = _downscaled(image, result.map, options["overlay_max_side"])
+            picture = annotated_overlay(shown, shown_map, (lo, hi), threshold.value, result.score,
                                         result.label)
             answer["overlay_png"] = base64.b64encode(encode_png(picture)).decode("ascii")
         if options["map"]:
@@ -267,6 +307,20 @@ def _answer(served, image, model_map, score, options):
             answer["map_png"] = base64.b64encode(encode_png((scaled * 255).round().astype(np.uint8))).decode("ascii")
             answer["map_range"] = [lo, hi]  # map_png's 0 and 255
     return answer
+
+
+def _downscaled(image, amap, max_side):
+    """(image, map) shrunk to at most ``max_side`` pixels on the longer side (None: as they
+    are), for an overlay a page can show; the regions stay in the photo's pixels."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image, amap
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(amap, size, interpolation=cv2.INTER_AREA))
 
 
 class _BodyTooLarge(Exception):

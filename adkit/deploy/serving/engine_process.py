@@ -13,6 +13,8 @@ import signal
 import numpy as np
 
 from adkit.core.errors import UserError
+from adkit.core.image_io import image_hw
+from adkit.core.tiling import Tiling
 from adkit.deploy.predictor import PredictorBase
 from adkit.evaluate.thresholds import Threshold
 
@@ -36,13 +38,13 @@ def _child(conn, model_dir, options):
         # again: importing Paddle installs its own SIGTERM handler (it dies with a C++ traceback),
         # which a signal to the whole group (systemd's default stop) would reach
         _ignore_stop_signals()
-        size = predictor.image_size
-        predictor.run(np.zeros((1, 3, size, size), np.float32))  # warm-up: the first run is slow
+        predictor.run(np.zeros((1, 3, *predictor.image_size), np.float32))  # warm-up: the first run is slow
     except BaseException as err:  # noqa: BLE001 (everything goes back to the server as one line)
         conn.send(("failed", isinstance(err, UserError), str(err) or type(err).__name__))
         return
-    conn.send(("ready", {"model": predictor.model, "image_size": size, "map_range": predictor.map_range,
-                         "threshold": predictor.threshold.as_dict()}))
+    conn.send(("ready", {"model": predictor.model, "image_size": list(predictor.image_size),
+                         **(predictor.tiling.as_config() if predictor.tiling else {}),
+                         "map_range": predictor.map_range, "threshold": predictor.threshold.as_dict()}))
     while True:
         try:
             shape = conn.recv()
@@ -87,7 +89,8 @@ class EngineProcess(PredictorBase):
         info = reply[1]
         self.model_dir = model_dir
         self.model = info["model"]
-        self.image_size = int(info["image_size"])
+        self.image_size = image_hw(info["image_size"])
+        self.tiling = Tiling.from_config(info)
         self.map_range = info["map_range"]
         self.threshold = Threshold(**info["threshold"])
 
@@ -95,15 +98,19 @@ class EngineProcess(PredictorBase):
         return self._process.is_alive()
 
     def preprocess(self, image):
-        """The image resized to the model's input, still uint8 HxWx3: a quarter of the float
-        tensor's bytes to send; the child makes it the tensor (``to_chw_float``, the second
-        half of ``model_input``)."""
+        """The model's inputs for one image, still uint8 (a quarter of the float tensor's bytes
+        to send; the child makes them tensors, ``to_chw_float``, the second half of
+        ``model_input``): the image resized to the model input, or a tiled model's
+        (boxes, tiles [T,h,w,3]) (adkit.core.tiling)."""
         from adkit.core.image_io import resize_rgb
 
-        return resize_rgb(image, self.image_size)
+        if self.tiling is None:
+            return resize_rgb(image, self.image_size)
+        boxes = self.tiling.boxes(*image.shape[:2])
+        return boxes, np.stack([self.tiling.cut(image, box) for box in boxes])
 
     def run(self, batch):
-        """``preprocess``'d images [N,S,S,3] uint8 -> (model-size maps [N,S,S], scores [N])."""
+        """Model inputs [N,h,w,3] uint8 -> (model-size maps [N,h,w], scores [N])."""
         batch = np.ascontiguousarray(batch, np.uint8)
         try:
             self._conn.send(batch.shape)
