@@ -93,8 +93,8 @@ def worker(job):
     from adkit.deploy.engines import PaddleEngine, scoring_engine
     from adkit.options.registry import build_method, save_training_config
     from adkit.evaluate.thresholds import DEFAULT_POLICY
-    from datasets import ImageDataset
-    from export_model import export
+    from adkit.datasets import ImageDataset
+    from adkit.commands.export import export
 
     model, options, size = job["model"], job["options"], job["image_size"]
     argv = ["--model", model, "--mode", "train", "--image_size", str(size), "--epochs", "1"]

@@ -123,7 +123,7 @@ def worker(job):
     set_cpu_threads(job["cpu_threads"])
     from adkit.deploy.engines import create_engine
     from adkit.evaluate.evaluation import evaluate_dataset
-    from datasets import MVTecCategory, TestDataset
+    from adkit.datasets import MVTecCategory, TestDataset
 
     size = job["image_size"]
     engine = create_engine("paddle", job["export"], cpu_threads=job["cpu_threads"], image_size=size)

@@ -60,7 +60,8 @@ def main():
 
     import numpy as np
 
-    import main as cli
+    from adkit.pipelines.evaluate import evaluate
+    from adkit.pipelines.train import train
     from adkit.evaluate import metrics
     from adkit.evaluate.calibration import resolve_threshold
     from adkit.options.config import resolve_config
@@ -76,9 +77,9 @@ def main():
     for data_dir, cls in cases:
         base = ["--model", args.model, "--data_dir", data_dir, "--cls", cls, "--output_dir", out,
                 "--cpu_threads", str(args.cpu_threads)]
-        cli.train(resolve_config(base + ["--mode", "train", "--steps", str(args.steps)]
+        train(resolve_config(base + ["--mode", "train", "--steps", str(args.steps)]
                                  + args.train_args.split()), cls)
-        result = cli.evaluate(resolve_config(base + ["--mode", "eval"]), cls)
+        result = evaluate(resolve_config(base + ["--mode", "eval"]), cls)
         ckpt_dir = os.path.join(out, args.model, cls)
         rows = test_rows(os.path.join(ckpt_dir, "eval"))
         labels = np.array([r["ground_truth"] == "defect" for r in rows], int)

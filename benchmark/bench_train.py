@@ -90,7 +90,7 @@ def main():
         return
     from adkit.deploy.engines import DygraphEngine
     from adkit.evaluate.evaluation import run_inference
-    from datasets import ImageDataset, MVTecCategory, TestDataset, split_train_val
+    from adkit.datasets import ImageDataset, MVTecCategory, TestDataset, split_train_val
 
     category = MVTecCategory(os.path.join(ROOT, "sample_data"), "gravel")
     train, val = split_train_val(category.train_paths(), 0.1, 0)

@@ -34,7 +34,7 @@ def _torch():
 
 
 def _data(root, image_size):
-    from datasets import ImageDataset, MVTecCategory
+    from adkit.datasets import ImageDataset, MVTecCategory
 
     category = MVTecCategory(os.path.join(root, "sample_data"), "gravel")
     return ImageDataset(category.train_paths(), image_size)
@@ -51,8 +51,8 @@ def _efficientad(args, dataset, torch):
     from adkit.options.config import resolve_config
     from adkit.options.registry import build_method
     from adkit.train.onednn_layers import onednn_convolutions
-    from models.efficientad.augment import random_color_jitter
-    from models.efficientad.losses import teacher_channel_stats
+    from adkit.models.efficientad.augment import random_color_jitter
+    from adkit.models.efficientad.losses import teacher_channel_stats
 
     cfg = resolve_config(["--model", "efficientad_s", "--mode", "train", "--steps", "100",
                           "--image_size", str(args.image_size), "--teacher_weights", "none",
@@ -96,7 +96,7 @@ def _rd4ad(args, dataset, torch):
     from adkit.options.config import resolve_config
     from adkit.options.registry import build_method
     from adkit.train.training import make_adam
-    from models.rd4ad.networks import rd4ad_loss
+    from adkit.models.rd4ad.networks import rd4ad_loss
 
     cfg = resolve_config(["--model", "rd4ad", "--mode", "train", "--steps", "100",
                           "--image_size", str(args.image_size), "--backbone", args.rd4ad_backbone,

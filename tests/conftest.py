@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def brick_train_set():
     """Six brick training images at 64 px, loaded once (fit tests of the methods)."""
-    from datasets import ImageDataset, MVTecCategory
+    from adkit.datasets import ImageDataset, MVTecCategory
 
     return ImageDataset(MVTecCategory(os.path.join(ROOT, "sample_data"), "brick").train_paths()[:6], 64).preload()
 

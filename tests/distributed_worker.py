@@ -33,7 +33,7 @@ DATA = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float32)  # 4
 
 
 def distill(image_folder, output_folder):
-    from models.efficientad.distill import run_distill
+    from adkit.models.efficientad.distill import run_distill
 
     distributed.init()
     run_distill({"model": "efficientad_s", "data_dir": image_folder, "output_dir": output_folder,

@@ -95,7 +95,7 @@ def test_fit_infer_export_and_reload_at_a_non_square_size(model, tmp_path):
 
 
 def test_pdn_out_size_per_axis_by_hand():
-    from models.efficientad import PDN, pdn_out_size
+    from adkit.models.efficientad.networks import PDN, pdn_out_size
 
     # PDN-S, unpadded: conv k4 (-3), pool /2 (floor), conv k4 (-3), pool /2, conv k3 (-2), conv k4 (-3)
     # height 64: 64-3=61, 61//2=30, 30-3=27, 27//2=13, 13-2=11, 11-3=8
@@ -108,7 +108,7 @@ def test_pdn_out_size_per_axis_by_hand():
 
 
 def test_autoencoder_per_axis_by_hand():
-    from models.efficientad import AutoEncoder
+    from adkit.models.efficientad.networks import AutoEncoder
 
     ae = AutoEncoder((64, 96))
     assert ae.enconv6.weight.shape == [64, 64, 2, 3]  # (64 // 32, 96 // 32): the code stays 1x1
@@ -127,7 +127,7 @@ def test_autoencoder_per_axis_by_hand():
 
 
 def test_padim_has_one_gaussian_per_stride_4_position(tmp_path):
-    from models.padim import PaDiMMethod
+    from adkit.models.padim.method import PaDiMMethod
 
     method = PaDiMMethod(_cfg("padim", (64, 96), tmp_path))
     method.fit(_Images(3, (64, 96)), None, tmp_path)
@@ -137,7 +137,7 @@ def test_padim_has_one_gaussian_per_stride_4_position(tmp_path):
 
 
 def test_patchcore_score_is_the_worst_patch_distance_on_the_non_square_grid(tmp_path):
-    from models.patchcore import PatchCoreMethod
+    from adkit.models.patchcore.method import PatchCoreMethod
 
     cfg = _cfg("patchcore", (96, 64), tmp_path)
     method = PatchCoreMethod(dict(cfg, neighbours=1))  # no reweighting: s* itself
@@ -157,7 +157,7 @@ def test_patchcore_score_is_the_worst_patch_distance_on_the_non_square_grid(tmp_
 def test_the_frozen_teacher_graph_at_a_non_square_size():
     from adkit.core.runtime import restore_cpu_threads
     from adkit.deploy.engines import FrozenForward
-    from models.efficientad import PDN
+    from adkit.models.efficientad.networks import PDN
 
     restore_cpu_threads()
     teacher = PDN("small", 32)
@@ -191,7 +191,7 @@ def test_tensorrt_shapes_are_height_by_width():
 
 def test_penalty_images_are_cut_to_height_by_width(tmp_path):
     from adkit.core.image_io import read_rgb, resize_rgb
-    from models.efficientad import PenaltyImages
+    from adkit.models.efficientad.augment import PenaltyImages
 
     cv2.imwrite(str(tmp_path / "p.png"), RNG.integers(0, 256, (30, 50, 3), dtype=np.uint8))
     # resized to 2x (32 x 48), centre crop 16 x 24 from (round(16 / 2), round(24 / 2)) = (8, 12)
@@ -216,7 +216,7 @@ def test_resume_compares_sizes_whatever_form_the_checkpoint_stored(tmp_path):
 def test_a_checkpoint_that_stored_a_side_still_loads(tmp_path):
     """Fitted and training checkpoints stored image_size as an int before [h, w]."""
     from adkit.train.training import load_train_state, save_train_state
-    from models.padim import PaDiMMethod
+    from adkit.models.padim.method import PaDiMMethod
 
     cfg = _cfg("padim", (64, 64), tmp_path)
     method = PaDiMMethod(cfg)
@@ -233,7 +233,7 @@ def test_a_checkpoint_that_stored_a_side_still_loads(tmp_path):
 
 
 def test_distillation_refuses_a_non_square_size_in_one_line():
-    from models.efficientad.distill import _settings
+    from adkit.models.efficientad.distill import _settings
 
     with pytest.raises(UserError, match="square --image_size .* not 64x96"):
         _settings({"model": "efficientad_s", "image_size": [64, 96]})

@@ -16,7 +16,7 @@ from test_main import run_cli
 from adkit.evaluate import metrics
 from adkit.core.errors import UserError
 from adkit.evaluate.evaluation import evaluate_dataset
-from datasets import TestDataset, find_categories, open_category
+from adkit.datasets import TestDataset, find_categories, open_category
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BRICK = os.path.join(ROOT, "sample_data", "brick")

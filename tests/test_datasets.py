@@ -8,7 +8,7 @@ import pytest
 from adkit.core.errors import UserError
 from adkit.train.training import batch_stream
 from adkit.core.image_io import read_mask, read_rgb, to_chw_float
-from datasets import ImageDataset, MVTecCategory, TestDataset, find_categories, split_train_val
+from adkit.datasets import ImageDataset, MVTecCategory, TestDataset, find_categories, split_train_val
 
 
 def write(path, array):

@@ -119,9 +119,10 @@ def dygraph_outputs(ckpt_dir, paths):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, images):
     """model -> its 2-step training run, evaluated and exported with ONNX (built on first use)."""
-    import main
+    from adkit.pipelines.evaluate import evaluate
+    from adkit.pipelines.train import train
     from adkit.options.config import resolve_config
-    from export_model import export
+    from adkit.commands.export import export
 
     cache = {}
 
@@ -130,8 +131,8 @@ def trained(tmp_path_factory, images):
             out = tmp_path_factory.mktemp(model)
             base = ["--model", model, "--data_dir", os.path.join(ROOT, "sample_data"), "--cls", CLS,
                     "--output_dir", str(out), "--image_size", str(SIZE), "--steps", "2"]
-            main.train(resolve_config(base + ["--mode", "train"] + TRAIN_ARGS[model]), CLS)
-            main.evaluate(resolve_config(base + ["--mode", "eval"]), CLS)
+            train(resolve_config(base + ["--mode", "train"] + TRAIN_ARGS[model]), CLS)
+            evaluate(resolve_config(base + ["--mode", "eval"]), CLS)
             ckpt_dir, save_dir = out / model / CLS, out / "export"
             export(model, str(ckpt_dir), str(save_dir), to_onnx=True)
             maps, scores = dygraph_outputs(ckpt_dir, images)
@@ -169,7 +170,7 @@ def test_export_refuses_an_onnx_model_that_disagrees_with_paddle(trained, tmp_pa
     from onnx import numpy_helper
 
     from adkit.core.errors import UserError
-    from export_model import check_onnx_matches_paddle
+    from adkit.commands.export import check_onnx_matches_paddle
 
     folder = tmp_path / "export"
     shutil.copytree(trained("efficientad_s")["save_dir"], folder)
@@ -323,13 +324,13 @@ def test_model_files_without_a_graph_and_params_pair_is_a_user_error(tmp_path, n
 @pytest.mark.parametrize("text, value", [("TRUE", True), ("False", False), ("1", True), ("0", False),
                                          (" true ", True), ("off", False)])
 def test_str2bool_accepts_common_spellings(text, value):
-    from infer import str2bool
+    from adkit.commands.infer import str2bool
 
     assert str2bool(text) is value
 
 
 def test_str2bool_rejects_anything_else():
-    from infer import str2bool
+    from adkit.commands.infer import str2bool
 
     with pytest.raises(argparse.ArgumentTypeError, match="maybe"):
         str2bool("maybe")
@@ -367,7 +368,7 @@ def test_infer_user_errors_exit_2_with_one_line(trained, images, tmp_path, case)
 
 
 def test_failed_export_leaves_the_existing_export_intact(trained, tmp_path, monkeypatch):
-    import export_model
+    from adkit.commands import export as export_model
     from adkit.core.errors import UserError
 
     run = trained("efficientad_s")
@@ -389,7 +390,7 @@ def test_failed_export_leaves_the_existing_export_intact(trained, tmp_path, monk
 
 
 def test_successful_export_replaces_the_whole_folder(trained, tmp_path):
-    from export_model import export
+    from adkit.commands.export import export
 
     run = trained("efficientad_s")
     save_dir = tmp_path / "deployed"

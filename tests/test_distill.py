@@ -12,11 +12,12 @@ from adkit.core.errors import UserError
 from adkit.train.weights import read_state_dict, safe_load
 from adkit.core.image_io import find_images
 from adkit.train.trainer import CHECKPOINT_FILE as STATE_FILE
-from models.efficientad.distill import (DistillSampler, DistillTarget, RunningChannelStats,
+from adkit.models.efficientad.distill import (DistillSampler, DistillTarget, RunningChannelStats,
                             projection_matrix, run_distill, target_statistics)
-from models.efficientad import PDN, EfficientADMethod
-from models.backbones.encoders import build_encoder
-from models.graph_ops import imagenet_normalize
+from adkit.models.efficientad.networks import PDN
+from adkit.models.efficientad.method import EfficientADMethod
+from adkit.models.backbones.encoders import build_encoder
+from adkit.models.graph_ops import imagenet_normalize
 
 SHIPPED_TEACHER = Path(__file__).resolve().parent.parent / "weights" / "teacher_small.pdparams"
 

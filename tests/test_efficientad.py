@@ -7,12 +7,13 @@ import paddle
 import pytest
 
 from adkit.core.errors import UserError
-from models.graph_ops import bilinear_resize
-from models.efficientad import (PDN, AutoEncoder, EfficientADInference, EfficientADMethod,
-                                PenaltyImages, autoencoder_loss, color_jitter,
-                                hard_feature_loss, map_normalization_quantiles, pdn_out_size,
-                                penalty_loss, quantile_linear, student_ae_loss,
-                                teacher_channel_stats, teacher_state_from_torch)
+from adkit.models.graph_ops import bilinear_resize
+from adkit.models.efficientad.networks import PDN, AutoEncoder, pdn_out_size, teacher_state_from_torch
+from adkit.models.efficientad.inference import EfficientADInference
+from adkit.models.efficientad.method import EfficientADMethod
+from adkit.models.efficientad.augment import PenaltyImages, color_jitter
+from adkit.models.efficientad.losses import (autoencoder_loss, hard_feature_loss, map_normalization_quantiles, penalty_loss, quantile_linear,
+                                             student_ae_loss, teacher_channel_stats)
 
 RNG = np.random.default_rng(0)
 

@@ -8,7 +8,7 @@ import paddle
 import pytest
 import skimage.data
 
-from models.backbones.efficientnet_lite import (EfficientNetLiteEncoder, _Conv2DSame,
+from adkit.models.backbones.efficientnet_lite import (EfficientNetLiteEncoder, _Conv2DSame,
                                       build_efficientnet_lite)
 
 # ImageNet-1k class ids, written from the class list

@@ -6,8 +6,8 @@ import paddle
 
 from adkit.core.runtime import restore_cpu_threads
 from adkit.deploy.engines import FrozenForward
-from models.backbones.encoders import build_encoder
-from models.efficientad.networks import PDN
+from adkit.models.backbones.encoders import build_encoder
+from adkit.models.efficientad.networks import PDN
 
 RNG = np.random.default_rng(5)
 

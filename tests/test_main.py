@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-import main as cli
+from adkit.commands import main as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "sample_data")

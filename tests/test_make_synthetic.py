@@ -12,7 +12,7 @@ from skimage import data
 
 from adkit.core.image_io import read_rgb
 from adkit.evaluate.synthetic import DATASET_KINDS, KINDS, MAX_AREA, MIN_AREA, make_defect
-from datasets import split_train_val
+from adkit.datasets import split_train_val
 
 REPO = Path(__file__).resolve().parent.parent
 TOOL = REPO / "tools" / "make_synthetic.py"
@@ -164,7 +164,7 @@ def test_image_size_resizes_everything(made, tmp_path):
 
 
 def test_the_toolkit_loader_reads_the_dataset(made):
-    from datasets.mvtec import MVTecCategory
+    from adkit.datasets.mvtec import MVTecCategory
 
     _, _, category = made
     loaded = MVTecCategory(str(category.parent), category.name)

@@ -182,7 +182,7 @@ def test_a_static_graph_of_a_switched_on_layer_is_paddles_conv(tmp_path):
 # -- RD4AD's channels-last twin -----------------------------------------------------------------
 
 def test_the_rd4ad_twin_computes_what_the_student_computes():
-    from models.rd4ad.networks import build_student, rd4ad_loss
+    from adkit.models.rd4ad.networks import build_student, rd4ad_loss
 
     channels = (16, 32, 64)
     paddle.seed(3)
@@ -218,7 +218,7 @@ def test_the_rd4ad_twin_computes_what_the_student_computes():
 
 
 def test_rd4ad_trains_the_same_with_onednn_and_with_paddles_kernels(tmp_path):
-    from models.rd4ad.method import RD4ADMethod
+    from adkit.models.rd4ad.method import RD4ADMethod
 
     from test_rd4ad import _cfg, _Images, _student_state
 
@@ -243,7 +243,7 @@ def test_rd4ad_trains_the_same_with_onednn_and_with_paddles_kernels(tmp_path):
 
 def test_frozen_forward_gives_channels_last_features():
     from adkit.deploy.engines import FrozenForward
-    from models.backbones.encoders import build_encoder
+    from adkit.models.backbones.encoders import build_encoder
 
     encoder = build_encoder("resnet18", "none")
     x = paddle.to_tensor(RNG.random((1, 3, 64, 64)), dtype="float32")

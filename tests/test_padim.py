@@ -5,10 +5,10 @@ import paddle
 import pytest
 
 from adkit.core.errors import UserError
-from models.backbones.encoders import build_encoder
-from models.padim import networks
-from models.padim.gaussian import GaussianAccumulator
-from models.padim.networks import PaDiMEmbedding, PaDiMInference, channel_subset, mahalanobis
+from adkit.models.backbones.encoders import build_encoder
+from adkit.models.padim import networks
+from adkit.models.padim.gaussian import GaussianAccumulator
+from adkit.models.padim.networks import PaDiMEmbedding, PaDiMInference, channel_subset, mahalanobis
 from tests.numpy_reference import bilinear, blurred
 
 
@@ -80,7 +80,7 @@ def test_inference_net_matches_a_numpy_pipeline():
 
 
 def test_fit_reload_and_float16_statistics(train_cfg, tmp_path, brick_train_set):
-    from models.padim import PaDiMMethod
+    from adkit.models.padim.method import PaDiMMethod
 
     method = PaDiMMethod(train_cfg("padim", tmp_path, feature_dims=30))
     method.fit(brick_train_set, None, tmp_path)
@@ -106,15 +106,15 @@ def test_fit_reload_and_float16_statistics(train_cfg, tmp_path, brick_train_set)
     ("stats_dtype", "float64", "--stats_dtype float64: expected one of float32, float16"),
 ])
 def test_bad_settings_are_one_line(train_cfg, tmp_path, brick_train_set, option, value, says):
-    from models.padim import PaDiMMethod
+    from adkit.models.padim.method import PaDiMMethod
 
     with pytest.raises(UserError, match=says):
         PaDiMMethod(train_cfg("padim", tmp_path, **{option: value})).fit(brick_train_set, None, tmp_path)
 
 
 def test_float16_statistics_fitted_in_several_passes_equal_one_pass(train_cfg, tmp_path, brick_train_set, monkeypatch):
-    from models.padim import PaDiMMethod
-    from models.padim import method as padim_method
+    from adkit.models.padim.method import PaDiMMethod
+    from adkit.models.padim import method as padim_method
 
     one = PaDiMMethod(train_cfg("padim", tmp_path / "one", feature_dims=30, stats_dtype="float16"))
     one.fit(brick_train_set, None, tmp_path / "one")

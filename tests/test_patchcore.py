@@ -7,10 +7,10 @@ import paddle
 import pytest
 
 from adkit.core.errors import UserError
-from models.backbones.encoders import build_encoder
-from models.patchcore import networks
-from models.patchcore.coreset import greedy_coreset, random_projection
-from models.patchcore.networks import (PatchCoreInference, PatchEmbedding, nearest_distance, nearest_index,
+from adkit.models.backbones.encoders import build_encoder
+from adkit.models.patchcore import networks
+from adkit.models.patchcore.coreset import greedy_coreset, random_projection
+from adkit.models.patchcore.networks import (PatchCoreInference, PatchEmbedding, nearest_distance, nearest_index,
                                        reweighted_score)
 from tests.numpy_reference import adaptive_avg_pool1d, bilinear, blurred, box3
 
@@ -84,7 +84,7 @@ def test_coreset_is_exactly_the_greedy_k_center_choice(seed, n, dims, count):
 def test_coreset_stays_exact_with_few_sorted_candidates_and_small_blocks(monkeypatch, candidates, block):
     """Only the largest bounds are sorted after a fold, and folds run block by block: a choice
     that needs points outside the sorted ones must fall back to the full order."""
-    from models.patchcore import coreset
+    from adkit.models.patchcore import coreset
 
     monkeypatch.setattr(coreset, "CANDIDATES", candidates)
     monkeypatch.setattr(coreset, "BLOCK", block)
@@ -154,7 +154,7 @@ def test_scoring_runs_the_graph_on_the_cpu_only():
 
 
 def test_fit_keeps_the_coreset_share_and_a_reload_gives_the_same_maps(train_cfg, tmp_path, brick_train_set):
-    from models.patchcore import PatchCoreMethod
+    from adkit.models.patchcore.method import PatchCoreMethod
 
     method = PatchCoreMethod(train_cfg("patchcore", tmp_path, coreset_ratio=0.25))
     method.fit(brick_train_set, None, tmp_path)
@@ -185,7 +185,7 @@ def test_fit_keeps_the_coreset_share_and_a_reload_gives_the_same_maps(train_cfg,
     ("neighbours", 0, "--neighbours must be at least 1"),
 ])
 def test_bad_settings_are_one_line(train_cfg, tmp_path, brick_train_set, option, value, says):
-    from models.patchcore import PatchCoreMethod
+    from adkit.models.patchcore.method import PatchCoreMethod
 
     with pytest.raises(UserError, match=re_escape(says)):
         PatchCoreMethod(train_cfg("patchcore", tmp_path, **{option: value})).fit(brick_train_set, None, tmp_path)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import prepare_dataset as prep  # noqa: E402
 from adkit.core.image_io import write_png  # noqa: E402
-from datasets import split_train_val  # noqa: E402
+from adkit.datasets import split_train_val  # noqa: E402
 
 H, W = 8, 10  # every labeled image in the end-to-end tests
 

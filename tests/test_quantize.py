@@ -31,12 +31,12 @@ def cli(*args, code=None):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A PaDiM fitted at 64 px, exported fp32 and int8."""
-    import main
+    from adkit.pipelines.train import train
     from adkit.options.config import resolve_config
-    from export_model import export
+    from adkit.commands.export import export
 
     out = tmp_path_factory.mktemp("quantize")
-    main.train(resolve_config(["--model", MODEL, "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
+    train(resolve_config(["--model", MODEL, "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
                                "--cls", CLS, "--output_dir", str(out), "--image_size", str(SIZE),
                                "--backbone", "efficientnet_lite0"]), CLS)
     ckpt = out / MODEL / CLS
@@ -114,7 +114,7 @@ def test_refusal_is_one_line_and_leaves_no_folder(exported, tmp_path):
 def test_int8_folder_refuses_gpu_and_quantize_refuses_onnx(exported, tmp_path):
     from adkit.deploy.engines import PaddleEngine
     from adkit.core.errors import UserError
-    from export_model import export
+    from adkit.commands.export import export
 
     with pytest.raises(UserError, match="int8 export"):
         PaddleEngine(str(exported["int8"]), device="gpu", image_size=SIZE)

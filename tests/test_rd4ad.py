@@ -7,13 +7,13 @@ from scipy import ndimage
 
 from adkit.deploy.exported import model_files
 from adkit.core.errors import UserError
-from models.graph_ops import bilinear_resize, summed_separable_maps
+from adkit.models.graph_ops import bilinear_resize, summed_separable_maps
 from adkit.train.training import load_train_state
 from adkit.train.weights import Weights
-from models.backbones import encoders
-from models.backbones.encoders import build_encoder
-from models.rd4ad import (RD4ADInference, RD4ADMethod, anomaly_map, build_student,
-                          gaussian_blur_matrix, rd4ad_loss)
+from adkit.models.backbones import encoders
+from adkit.models.backbones.encoders import build_encoder
+from adkit.models.rd4ad.networks import (RD4ADInference, anomaly_map, build_student, gaussian_blur_matrix, rd4ad_loss)
+from adkit.models.rd4ad.method import RD4ADMethod
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)

@@ -9,7 +9,7 @@ nothing depends on downloaded weights); the fingerprint is the sum and the sum o
 every weight of the loaded inference net (grouped by sub-network) and the test scores. The
 tolerances absorb float32 reordering between CPUs and MKL code paths (AVX-512, AVX2, generic);
 a different seed, batch order, initialisation or loss moves these numbers by percents.
-Recorded with MKL's AVX-512 kernels (adkit.runtime.mkl_dispatch_for_amd on AMD CPUs).
+Recorded with MKL's AVX-512 kernels (adkit.core.runtime.mkl_dispatch_for_amd on AMD CPUs).
 """
 import json
 import os
@@ -40,7 +40,7 @@ RUNS = {
 def weight_fingerprint(folder):
     """{first part of the parameter name: [sum, sum of squares]} over the trained model's
     inference net, as loaded from ``folder``: independent of how checkpoints are laid out."""
-    from adkit.registry import load_trained
+    from adkit.options.registry import load_trained
 
     _, method = load_trained(folder)
     out = {}
@@ -53,13 +53,14 @@ def weight_fingerprint(folder):
 
 
 def fingerprint(model, out_dir):
-    import main
-    from adkit.config import resolve_config
+    from adkit.pipelines.evaluate import evaluate
+    from adkit.pipelines.train import train
+    from adkit.options.config import resolve_config
 
     base = ["--model", model, "--data_dir", os.path.join(ROOT, "sample_data"), "--cls", "brick",
             "--output_dir", str(out_dir), "--image_size", "64", "--seed", "7"]
-    main.train(resolve_config(base + ["--mode", "train"] + RUNS[model]), "brick")
-    result = main.evaluate(resolve_config(base + ["--mode", "eval"]), "brick")
+    train(resolve_config(base + ["--mode", "train"] + RUNS[model]), "brick")
+    result = evaluate(resolve_config(base + ["--mode", "eval"]), "brick")
     folder = os.path.join(str(out_dir), model, "brick")
     scores = [float(line.split(",")[2]) for line in
               open(os.path.join(folder, "eval", "df_test.csv"), encoding="utf-8").read().splitlines()[1:]]
@@ -94,7 +95,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
     import tempfile
 
     sys.path.insert(0, ROOT)
-    from adkit.runtime import set_cpu_threads
+    from adkit.core.runtime import set_cpu_threads
 
     set_cpu_threads(2)
     record = {model: fingerprint(model, tempfile.mkdtemp()) for model in sorted(RUNS)}

@@ -93,15 +93,15 @@ class Server:
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Two PaDiM exports of brick at 64 px (different training subsets: different models)."""
-    import main
+    from adkit.pipelines.train import train
     from adkit.options.config import resolve_config
-    from export_model import export
+    from adkit.commands.export import export
 
     root = tmp_path_factory.mktemp("serving")
     folders = []
     for name, seed in (("first", 0), ("second", 1)):
         out = root / f"out_{name}"
-        main.train(resolve_config(["--model", "padim", "--mode", "train", "--data_dir",
+        train(resolve_config(["--model", "padim", "--mode", "train", "--data_dir",
                                    os.path.join(ROOT, "sample_data"), "--cls", "brick", "--image_size", "64",
                                    "--output_dir", str(out), "--seed", str(seed)]), "brick")
         folder = root / f"inference_{name}"

@@ -5,7 +5,7 @@ import paddle
 import pytest
 
 from adkit.core.errors import UserError
-from models.stfpm.networks import STFPMInference, Student, anomaly_map, stfpm_loss
+from adkit.models.stfpm.networks import STFPMInference, Student, anomaly_map, stfpm_loss
 from tests.numpy_reference import bilinear
 
 SHORT = {"steps": 2, "batch_size": 2, "seed": 3}
@@ -48,7 +48,7 @@ def test_map_is_the_product_of_upsampled_level_maps():
 
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
 def test_the_student_trains_and_the_teacher_does_not(backbone):
-    from models.backbones.encoders import build_encoder
+    from adkit.models.backbones.encoders import build_encoder
 
     teacher, student = build_encoder(backbone, "none"), Student(backbone)
     x = paddle.rand([2, 3, 64, 64])
@@ -63,8 +63,8 @@ def test_the_student_trains_and_the_teacher_does_not(backbone):
 
 def test_fit_trains_batchnorm_then_evaluates_and_a_reload_gives_the_same_maps(train_cfg, tmp_path, brick_train_set,
                                                                               monkeypatch):
-    from models.stfpm import STFPMMethod
-    from models.stfpm import method as stfpm_method
+    from adkit.models.stfpm.method import STFPMMethod
+    from adkit.models.stfpm import method as stfpm_method
 
     modes = []
     real_loss = stfpm_method.stfpm_loss
@@ -94,7 +94,7 @@ def test_fit_trains_batchnorm_then_evaluates_and_a_reload_gives_the_same_maps(tr
 
 
 def test_resume_refuses_another_backbone(train_cfg, tmp_path, brick_train_set):
-    from models.stfpm import STFPMMethod
+    from adkit.models.stfpm.method import STFPMMethod
 
     STFPMMethod(train_cfg("stfpm", tmp_path, **SHORT)).fit(brick_train_set, None, tmp_path)
     with pytest.raises(UserError, match="trained with --backbone efficientnet_lite0, cannot resume with --backbone resnet18"):

@@ -110,13 +110,6 @@ def test_ctrl_c_during_main_py_training_prints_the_command_that_continues(tmp_pa
     assert load_train_state(checkpoint)["step"] == 60
 
 
-def test_resuming_a_checkpoint_of_an_older_version_says_what_still_works(tmp_path):
-    (tmp_path / "train_state.pdparams").write_bytes(b"old")
-    trainer, *_ = toy_run(tmp_path, 3)
-    with pytest.raises(UserError, match="older version: it still loads for eval, export and infer"):
-        trainer.resume()
-
-
 def test_training_curves_go_to_a_csv_and_to_visualdl_when_installed(tmp_path, monkeypatch):
     import csv
     import types

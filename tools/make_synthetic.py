@@ -38,7 +38,7 @@ from adkit.core.errors import UserError, exit_on_user_error, raise_if_bad  # noq
 from adkit.core.image_io import find_images, read_rgb, resize_rgb, write_png  # noqa: E402
 from adkit.core.io_utils import staged_folder, write_json  # noqa: E402
 from adkit.evaluate.synthetic import DATASET_KINDS, KINDS, make_defect, parse_kinds  # noqa: E402
-from datasets import split_train_val  # noqa: E402
+from adkit.datasets import split_train_val  # noqa: E402
 
 MIN_SIDE = 32  # the smallest image the defect kinds can draw on
 

@@ -39,7 +39,7 @@ from adkit.options.config import HelpFormatter, OneLineParser  # noqa: E402
 from adkit.core.errors import UserError, exit_on_user_error, raise_if_bad  # noqa: E402
 from adkit.core.image_io import find_images, read_rgb, write_png  # noqa: E402
 from adkit.core.io_utils import staged_folder, write_json  # noqa: E402
-from datasets import split_train_val  # noqa: E402
+from adkit.datasets import split_train_val  # noqa: E402
 
 COMBINED = "combined"  # MVTec's folder for images showing several kinds of defect
 RESERVED_FOLDERS = ("good",)  # a defect type named so would pass defects off as good parts

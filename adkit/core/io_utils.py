@@ -8,8 +8,19 @@ import tempfile
 
 from adkit.core.errors import UserError
 
-# the checkout adkit lives in: configs/ and models/ beside it
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the folder holding the adkit package (a checkout, or site-packages): `python -m adkit...` runs from it
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def shipped_folder(name):
+    """A folder shipped with adkit (configs, weights): inside the installed package, or at the
+    top of a checkout (adkit's search path holds both places, see adkit/__init__.py)."""
+    import adkit
+
+    for base in adkit.__path__:
+        if os.path.isdir(os.path.join(base, name)):
+            return os.path.join(base, name)
+    raise UserError(f"adkit's {name}/ folder is missing: reinstall the package (pip install .)")
 
 
 def _umask():

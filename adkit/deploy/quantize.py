@@ -29,7 +29,7 @@ import tempfile
 import numpy as np
 
 from adkit.core.errors import UserError
-from adkit.core.io_utils import PROJECT_ROOT
+from adkit.core.io_utils import PACKAGE_PARENT
 
 MAX_AUROC_DROP = 0.005           # 0.5 AUROC point: the bar an int8 export must pass
 MAX_CALIBRATION_IMAGES = 64      # good training images the quantisation scales are measured on
@@ -305,7 +305,7 @@ def run_worker(job):
     returns {op type: how many were quantised}."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env["FLAGS_enable_pir_api"] = "0"
-    proc = subprocess.run([sys.executable, "-m", "adkit.deploy.quantize", json.dumps(job)], cwd=PROJECT_ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "adkit.deploy.quantize", json.dumps(job)], cwd=PACKAGE_PARENT, env=env,
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()] or ["?"]

@@ -10,7 +10,7 @@ import yaml
 
 from adkit.core.errors import UserError
 from adkit.core.image_io import image_hw, size_text
-from adkit.core.io_utils import PROJECT_ROOT
+from adkit.core.io_utils import shipped_folder
 from adkit.evaluate.evaluation import EVAL_RESOLUTION_HELP, EVAL_RESOLUTIONS
 from adkit.outputs.folders import SAVE_FORMAT_HELP, SAVE_FORMATS
 from adkit.evaluate.thresholds import DEFAULT_POLICY, POLICY_HELP, parse_policy
@@ -19,7 +19,6 @@ BASE_MODES = ("train", "eval", "infer")
 CPU_CONV_CHOICES = ("onednn", "paddle")
 AMP_CHOICES = ("fp16", "bf16")  # adkit.train.trainer.AMP_MODES (config reads no Paddle module)
 DATA_FORMATS = ("mvtec", "loco", "visa", "folder")  # the layouts datasets.open_category reads
-CONFIG_DIR = os.path.join(PROJECT_ROOT, "configs")
 
 
 def _size(value):
@@ -188,7 +187,7 @@ def _read_yaml(path):
 
 
 def model_defaults(model):
-    return _read_yaml(os.path.join(CONFIG_DIR, f"{model}.yaml"))
+    return _read_yaml(os.path.join(shipped_folder("configs"), f"{model}.yaml"))
 
 
 def resolve_config(argv=None):

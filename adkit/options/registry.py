@@ -14,9 +14,8 @@ import importlib
 import os
 
 from adkit.core.errors import UserError
-from adkit.core.io_utils import PROJECT_ROOT, read_json, write_json
+from adkit.core.io_utils import read_json, write_json
 
-MODELS_DIR = os.path.join(PROJECT_ROOT, "models")
 # Options (adkit.options.config) that may differ between training and later use (eval, infer, export); every other
 # option is taken from the training run (train_config.json), so the same network is rebuilt.
 RUNTIME_OPTIONS = ("mode", "data_dir", "data_format", "train_dir", "test_good_dir", "test_defect_dir",
@@ -51,27 +50,19 @@ class MethodSpec:
         return _load(self.modes[mode])
 
 
-def lazy_attributes(package, where):
-    """A package ``__getattr__`` importing ``where[name]`` (a submodule) on first use, so that
-    a method package can list its public names without loading Paddle when its spec is read."""
-    def attribute(name):
-        if name in where:
-            return getattr(importlib.import_module(f".{where[name]}", package), name)
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-
-    return attribute
-
-
 def _load(target):
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
 def _discover():
+    import adkit.models
+
     specs = {}
-    for folder in sorted(os.listdir(MODELS_DIR)):
-        if os.path.isfile(os.path.join(MODELS_DIR, folder, "spec.py")):
-            spec = importlib.import_module(f"models.{folder}.spec").SPEC
+    models_dir = adkit.models.__path__[0]
+    for folder in sorted(os.listdir(models_dir)):
+        if os.path.isfile(os.path.join(models_dir, folder, "spec.py")):
+            spec = importlib.import_module(f"adkit.models.{folder}.spec").SPEC
             for name in spec.names:
                 specs[name] = spec
     return specs

@@ -5,7 +5,7 @@ import os
 from adkit.core.image_io import aspect_note
 from adkit.core.progress import log
 from adkit.core.tiling import Tiling, TileSet
-from datasets import find_categories, ImageDataset, open_category, split_train_val
+from adkit.datasets import find_categories, ImageDataset, open_category, split_train_val
 
 
 def checkpoint_dir(cfg, cls):

@@ -25,7 +25,7 @@ from adkit.outputs.eval_folder import MAPS_FOLDER, write_eval_folder, write_metr
 from adkit.pipelines.categories import checkpoint_dir, one_process_for_tiles, training_side
 from adkit.pipelines.tables import format_decision, format_subsets, format_table
 from adkit.train.trainer import CHECKPOINT_FILE
-from datasets import open_category, raise_if_bad, TestDataset
+from adkit.datasets import open_category, raise_if_bad, TestDataset
 
 
 def run_metadata(cfg, ckpt_dir):

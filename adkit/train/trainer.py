@@ -38,8 +38,6 @@ from adkit.core.progress import log, progress
 
 CHECKPOINT_FILE = "checkpoint.pdparams"
 FORMAT = 1
-# Training state files of versions before this format: they load for eval/export, not --resume.
-OLD_STATE_FILES = ("last.pdparams", "train_state.pdparams", "distill_state.pdparams")
 CURVE_POINTS = 100  # rows train_log.csv gets at least in a run of that many steps or more
 AMP_MODES = {"fp16": "float16", "bf16": "bfloat16"}  # --amp -> paddle.amp.auto_cast dtype
 _MIXED_PRECISION = {"amp": None}
@@ -248,9 +246,6 @@ class Trainer:
 def read_checkpoint(path, what, advice):
     """A checkpoint written by ``Trainer.save`` (one line naming the file if there is none)."""
     if not path.is_file():
-        if any((path.parent / name).is_file() for name in OLD_STATE_FILES):
-            advice = ("the training state there was written by an older version: it still loads "
-                      "for eval, export and infer, but cannot be resumed; train again")
         raise UserError(f"{what}: {path} not found ({advice})")
     state = load_train_state(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:

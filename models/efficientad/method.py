@@ -11,6 +11,7 @@ import numpy as np
 import paddle
 
 from adkit.core.errors import UserError
+from adkit.core.io_utils import shipped_folder
 from adkit.core.image_io import image_hw
 from adkit.evaluate.evaluation import batches
 from adkit.core.runtime import seed_everything
@@ -33,7 +34,7 @@ from .networks import PDN, TEACHER_CHANNELS, AutoEncoder, pdn_out_size, teacher_
 MODEL_SIZES = {"efficientad_s": "small", "efficientad_m": "medium"}
 
 # Teachers shipped with the project (made by --mode distill, see weights/README.md).
-DEFAULT_TEACHER_DIR = Path(__file__).resolve().parents[2] / "weights"
+DEFAULT_TEACHER_DIR = Path(shipped_folder("weights"))
 
 
 def default_teacher_path(size):

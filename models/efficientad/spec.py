@@ -20,7 +20,7 @@ SPEC = MethodSpec(
     summary={"efficientad_s": "EfficientAD-S, the small PDN (Batzner et al., WACV 2024)",
              "efficientad_m": "EfficientAD-M, the medium PDN: more accurate in the paper, 2-3x slower than S (same paper)"},
     settings=EfficientADSettings,
-    method="models.efficientad.method:EfficientADMethod",
-    modes={"distill": "models.efficientad.distill:run_distill"},
+    method="adkit.models.efficientad.method:EfficientADMethod",
+    modes={"distill": "adkit.models.efficientad.distill:run_distill"},
     smoke_options={"teacher_weights": "none"},
 )

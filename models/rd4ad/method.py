@@ -7,14 +7,13 @@ import paddle
 from adkit.core.errors import UserError
 from adkit.core.image_io import image_hw
 from adkit.train.trainer import CHECKPOINT_FILE, Trainer, check_resumable, read_checkpoint
-from adkit.train.training import batch_stream, load_train_state, make_adam, set_state, total_steps
+from adkit.train.training import batch_stream, make_adam, set_state, total_steps
 
 from ..backbones.encoders import (build_encoder, check_same_encoder, encoder_fingerprint,
                                   encoder_record)
 from ..base import AnomalyMethod
 from .networks import RD4ADInference, build_student, rd4ad_loss
 
-OLD_CHECKPOINT = "last.pdparams"  # before the shared trainer: still loads, cannot be resumed
 
 
 class RD4ADMethod(AnomalyMethod):
@@ -113,13 +112,9 @@ class RD4ADMethod(AnomalyMethod):
 
 
 def _read_trained(ckpt_dir):
-    """(nets, extra, path) from the checkpoint, or from the pre-trainer ``last.pdparams``."""
+    """(nets, extra, path) from the checkpoint."""
     path = ckpt_dir / CHECKPOINT_FILE
-    if path.is_file():
-        state = read_checkpoint(path, "load", "")
-        return state["nets"], state["extra"], path
-    old = ckpt_dir / OLD_CHECKPOINT
-    if old.is_file():
-        state = load_train_state(old)
-        return {"bottleneck": state["bottleneck"], "decoder": state["decoder"]}, state, old
-    raise UserError(f"no trained rd4ad checkpoint in {ckpt_dir}: run --mode train first")
+    if not path.is_file():
+        raise UserError(f"no trained rd4ad checkpoint in {ckpt_dir}: run --mode train first")
+    state = read_checkpoint(path, "load", "")
+    return state["nets"], state["extra"], path

@@ -1,0 +1,389 @@
+"""The FastAPI application of serve.py: routes, limits, the API key and the answer's JSON.
+
+    POST /predict   an image (multipart field "file", a raw body, or JSON {"image": base64})
+                    -> score, label, threshold, defect regions, model, timing [, overlay, map]
+    GET  /          the web page          GET /health  alive          GET /ready  model loaded
+    GET  /info      the model served      GET /metrics Prometheus     POST /reload  swap models
+"""
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import os
+import signal
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from adkit.core.errors import UserError
+from adkit.deploy.serving.audit import AuditLog
+from adkit.deploy.serving.batcher import BatcherClosed, QueueFull
+from adkit.deploy.serving.decode import TooLarge, decode_request_image
+from adkit.deploy.serving.metrics import ServiceMetrics
+from adkit.deploy.serving.model_slot import ModelSlot
+
+log = logging.getLogger("adkit")
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
+KEY_HEADER = "X-API-Key"
+PART_HEADER = "X-Part-Id"
+REQUEST_ID_HEADER = "X-Request-Id"
+BODY_OVERHEAD = 64 * 1024  # form fields and JSON around the image bytes
+
+
+@dataclass
+class ServiceSettings:
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 64
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    api_key: str | None = None
+    audit_log: str | None = None
+    predictor_options: dict = field(default_factory=dict)  # Predictor(**) for reloads too
+
+    def max_body(self):
+        """Request bytes allowed: the image as base64 (4/3 of it) plus the fields around it."""
+        return self.max_bytes * 4 // 3 + 4 + BODY_OVERHEAD
+
+
+class _Refused(Exception):
+    def __init__(self, status, message, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def create_app(model, settings):
+    """``model``: the LoadedModel to serve first (loaded before the server starts, so a folder
+    that does not load is one error line, not a server that never gets ready)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+    metrics = ServiceMetrics(settings.max_batch)
+    state = {"draining": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        slot = ModelSlot(model, (settings.max_batch, settings.max_wait_ms / 1000.0, settings.max_queue),
+                         metrics.observe_batch)
+        app.state.slot = slot
+        metrics.queue_depth = lambda: slot.current.batcher.depth()
+        app.state.audit = AuditLog(settings.audit_log) if settings.audit_log else None
+        loop = asyncio.get_running_loop()
+        try:  # SIGHUP: load the served folder again (its files replaced in place)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(app, None)))
+        except (NotImplementedError, RuntimeError, AttributeError, ValueError):
+            pass  # no SIGHUP (Windows) or not the main thread: POST /reload still works
+        yield
+        state["draining"] = True
+        await slot.close()  # the server has finished its requests; the queue is empty
+        if app.state.audit:
+            app.state.audit.close()
+
+    app = FastAPI(title="PaddleAD anomaly detection service", lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.add_middleware(_Guard, max_body=settings.max_body(), metrics=metrics)
+
+    def refuse_without_key(request):
+        if settings.api_key is None:
+            return
+        given = request.headers.get(KEY_HEADER, "")
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise _Refused(401, f"missing or wrong {KEY_HEADER} header")
+
+    @app.exception_handler(_Refused)
+    async def refused(_request, err):
+        return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        with open(PAGE, encoding="utf-8") as f:
+            return HTMLResponse(f.read())
+
+    @app.get("/health")
+    async def health():
+        return {"status": "alive"}
+
+    @app.get("/ready")
+    async def ready(request: Request):
+        if state["draining"]:
+            return JSONResponse({"ready": False, "reason": "shutting down"}, status_code=503)
+        if not request.app.state.slot.current.alive():
+            return JSONResponse({"ready": False, "reason": "the engine process stopped; restart "
+                                 "the service or POST /reload"}, status_code=503)
+        return {"ready": True, **request.app.state.slot.current.describe()}
+
+    @app.get("/info")
+    async def info(request: Request):
+        return {**request.app.state.slot.current.describe(), "api_key_required": settings.api_key is not None,
+                "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels,
+                "max_batch": settings.max_batch}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/reload")
+    async def reload(request: Request):
+        refuse_without_key(request)
+        body = await request.body()
+        model_dir = None
+        if body:
+            try:
+                model_dir = _json(body).get("model_dir")
+            except AttributeError:
+                raise _Refused(400, 'expected a JSON object such as {"model_dir": "..."}') from None
+        return await _reload(request.app, model_dir)
+
+    async def _reload(app, model_dir):
+        slot = app.state.slot
+        target = model_dir or slot.current.model_dir
+        try:
+            new = await slot.swap(target, settings.predictor_options)
+        except Exception as err:  # the old model keeps serving
+            metrics.observe_reload(False)
+            message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            log.error("reload of %s failed, still serving %s: %s", target, slot.current.model_dir, message)
+            return JSONResponse({"error": f"reload failed: {message}",
+                                 "serving": slot.current.describe()}, status_code=422)
+        metrics.observe_reload(True)
+        return {"reloaded": True, **new.describe()}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        refuse_without_key(request)
+        started = time.perf_counter()
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
+        data, name, options = await _read_image(request)
+        for _ in range(3):  # a reload may close the batcher between reading it and submitting
+            served = request.app.state.slot.current
+            try:  # decoding and resizing in one trip off the event loop
+                image, tensor, decoded = await asyncio.to_thread(_decode_and_preprocess, served, data, name,
+                                                                 settings)
+            except TooLarge as err:
+                raise _Refused(413, str(err)) from None
+            except UserError as err:
+                raise _Refused(400, str(err)) from None
+            try:
+                model_map, score, batch_size = await _scored(served, tensor, image.shape[:2])
+                break
+            except BatcherClosed:
+                continue
+            except QueueFull:
+                raise _Refused(503, f"busy: {settings.max_queue} images already waiting (--max_queue); "
+                               "retry shortly", {"Retry-After": "1"}) from None
+        else:
+            raise _Refused(503, "the model is being swapped; retry", {"Retry-After": "1"})
+        scored = time.perf_counter()
+        answer = await asyncio.to_thread(_answer, served, image, model_map, score, options)
+        done = time.perf_counter()
+        answer.update(request_id=request_id, part_id=options["part_id"], batch_size=batch_size,
+                      timing_ms={"decode": round((decoded - started) * 1000, 3),
+                                 "queue_and_engine": round((scored - decoded) * 1000, 3),
+                                 "postprocess": round((done - scored) * 1000, 3),
+                                 "total": round((done - started) * 1000, 3)})
+        if request.app.state.audit:
+            await asyncio.to_thread(request.app.state.audit.record, request_id, options["part_id"],
+                                    answer["score"], answer["label"], answer["threshold"]["value"],
+                                    answer["model"], answer["model_version"])
+        return JSONResponse(answer, headers={REQUEST_ID_HEADER: request_id})
+
+    return app
+
+
+def _json(body):
+    import json
+
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _Refused(400, "the body is not valid JSON") from None
+
+
+def _flag(value):
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+async def _read_image(request):
+    """(image bytes, a name for errors, options) from a multipart upload (field "file" or
+    "image"), a JSON body {"image": base64, ...} or the raw body. Options: overlay, map
+    (return them as base64 PNG) and part_id, from the query, the form / JSON, or X-Part-Id."""
+    query = request.query_params
+    options = {"overlay": _flag(query.get("overlay", "")), "map": _flag(query.get("map", "")),
+               "part_id": query.get("part_id") or request.headers.get(PART_HEADER, ""),
+               "overlay_max_side": query.get("overlay_max_side")}
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        form = await request.form()
+        upload = form.get("file") or form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise _Refused(400, 'multipart upload: expected the image in a file field named "file"')
+        for key in ("overlay", "map"):
+            options[key] = options[key] or _flag(form.get(key, ""))
+        options["part_id"] = options["part_id"] or str(form.get("part_id", ""))
+        options["overlay_max_side"] = options["overlay_max_side"] or form.get("overlay_max_side")
+        return await upload.read(), f"upload {upload.filename or 'file'}", _checked(options)
+    if kind == "application/json":
+        body = _json(await request.body())
+        if not isinstance(body, dict) or not isinstance(body.get("image"), str):
+            raise _Refused(400, 'JSON body: expected {"image": "<base64 of the image file>"}')
+        try:
+            data = base64.b64decode(body["image"], validate=True)
+        except (binascii.Error, ValueError):
+            raise _Refused(400, 'JSON body: "image" is not valid base64') from None
+        for key in ("overlay", "map"):
+            options[key] = options[key] or _flag(body.get(key, ""))
+        options["part_id"] = options["part_id"] or str(body.get("part_id", ""))
+        options["overlay_max_side"] = options["overlay_max_side"] or body.get("overlay_max_side")
+        return data, "JSON image", _checked(options)
+    return await request.body(), "request body", _checked(options)
+
+
+def _checked(options):
+    """overlay_max_side: None (the photo's size) or a whole number of pixels >= 16."""
+    side = options["overlay_max_side"]
+    if side is not None and side != "":
+        try:
+            side = int(side)
+        except (TypeError, ValueError):
+            side = 0
+        if side < 16:
+            raise _Refused(400, f"overlay_max_side: expected a whole number of pixels >= 16, got "
+                                f"{options['overlay_max_side']!r}")
+    options["overlay_max_side"] = side or None
+    return options
+
+
+async def _scored(served, inputs, image_hw):
+    """(map, score, largest batch it ran in) of one image's ``preprocess``'d inputs: the image
+    itself as one item of a micro-batch, or a tiled model's tiles in waves of at most
+    --max_batch (a 20-megapixel photo's hundreds of tiles never fill the queue at once, and
+    run in batches with other requests' tiles), stitched into a map at the photo's size."""
+    if served.predictor.tiling is None:
+        return await served.batcher.submit(inputs)
+    boxes, tiles = inputs
+    results, wave = [], served.batcher.max_batch
+    for start in range(0, len(tiles), wave):
+        results += await asyncio.gather(*(served.batcher.submit(tile) for tile in tiles[start:start + wave]))
+    return await asyncio.to_thread(_stitched, served.predictor.tiling, image_hw, boxes, results)
+
+
+def _stitched(tiling, image_hw, boxes, results):
+    from adkit.core.tiling import stitch
+
+    amap = stitch(tiling, image_hw, boxes, [tile_map for tile_map, _, _ in results])
+    return amap, float(amap.max()), max(size for _, _, size in results)
+
+
+def _decode_and_preprocess(served, data, name, settings):
+    """(image, the model's input tensor, when decoding ended) of one request's bytes."""
+    image = decode_request_image(data, name, settings.max_bytes, settings.max_pixels)
+    decoded = time.perf_counter()
+    return image, served.predictor.preprocess(image), decoded
+
+
+def _answer(served, image, model_map, score, options):
+    """The JSON answer for one image (off the event loop: resizing, regions and PNGs cost)."""
+    from adkit.outputs.visualize import annotated_overlay, encode_png
+
+    predictor = served.predictor
+    result = predictor.prediction(model_map, score, image.shape[:2])
+    threshold = predictor.threshold
+    answer = {"score": result.score, "label": result.label, "threshold": threshold.as_dict(),
+              "regions": result.regions, "image_size": {"width": image.shape[1], "height": image.shape[0]},
+              "model": predictor.model, "model_version": served.version}
+    if options["overlay"] or options["map"]:
+        lo, hi = predictor.display_range(model_map[None])
+        if options["overlay"]:
+            shown, shown_map = _downscaled(image, result.map, options["overlay_max_side"])
+            picture = annotated_overlay(shown, shown_map, (lo, hi), threshold.value, result.score,
+                                        result.label)
+            answer["overlay_png"] = base64.b64encode(encode_png(picture)).decode("ascii")
+        if options["map"]:
+            import numpy as np
+
+            scaled = np.clip((result.map - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+            answer["map_png"] = base64.b64encode(encode_png((scaled * 255).round().astype(np.uint8))).decode("ascii")
+            answer["map_range"] = [lo, hi]  # map_png's 0 and 255
+    return answer
+
+
+def _downscaled(image, amap, max_side):
+    """(image, map) shrunk to at most ``max_side`` pixels on the longer side (None: as they
+    are), for an overlay a page can show; the regions stay in the photo's pixels."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image, amap
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return (cv2.resize(image, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(amap, size, interpolation=cv2.INTER_AREA))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Guard:
+    """ASGI middleware in front of every route: refuses a request body over ``max_body``
+    bytes (from Content-Length before reading, else while it streams in) with 413, answers
+    uncaught errors with one JSON line instead of a traceback page, and counts every answer
+    by path and status (with /predict's latency) for /metrics."""
+
+    def __init__(self, app, max_body, metrics):
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        path = scope.get("path", "")
+        status = {"code": 500, "sent": False}
+
+        async def send_counted(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+            await send(message)
+
+        received = 0
+
+        async def receive_limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge()
+            return message
+
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        self.metrics.started(path)
+        try:
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                raise _BodyTooLarge()
+            await self.app(scope, receive_limited, send_counted)
+        except _BodyTooLarge:
+            if not status["sent"]:
+                await _send_json(send_counted, 413, f"request body over {self.max_body} bytes "
+                                 "(--max_bytes, with room for base64 and form fields)")
+        except Exception as err:
+            log.exception("%s failed", path)
+            if not status["sent"]:
+                await _send_json(send_counted, 500, f"internal error: {type(err).__name__}: {err}")
+        finally:
+            known = path if path in ("/predict", "/reload", "/", "/health", "/ready", "/info",
+                                     "/metrics") else "other"
+            self.metrics.observe_request(known, status["code"], time.perf_counter() - started)
+
+
+async def _send_json(send, status, message):
+    import json
+
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
