@@ -57,9 +57,9 @@ def main():
                             str(args.cpu_threads), "--repeats", str(args.repeats), "--steps",
                             str(args.steps)], check=True)
         return
-    from adkit.core.runtime import set_cpu_threads
+    from adkit.core.runtime import tune_process
 
-    set_cpu_threads(args.cpu_threads)
+    tune_process(args.cpu_threads)
     import paddle
 
     multi = args.mode == "multi_tensor"

@@ -141,9 +141,9 @@ def worker(job):
         keep_freed_memory()  # as infer.py does for every backend
         import onnxruntime  # noqa: F401  (imported here only to measure its memory)
     else:
-        from adkit.core.runtime import set_cpu_threads
+        from adkit.core.runtime import tune_process
 
-        set_cpu_threads(job["cpu_threads"])  # imports Paddle with this many threads
+        tune_process(job["cpu_threads"])  # imports Paddle with this many threads
     import_mb = peak_mb()
     run = build_runner(job)
     batches = [paths[i:i + batch_size] for i in range(0, len(paths) - batch_size + 1, batch_size)]
@@ -174,7 +174,7 @@ def peak_mb():
 
 def measure(job, timeout):
     """Run one configuration in a fresh process; its result dict, or {'failed': reason}."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # set by set_cpu_threads
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # set by tune_process
     try:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)],
                               check=False, cwd=ROOT, env=env, capture_output=True, text=True,

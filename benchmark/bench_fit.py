@@ -84,9 +84,9 @@ def worker(job):
     """Fit one case in this process and print a JSON line of its numbers."""
     import logging
 
-    from adkit.core.runtime import set_cpu_threads
+    from adkit.core.runtime import tune_process
 
-    set_cpu_threads(job["cpu_threads"])
+    tune_process(job["cpu_threads"])
     logging.getLogger("adkit").setLevel(logging.WARNING)
     from adkit.evaluate.calibration import calibrate
     from adkit.options.config import resolve_config

@@ -117,10 +117,10 @@ def worker(job):
     """Time one export (batch 1) and score it on the test set; prints one JSON line."""
     import numpy as np
 
-    from adkit.core.runtime import keep_freed_memory, set_cpu_threads
+    from adkit.core.runtime import keep_freed_memory, tune_process
 
     keep_freed_memory()
-    set_cpu_threads(job["cpu_threads"])
+    tune_process(job["cpu_threads"])
     from adkit.deploy.engines import create_engine
     from adkit.evaluate.evaluation import evaluate_dataset
     from adkit.datasets import MVTecCategory, TestDataset

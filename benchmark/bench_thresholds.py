@@ -53,9 +53,9 @@ def main():
     parser.add_argument("--cpu_threads", type=int, default=2)
     args = parser.parse_args()
 
-    from adkit.core.runtime import set_cpu_threads
+    from adkit.core.runtime import tune_process
 
-    set_cpu_threads(args.cpu_threads)
+    tune_process(args.cpu_threads)
     import logging
 
     import numpy as np

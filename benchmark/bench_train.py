@@ -77,9 +77,9 @@ def main():
 
         torch = import_torch_first(args.cpu_threads)
 
-    from adkit.core.runtime import set_cpu_threads
+    from adkit.core.runtime import tune_process
 
-    set_cpu_threads(args.cpu_threads)
+    tune_process(args.cpu_threads)
     import logging
 
     logging.getLogger("adkit").setLevel(logging.WARNING)

@@ -39,9 +39,9 @@ class AnomalyMethod:
     def frozen_forward(self, layer, channels_last=False):
         """The training forward of a frozen network (a teacher, an encoder), made once its
         weights are final: its static graph in Paddle Inference on the CPU (oneDNN fuses each
-        conv with its BN and ReLU), the dygraph layer on a GPU (adkit.deploy.engines.FrozenForward);
+        conv with its BN and ReLU), the dygraph layer on a GPU (adkit.train.frozen.FrozenForward);
         ``channels_last``: outputs in NHWC, for a student trained channels-last."""
-        from adkit.deploy.engines import FrozenForward
+        from adkit.train.frozen import FrozenForward
 
         return FrozenForward(layer, self.cfg["image_size"], self.cfg.get("device") or "cpu",
                              int(self.cfg.get("cpu_threads") or 2), channels_last)

@@ -4,11 +4,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from adkit.core.runtime import set_cpu_threads  # noqa: E402
+from adkit.core.runtime import tune_process  # noqa: E402
 
 # Paddle pins one thread unless told otherwise; the tests use the machine's two cores: two
 # threads in one process, or one in each of pytest-xdist's two workers (pytest.ini: -n 2).
-set_cpu_threads(int(os.environ.get("TEST_CPU_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")))
+tune_process(int(os.environ.get("TEST_CPU_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")))
 
 
 import pytest  # noqa: E402

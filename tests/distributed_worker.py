@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from adkit.core.runtime import set_cpu_threads  # noqa: E402
+from adkit.core.runtime import tune_process  # noqa: E402
 
-set_cpu_threads(1)
+tune_process(1)
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402

@@ -156,7 +156,7 @@ def test_patchcore_score_is_the_worst_patch_distance_on_the_non_square_grid(tmp_
 
 def test_the_frozen_teacher_graph_at_a_non_square_size():
     from adkit.core.runtime import restore_cpu_threads
-    from adkit.deploy.engines import FrozenForward
+    from adkit.train.frozen import FrozenForward
     from adkit.models.efficientad.networks import PDN
 
     restore_cpu_threads()

@@ -1,11 +1,11 @@
 """Frozen networks in training (EfficientAD's teacher, RD4AD's encoder) run as static graphs in
-Paddle Inference on the CPU (adkit.deploy.engines.FrozenForward): the same outputs as the
+Paddle Inference on the CPU (adkit.train.frozen.FrozenForward): the same outputs as the
 dygraph layer."""
 import numpy as np
 import paddle
 
 from adkit.core.runtime import restore_cpu_threads
-from adkit.deploy.engines import FrozenForward
+from adkit.train.frozen import FrozenForward
 from adkit.models.backbones.encoders import build_encoder
 from adkit.models.efficientad.networks import PDN
 
@@ -47,7 +47,7 @@ def test_an_encoder_graph_returns_every_feature_map_in_order():
 def test_off_the_cpu_the_dygraph_layer_runs():
     layer = paddle.nn.Conv2D(3, 4, 3)
     frozen = FrozenForward(layer, 16, device="gpu")  # no graph is built for a GPU
-    assert frozen.engine is None
+    assert frozen.graph is None
     x = paddle.to_tensor(RNG.standard_normal((1, 3, 16, 16)), dtype="float32")
     out = frozen(x)
     assert out.stop_gradient

@@ -1,6 +1,11 @@
-"""oneDNN's training convolutions (adkit.core.onednn through adkit.train.onednn_layers): values
-and gradients against a float64 numpy convolution, in both layouts; what falls back to Paddle;
-the switch; the channels-last RD4AD twin; the OpenMP set-up of a process that holds torch's."""
+"""oneDNN's training convolutions (adkit.core.onednn through adkit.train.onednn_layers), on the
+library inside the installed Paddle wheel: values and gradients against a float64 numpy
+convolution, in both layouts; what falls back to Paddle; the switch; the self-check on first use
+and the fallback to Paddle's kernels after any oneDNN failure (checked against Paddle's own
+convolutions); the bounded cache and its released handles; the channels-last RD4AD twin; the
+OpenMP set-up of a process that holds torch's."""
+import ctypes
+import logging
 import os
 import subprocess
 import sys
@@ -160,16 +165,6 @@ def test_what_onednn_is_not_given_runs_paddles_layer(options):
     assert len(onednn.Convolution._cache) == cached
 
 
-def test_without_the_library_the_layers_are_paddles(monkeypatch):
-    monkeypatch.setattr(onednn, "library", lambda: None)
-    monkeypatch.setattr(onednn, "load_error", lambda: "no libdnnl.so.3")
-    layer = Conv2D(3, 5, 3, padding=1, data_format="NHWC")
-    x = paddle.to_tensor(RNG.standard_normal((1, 6, 6, 3)), dtype="float32")
-    want = paddle.nn.functional.conv2d(x, layer.weight, layer.bias, padding=1, data_format="NHWC")
-    np.testing.assert_array_equal(layer(x).numpy(), want.numpy())
-    assert not onednn_layers.available()
-
-
 def test_a_static_graph_of_a_switched_on_layer_is_paddles_conv(tmp_path):
     """Export sees Paddle's op even for a layer that runs oneDNN in dygraph."""
     layer = Conv2D(3, 4, 3, padding=1, data_format="NHWC")
@@ -177,6 +172,293 @@ def test_a_static_graph_of_a_switched_on_layer_is_paddles_conv(tmp_path):
                                   full_graph=True)
     x = paddle.to_tensor(RNG.standard_normal((2, 8, 8, 3)), dtype="float32")
     _close(static(x).numpy(), layer(x).numpy().astype(np.float64), 1e-5)
+
+
+# -- the self-check on first use, and the fallback to Paddle's kernels --------------------------
+
+@pytest.fixture
+def fresh_onednn():
+    """oneDNN undecided before the test (its first use loads the library and self-checks) and
+    again after it, so that the tests after it decide anew."""
+    onednn.reset()
+    yield
+    onednn.reset()
+
+
+def _fallback_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "adkit" and r.levelno >= logging.WARNING]
+
+
+def _count_runs(monkeypatch):
+    """A list that grows by one per primitive oneDNN runs for a layer (Convolution._run)."""
+    runs, run = [], onednn.Convolution._run
+
+    def counted(self, *args):
+        runs.append(self.key)
+        return run(self, *args)
+
+    monkeypatch.setattr(onednn.Convolution, "_run", counted)
+    return runs
+
+
+def _loader(monkeypatch, name, replacement=None):
+    """Load the library with the symbol ``name`` missing (``replacement`` None) or replaced by
+    ``replacement(real function)``."""
+
+    class Loader(ctypes.CDLL):
+        def __getattr__(self, attribute):
+            if attribute != name:
+                return super().__getattr__(attribute)
+            if replacement is None:
+                raise AttributeError(f"{self._name}: undefined symbol: {attribute}")
+            function = replacement(super().__getattr__(attribute))
+            setattr(self, attribute, function)
+            return function
+
+    monkeypatch.setattr(onednn, "_CDLL", Loader)
+
+
+def _assert_paddles_layers(runs):
+    """With oneDNN off, the layers give exactly what Paddle's own layers give, values and
+    gradients, and oneDNN runs nothing (``runs``: _count_runs's list)."""
+    self_check_runs = len(runs)
+    for layout in ("NCHW", "NHWC"):
+        for ours, theirs in ((Conv2D(3, 5, 3, padding=1, data_format=layout),
+                              paddle.nn.Conv2D(3, 5, 3, padding=1, data_format=layout)),
+                             (Conv2DTranspose(3, 5, 2, stride=2, data_format=layout),
+                              paddle.nn.Conv2DTranspose(3, 5, 2, stride=2, data_format=layout))):
+            theirs.set_state_dict(ours.state_dict())
+            x = RNG.standard_normal((2, 3, 6, 6) if layout == "NCHW" else (2, 6, 6, 3))
+            results = []
+            for layer in (ours, theirs):
+                tensor = paddle.to_tensor(x, dtype="float32", stop_gradient=False)
+                with onednn_convolutions(layer):
+                    y = layer(tensor)
+                (y * y).sum().backward()
+                results.append([y.numpy(), tensor.grad.numpy(), layer.weight.grad.numpy()])
+            for got, want in zip(*results):
+                np.testing.assert_array_equal(got, want)
+    assert len(runs) == self_check_runs and len(onednn.Convolution._cache) == 0
+
+
+def test_the_self_check_passes_on_the_real_library_and_training_runs_onednn(fresh_onednn, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="adkit")
+    checks, check = [], onednn.self_check
+    monkeypatch.setattr(onednn, "self_check", lambda dnnl: checks.append(dnnl) or check(dnnl))
+    runs = _count_runs(monkeypatch)
+    assert onednn.usable() and onednn.usable() and onednn_layers.available()
+    assert len(checks) == 1 and onednn.reason() is None  # once per process
+    assert len(runs) == 3 * 2 * len(onednn.SELF_CHECK_CONVS)  # three passes, two layouts
+    runs.clear()
+    dnnl = onednn.library()
+    assert dnnl.lib._name == onednn.library_path() and os.path.isfile(dnnl.lib._name)  # the wheel's
+    assert dnnl.version[0] == onednn.SUPPORTED_MAJOR
+    assert (dnnl.f32, dnnl.tag_abcd, dnnl.tag_acdb, dnnl.forward_training) == (3, 5, 22, 64)  # dnnl_types.h 3.x
+
+    layer = Conv2D(4, 6, 3, stride=2, padding=1)
+    x = paddle.to_tensor(RNG.standard_normal((2, 4, 9, 9)), dtype="float32", stop_gradient=False)
+    with onednn_convolutions(layer):
+        y = layer(x)
+    (y * y).sum().backward()
+    assert len(runs) == 3  # forward, backward-data, backward-weights
+    got = [y.numpy(), x.grad.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()]
+    x.clear_gradient()
+    layer.clear_gradients()
+    y = paddle.nn.functional.conv2d(x, layer.weight, layer.bias, stride=2, padding=1)  # Paddle's kernels
+    (y * y).sum().backward()
+    for a, b in zip(got, [y.numpy(), x.grad.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()]):
+        _close(a, b.astype(np.float64), 1e-5)
+    assert _fallback_warnings(caplog) == []
+
+
+def _scale_weights_gradient(backward_weights):
+    def perturbed(self, x, dy, dw, scratch, db=None):
+        backward_weights(self, x, dy, dw, scratch, db)
+        values = np.ctypeslib.as_array((ctypes.c_float * int(np.prod(self.key[1]))).from_address(dw))
+        values *= 1.001  # 10x the self-check's tolerance
+    return perturbed
+
+
+@pytest.mark.parametrize("corruption", ["wrong format tag", "weights gradient off by 0.1%"])
+def test_a_wrong_result_in_the_self_check_falls_back_with_one_warning(fresh_onednn, monkeypatch, caplog,
+                                                                      corruption):
+    caplog.set_level(logging.INFO, logger="adkit")
+    if corruption == "wrong format tag":  # NHWC read as acbd: another order of the same numbers
+        monkeypatch.setitem(onednn._ENUMS, "tag_acdb", ("dnnl_fmt_tag2str", "acbd"))
+    else:
+        monkeypatch.setattr(onednn.Convolution, "backward_weights",
+                            _scale_weights_gradient(onednn.Convolution.backward_weights))
+    runs = _count_runs(monkeypatch)
+    assert not onednn.usable() and not onednn_layers.available()
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1 and "self-check" in warnings[0] and "differs from Paddle's" in warnings[0]
+    assert "training continues on Paddle's kernels" in warnings[0] and "\n" not in warnings[0]
+    _assert_paddles_layers(runs)
+    assert not onednn.usable() and len(_fallback_warnings(caplog)) == 1  # for the rest of the process
+
+
+def test_a_missing_symbol_falls_back_with_one_warning(fresh_onednn, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="adkit")
+    _loader(monkeypatch, "dnnl_memory_desc_destroy")
+    runs = _count_runs(monkeypatch)
+    assert not onednn.usable()
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1 and "has no dnnl_memory_desc_destroy" in warnings[0]
+    _assert_paddles_layers(runs)
+
+
+def test_a_failing_primitive_creation_falls_back_with_one_warning(fresh_onednn, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="adkit")
+    _loader(monkeypatch, "dnnl_convolution_backward_weights_primitive_desc_create",
+            lambda real: lambda *args: 3)  # dnnl_unimplemented
+    runs = _count_runs(monkeypatch)
+    assert not onednn.usable()
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1
+    assert "dnnl_convolution_backward_weights_primitive_desc_create failed (unimplemented" in warnings[0]
+    _assert_paddles_layers(runs)
+
+
+def test_another_major_version_is_refused_with_one_warning(fresh_onednn, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="adkit")
+    monkeypatch.setattr(onednn, "SUPPORTED_MAJOR", 4)
+    runs = _count_runs(monkeypatch)
+    assert not onednn.usable()
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1 and "these calls follow oneDNN 4.x" in warnings[0]
+    _assert_paddles_layers(runs)
+
+
+def test_without_the_library_file_the_layers_are_paddles(fresh_onednn, monkeypatch, caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="adkit")
+    monkeypatch.setattr(onednn, "library_path", lambda: str(tmp_path / "libdnnl.so.3"))
+    runs = _count_runs(monkeypatch)
+    assert not onednn.usable()
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1 and "a Paddle wheel without oneDNN" in warnings[0]
+    _assert_paddles_layers(runs)
+
+
+def test_off_x86_64_linux_the_library_is_not_loaded(fresh_onednn, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="adkit")
+    monkeypatch.setattr(onednn.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(onednn, "_CDLL", lambda path: pytest.fail("loaded on aarch64"))
+    runs = _count_runs(monkeypatch)
+    assert not onednn.usable()
+    assert _fallback_warnings(caplog) == []  # not an error: logged at info
+    assert any("x86-64 Linux only" in r.getMessage() for r in caplog.records if r.name == "adkit")
+    _assert_paddles_layers(runs)
+
+
+def _tiny_net():
+    paddle.seed(5)
+    return paddle.nn.Sequential(Conv2D(3, 8, 3, stride=2, padding=1), paddle.nn.ReLU(),
+                                Conv2DTranspose(8, 4, 2, stride=2), paddle.nn.ReLU(),
+                                Conv2D(4, 2, 3, padding=1, bias_attr=False))
+
+
+def _train_tiny_net(on, steps, step_now=None):
+    """(losses, parameters) of ``steps`` SGD steps of ``_tiny_net`` on fixed data; its
+    convolutions on oneDNN when ``on``, else Paddle's own layers."""
+    net = _tiny_net()
+    optimizer = paddle.optimizer.Momentum(0.05, momentum=0.9, parameters=net.parameters())
+    rng = np.random.default_rng(7)
+    x = paddle.to_tensor(rng.standard_normal((2, 3, 12, 12)), dtype="float32")
+    target = paddle.to_tensor(rng.standard_normal((2, 2, 12, 12)), dtype="float32")
+    losses = []
+    with onednn_convolutions(net, on=on):
+        for step in range(steps):
+            if step_now is not None:
+                step_now[0] = step
+            loss = ((net(x) - target) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            losses.append(float(loss))
+    return np.array(losses), [p.numpy() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("failing,error", [("forward", onednn.OneDNNError),
+                                           ("backward_data", onednn.OneDNNError),
+                                           ("backward_weights", OSError)])
+def test_an_error_in_the_middle_of_training_falls_back_for_that_call_and_the_rest(
+        fresh_onednn, monkeypatch, caplog, failing, error):
+    caplog.set_level(logging.INFO, logger="adkit")
+    steps, broken_step = 5, 2
+    want_losses, want_params = _train_tiny_net(False, steps)  # Paddle's kernels throughout
+    step_now, runs_per_step = [None], [0] * steps
+    real = getattr(onednn.Convolution, failing)
+
+    def breaks_at_step_k(self, *args, **kwargs):
+        if step_now[0] == broken_step:
+            raise error(f"{failing} broke")
+        runs_per_step[step_now[0]] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(onednn.Convolution, failing, breaks_at_step_k)
+    losses, params = _train_tiny_net(True, steps, step_now)
+    assert runs_per_step[0] > 0 and runs_per_step[broken_step:] == [0] * (steps - broken_step)
+    assert not onednn.usable() and len(onednn.Convolution._cache) == 0
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1 and f"{failing} broke" in warnings[0]
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    for got, want in zip(params, want_params):
+        _close(got, want.astype(np.float64), 1e-5)
+
+
+def test_the_cache_keeps_the_latest_geometries_and_releases_the_evicted(fresh_onednn, monkeypatch):
+    assert onednn.usable()
+    destroyed = []
+    lib = onednn.library().lib
+    for name in ("dnnl_primitive_destroy", "dnnl_primitive_desc_destroy", "dnnl_memory_destroy",
+                 "dnnl_memory_desc_destroy"):
+        def counted(handle, name=name, real=getattr(lib, name)):
+            status = real(handle)
+            destroyed.append((name, handle.value, status))
+            return status
+        monkeypatch.setattr(lib, name, counted)
+
+    def get(n):
+        return onednn.Convolution.get((n, 4, 6, 6), (4, 4, 3, 3), False, (1, 1), (1, 1, 1, 1), "NCHW")
+
+    handles = {}
+    for n in range(1, onednn.CACHE_SIZE + 4):
+        handles[n] = set(get(n).handles)
+    assert len(onednn.Convolution._cache) == onednn.CACHE_SIZE
+    assert [key[0][0] for key in onednn.Convolution._cache] == list(range(4, onednn.CACHE_SIZE + 4))
+    assert all(status == 0 for *_, status in destroyed)
+    assert sorted((name, handle) for name, handle, _ in destroyed) == sorted(handles[1] | handles[2] | handles[3])
+    assert all(len(handles[n]) >= 13 for n in handles)  # descriptors, primitives, memory objects
+
+    get(4)  # used again: the oldest now is 5
+    held = next(iter(onednn.Convolution._cache.values()))  # as an autograd op holds it
+    assert held.key[0][0] == 5
+    destroyed.clear()
+    get(onednn.CACHE_SIZE + 4)
+    assert 4 in {key[0][0] for key in onednn.Convolution._cache}
+    assert 5 not in {key[0][0] for key in onednn.Convolution._cache}
+    assert destroyed == []  # evicted, but it runs until its holder lets go
+    x, w = np.ones((5, 4, 6, 6), np.float32), np.ones((4, 4, 3, 3), np.float32)
+    y = np.zeros((5, 4, 6, 6), np.float32)
+    held.forward(x.ctypes.data, w.ctypes.data, y.ctypes.data, onednn._numpy_scratch)
+    assert y[0, 0, 2, 2] == 36 and y[0, 0, 0, 0] == 16
+    del held
+    assert sorted((name, handle) for name, handle, _ in destroyed) == sorted(handles[5])
+
+    conv = get(6)
+    destroyed.clear()
+    conv.close()
+    assert sorted((name, handle) for name, handle, _ in destroyed) == sorted(handles[6]) and conv.handles == []
+    with pytest.raises(onednn.OneDNNError, match="closed"):
+        conv.forward(x.ctypes.data, w.ctypes.data, y.ctypes.data, onednn._numpy_scratch)
+    assert get(6) is not conv and len(get(6).handles) == len(handles[6])  # the cache makes it anew
+
+    destroyed.clear()
+    cached = set().union(*(conv.handles for conv in onednn.Convolution._cache.values()))
+    del conv
+    onednn.disable("test: releasing")  # switching off releases every cached geometry
+    assert len(onednn.Convolution._cache) == 0
+    assert sorted((name, handle) for name, handle, _ in destroyed) == sorted(cached)
 
 
 # -- RD4AD's channels-last twin -----------------------------------------------------------------
@@ -242,7 +524,7 @@ def test_rd4ad_trains_the_same_with_onednn_and_with_paddles_kernels(tmp_path):
 
 
 def test_frozen_forward_gives_channels_last_features():
-    from adkit.deploy.engines import FrozenForward
+    from adkit.train.frozen import FrozenForward
     from adkit.models.backbones.encoders import build_encoder
 
     encoder = build_encoder("resnet18", "none")
@@ -259,8 +541,8 @@ def _blocktime_after_setup(preload):
     code = ("import ctypes, os, sys\n"
             f"sys.path.insert(0, {ROOT!r})\n"
             + ("ctypes.CDLL('libgomp.so.1', mode=os.RTLD_GLOBAL)\n" if preload else "")
-            + "from adkit.core.runtime import set_cpu_threads\n"
-            "set_cpu_threads(2)\n"
+            + "from adkit.core.runtime import tune_process\n"
+            "tune_process(2)\n"
             "import paddle\n"
             "iomp = ctypes.CDLL(os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libiomp5.so'))\n"
             "print(iomp.kmp_get_blocktime())\n")

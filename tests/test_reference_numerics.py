@@ -95,9 +95,9 @@ if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
     import tempfile
 
     sys.path.insert(0, ROOT)
-    from adkit.core.runtime import set_cpu_threads
+    from adkit.core.runtime import tune_process
 
-    set_cpu_threads(2)
+    tune_process(2)
     record = {model: fingerprint(model, tempfile.mkdtemp()) for model in sorted(RUNS)}
     os.makedirs(os.path.dirname(REFERENCE), exist_ok=True)
     with open(REFERENCE, "w", encoding="utf-8") as f:

@@ -1,9 +1,9 @@
 """serve.py as a real server on a free local port: the answers (three ways to send an image,
 regions checked against scipy), micro-batching, the limits and bad inputs under load, the
-API key, reload (POST and SIGHUP), the audit log, SIGTERM with requests in flight, and the web
-page in a real browser: Debian's Chromium, headless, driven by selenium through Debian's
-chromedriver (`apt-get install chromium chromium-driver`, as .ci/run does; without them that
-test fails and says so)."""
+API key, reload (POST and SIGHUP) and the folders it may load (--model_root), the audit log,
+SIGTERM with requests in flight, and the web page in a real browser: Debian's Chromium,
+headless, driven by selenium through Debian's chromedriver (`apt-get install chromium
+chromium-driver`, as .ci/run does; without them that test fails and says so)."""
 import base64
 import concurrent.futures
 import csv
@@ -281,7 +281,7 @@ def test_reload_swaps_models_and_a_bad_folder_keeps_the_old_one(exports, tmp_pat
         assert second["model_version"] == reloaded.json()["version"] != first["model_version"]
         assert second["score"] != first["score"]
 
-        broken = tmp_path / "broken"
+        broken = exports[0].parent / "broken"  # inside --model_root (its default: the exports' folder)
         broken.mkdir()
         (broken / "deploy_config.json").write_text("{}")
         failed = srv.post("/reload", json={"model_dir": str(broken)})
@@ -291,6 +291,75 @@ def test_reload_swaps_models_and_a_bad_folder_keeps_the_old_one(exports, tmp_pat
         assert 'adkit_reloads_total{outcome="failed"} 1' in srv.metrics()
     finally:
         assert srv.stop() == 0
+
+
+def outside_root(path, root):
+    return f"{path} is outside --model_root {root}: the service loads only folders inside it"
+
+
+def test_reload_loads_only_folders_inside_the_model_root(exports, tmp_path):
+    """--model_root models/: a folder elsewhere, "models/../elsewhere", a link inside models/ to
+    elsewhere and models/ itself are refused with 403 and the model keeps answering; a folder
+    inside models/ is loaded."""
+    tmp_path = tmp_path.resolve()  # the paths in the refusals are resolved ones
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    shutil.copytree(exports[0], models / "v1")
+    shutil.copytree(exports[1], models / "v2")
+    shutil.copytree(exports[1], elsewhere)
+    (models / "link").symlink_to(elsewhere, target_is_directory=True)
+    srv = Server(models / "v1", "--model_root", models)
+    try:
+        first = srv.upload(DEFECTS[0]).json()
+        refused = [(str(elsewhere), outside_root(elsewhere, models)),
+                   (f"{models}/../elsewhere", outside_root(f"{models}/../elsewhere", models)),
+                   (str(models / "link"), outside_root(f"{models / 'link'} (that is {elsewhere})", models)),
+                   (str(models), outside_root(models, models))]
+        for folder, line in refused:
+            answer = srv.post("/reload", json={"model_dir": folder})
+            assert (answer.status_code, answer.json()) == (403, {"error": line}), folder
+            still = srv.upload(DEFECTS[0])
+            assert still.status_code == 200
+            assert (still.json()["model_version"], still.json()["score"]) == \
+                (first["model_version"], first["score"]), folder
+        assert srv.post("/reload", json={"model_dir": 5}).status_code == 400
+        text = srv.metrics()
+        assert 'adkit_requests_total{path="/reload",status="403"} 4' in text
+        assert 'adkit_reloads_total{outcome="failed"} 0' in text  # refused before loading anything
+
+        reloaded = srv.post("/reload", json={"model_dir": str(models / "v2")})
+        assert reloaded.status_code == 200, reloaded.text
+        second = srv.upload(DEFECTS[0]).json()
+        assert second["model_version"] == reloaded.json()["version"] != first["model_version"]
+        assert second["score"] != first["score"]
+        back = srv.post("/reload", json={"model_dir": str(models / "v1")})  # the first folder again
+        assert back.status_code == 200 and back.json()["version"] == first["model_version"]
+    finally:
+        assert srv.stop() == 0
+
+
+def test_the_model_root_defaults_to_the_folder_holding_model_dir(server, exports, tmp_path):
+    before = server.upload(DEFECTS[0]).json()
+    answer = server.post("/reload", json={"model_dir": str(tmp_path)})
+    assert (answer.status_code, answer.json()) == (403, {"error": outside_root(tmp_path, exports[0].parent)})
+    after = server.upload(DEFECTS[0]).json()
+    assert (after["model_version"], after["score"]) == (before["model_version"], before["score"])
+
+
+def test_the_model_root_compares_resolved_paths(tmp_path):
+    """ModelRoot alone: which folders a reload may name (no server)."""
+    from adkit.deploy.serving.model_slot import ModelRoot
+
+    root = tmp_path / "models"
+    (root / "v1").mkdir(parents=True)
+    (tmp_path / "models_old").mkdir()
+    (root / "up").symlink_to("..", target_is_directory=True)
+    allowed = ModelRoot(str(root), str(root / "v1"))
+    for inside in (root / "v1", root / "v2", root / "v1" / ".." / "v2", root / "up" / "models" / "v2"):
+        assert allowed.refusal(str(inside)) is None, inside
+    for outside in (root, tmp_path / "models_old", root / ".." / "models_old", root / "up", tmp_path, "/",
+                    f"{root}/v1\0"):
+        assert "is outside --model_root" in allowed.refusal(str(outside)), outside
+    assert ModelRoot(str(root), str(root)).refusal(str(root)) is None  # --model_dir itself, even as the root
 
 
 def test_sighup_loads_the_folder_again(exports, tmp_path):

@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 from adkit.core.errors import UserError, exit_on_user_error
-from adkit.core.runtime import (cpu_threads_from_argv, framework_stdout_silenced, set_cpu_threads,
+from adkit.core.runtime import (cpu_threads_from_argv, framework_stdout_silenced, tune_process,
                                 setup_logging)
 
 
@@ -60,7 +60,8 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     from adkit import __version__
     from adkit.core.image_io import image_hw
     from adkit.core.tiling import Tiling
-    from adkit.deploy.exported import DEPLOY_CONFIG, INPUT_DESCRIPTION, save_inference_graph
+    from adkit.core.static_graph import save_inference_graph
+    from adkit.deploy.exported import DEPLOY_CONFIG, INPUT_DESCRIPTION
     from adkit.core.io_utils import default_dir_mode, write_json
     from adkit.evaluate.calibration import (CALIBRATION_FILE, EVAL_METRICS_FILE, read_calibration,
                                             resolve_threshold)
@@ -189,7 +190,7 @@ def _swap_in(staging, save_dir):
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
+    tune_process(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
     args = parse_args(argv)
     import logging
 

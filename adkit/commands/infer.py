@@ -11,7 +11,7 @@ import statistics
 import sys
 
 from adkit.core.errors import UserError, exit_on_user_error
-from adkit.core.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
+from adkit.core.runtime import cpu_threads_from_argv, tune_process, setup_logging
 from adkit.commands.engine_options import add_engine_options, predictor_options, str2bool
 
 TIME_KEYS = ("preprocess_time", "inference_time", "postprocess_time")
@@ -95,7 +95,7 @@ def report_timings(args, model, engine, timings, num_images, size):
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
+    tune_process(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
     args = parse_args(argv)
     setup_logging()
     run(args)

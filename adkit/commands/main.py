@@ -13,14 +13,14 @@ import logging
 import sys
 
 from adkit.core.errors import UserError, exit_on_user_error
-from adkit.core.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
+from adkit.core.runtime import cpu_threads_from_argv, tune_process, setup_logging
 
 
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     # before the first Paddle import: threads, and whether Paddle's C++ messages show
-    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
+    tune_process(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
     from adkit.options.config import resolve_config
 
     cfg = resolve_config(argv)

@@ -7,14 +7,14 @@ Any folder infer.py takes: an export (Paddle Inference, ONNX Runtime with --back
 int8) or a training checkpoint folder. Open http://127.0.0.1:8866/ for the web page; POST images
 to /predict (see doc/serving.md). Concurrent requests are run in batches of up to --max_batch.
 SIGTERM or Ctrl-C finishes the requests in flight, then exits; SIGHUP or POST /reload loads the
-model again (or another folder) without dropping a request.
+model again (or another folder inside --model_root) without dropping a request.
 """
 import os
 import signal
 import sys
 
 from adkit.core.errors import UserError, exit_on_user_error
-from adkit.core.runtime import cpu_threads_from_argv, set_cpu_threads, setup_logging
+from adkit.core.runtime import cpu_threads_from_argv, tune_process, setup_logging
 from adkit.commands.engine_options import add_engine_options, predictor_options
 
 
@@ -24,6 +24,9 @@ def parse_args(argv):
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_dir", required=True,
                         help="folder written by export_model.py, or a training folder (<output_dir>/<model>/<cls>)")
+    parser.add_argument("--model_root", default=None,
+                        help="POST /reload loads only folders inside this one (symlinks and .. resolved; "
+                             "others get 403); default: the folder that holds --model_dir")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0: every interface; then set --api_key)")
     parser.add_argument("--port", type=int, default=8866, help="TCP port")
@@ -57,6 +60,8 @@ def parse_args(argv):
         raise UserError(f"--port must be 0-65535, got {args.port}")
     if args.api_key == "":
         raise UserError("--api_key is empty (give a key, or leave it out for no key)")
+    if args.model_root is not None and not os.path.isdir(args.model_root):
+        raise UserError(f"--model_root {args.model_root}: not a folder")
     return args
 
 
@@ -77,7 +82,7 @@ def check_address(host, port):
 @exit_on_user_error
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    set_cpu_threads(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
+    tune_process(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
     setup_logging()
     args = parse_args(argv)
     try:
@@ -98,7 +103,8 @@ def main(argv=None):
     settings = ServiceSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                max_queue=args.max_queue, max_bytes=args.max_bytes,
                                max_pixels=args.max_pixels, api_key=args.api_key,
-                               audit_log=args.audit_log, predictor_options=options)
+                               audit_log=args.audit_log, predictor_options=options,
+                               model_root=args.model_root)
     app = create_app(model, settings)
     described = model.describe()
     log.info("serving %s (%s, version %s) on http://%s:%d/ (batches of up to %d)", args.model_dir,

@@ -1,8 +1,9 @@
-"""Process set-up shared by every entry point: CPU threads, memory reuse, device and seeds.
+"""Process set-up: what every command does first (``tune_process``: CPU threads, memory reuse,
+quiet logs), and device and seeds. The library itself changes nothing process-wide: only
+``tune_process`` does, when a command or the application asks.
 
 ``import paddle`` pins OMP_NUM_THREADS to 1 when it is unset (and prints a warning when it is
-set higher), so entry points call ``set_cpu_threads`` first: it imports Paddle quietly and then
-raises its OpenMP thread count explicitly.
+set higher), so the thread count is set explicitly after Paddle loads (``use_cpu_threads``).
 """
 import contextlib
 import ctypes
@@ -24,8 +25,6 @@ def import_paddle_quietly():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ccache.*")
         import paddle
-    # Printed by every BatchNorm forward in training mode; says nothing the user can act on.
-    warnings.filterwarnings("ignore", message="When training, we now always track global mean")
     return paddle
 
 
@@ -136,26 +135,68 @@ def keep_openmp_pools_apart():
 
 
 _VERBOSE = False
-_CPU_THREADS = None  # what set_cpu_threads gave Paddle's dygraph, for restore_cpu_threads
+_CPU_THREADS = None  # what use_cpu_threads gave Paddle's dygraph, for restore_cpu_threads
 
 
-def set_cpu_threads(num_threads, verbose=False):
-    """Use ``num_threads`` CPU threads in Paddle (dygraph) and the math libraries; also sets up
-    memory reuse (``keep_freed_memory``) and MKL's AVX-512 kernels on AMD CPUs
-    (``mkl_dispatch_for_amd``), which every entry point wants before Paddle loads, and
-    (unless ``verbose``) silences Paddle's C++ warnings, which say nothing a user can act on."""
-    global _VERBOSE, _CPU_THREADS
-    num_threads = int(num_threads)
-    if num_threads < 1:
-        raise UserError(f"--cpu_threads must be >= 1, got {num_threads}")
+def tune_process(cpu_threads=2, verbose=False):
+    """Set up the whole process as adkit's commands run, before Paddle loads: each step below
+    changes something process-wide, so the library never does it by itself; an application
+    that embeds adkit calls this only if it wants the same (``adkit.tune_process``).
+
+    - ``quiet_paddle_logs``: Paddle's C++ warnings off (unless ``verbose``): they say nothing a
+      user can act on
+    - ``keep_freed_memory``: glibc malloc keeps freed blocks (no page faults on every forward)
+    - ``mkl_dispatch_for_amd``: MKL's AVX-512 kernels on AMD CPUs
+    - ``set_math_library_threads``: MKL and OpenBLAS use ``cpu_threads`` threads
+    - ``keep_openmp_pools_apart``: two OpenMP runtimes do not spin against each other
+    - ``quiet_paddle_warnings``: a BatchNorm warning printed on every training step
+    - ``use_cpu_threads``: import Paddle, and give dygraph ``cpu_threads`` threads
+    """
+    global _VERBOSE
+    cpu_threads = checked_thread_count(cpu_threads)
     _VERBOSE = _VERBOSE or verbose
     if not _VERBOSE:
-        os.environ.setdefault("GLOG_minloglevel", "2")  # read when Paddle's C++ core loads
+        quiet_paddle_logs()
     keep_freed_memory()
     mkl_dispatch_for_amd()
+    set_math_library_threads(cpu_threads)
+    keep_openmp_pools_apart()
+    quiet_paddle_warnings()
+    use_cpu_threads(cpu_threads)
+    return cpu_threads
+
+
+def checked_thread_count(num_threads):
+    try:
+        num_threads = int(num_threads)
+    except (TypeError, ValueError):
+        raise UserError(f"--cpu_threads must be an integer >= 1, got {num_threads!r}") from None
+    if num_threads < 1:
+        raise UserError(f"--cpu_threads must be >= 1, got {num_threads}")
+    return num_threads
+
+
+def quiet_paddle_logs():
+    """Paddle's C++ log (glog) shows errors only; read when Paddle's core loads."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def set_math_library_threads(num_threads):
     for var in _LIBRARY_THREAD_VARS:
         os.environ[var] = str(num_threads)
-    keep_openmp_pools_apart()
+
+
+def quiet_paddle_warnings():
+    """Printed by every BatchNorm forward in training mode; says nothing the user can act on."""
+    warnings.filterwarnings("ignore", message="When training, we now always track global mean")
+
+
+def use_cpu_threads(num_threads):
+    """Paddle's dygraph runs on ``num_threads`` CPU threads (``import paddle`` pins OpenMP to one
+    when OMP_NUM_THREADS is unset); ``restore_cpu_threads`` gives this count back after a Paddle
+    Inference run lowers it."""
+    global _CPU_THREADS
+    num_threads = checked_thread_count(num_threads)
     import_paddle_quietly()
     from paddle.base import core
 
@@ -165,7 +206,7 @@ def set_cpu_threads(num_threads, verbose=False):
 
 
 def restore_cpu_threads():
-    """Give dygraph back the thread count set_cpu_threads chose (nothing if it was never called).
+    """Give dygraph back the thread count use_cpu_threads chose (nothing if it was never called).
     Creating a Paddle Inference predictor, and every run of it, leaves the calling thread's math
     library on fewer threads: dygraph's EfficientAD student forward + backward after a run took
     1.7x as long, a teacher forward after creating one 1.5x, until the count was set again; so

@@ -9,7 +9,7 @@ import os
 from adkit.core.compat import use_old_ir
 from adkit.core.errors import UserError
 from adkit.core.image_io import image_hw
-from adkit.core.runtime import framework_stderr_silenced, framework_stdout_silenced, restore_cpu_threads
+from adkit.core.static_graph import GraphRunner, layer_on_cpu, use_cpu
 
 
 class PaddleEngine:
@@ -30,7 +30,6 @@ class PaddleEngine:
         if quantized and not int8_ops:  # the convolutions unless the export says more
             int8_ops = stored_int8_ops(model_dir) or ("conv2d", "depthwise_conv2d", "fused_conv2d")
         config = inference.Config(graph, params)
-        config.disable_glog_info()
         if quantized and (device != "cpu" or use_tensorrt or precision != "fp32"):
             raise UserError(f"{model_dir} is an int8 export: it runs on --device cpu with oneDNN "
                             "(drop --device gpu, --use_tensorrt, --precision), or export without --quantize")
@@ -46,39 +45,21 @@ class PaddleEngine:
                 raise UserError("--use_tensorrt true needs --device gpu")
             if precision != "fp32":
                 raise UserError(f"--precision {precision} needs --device gpu (CPU runs fp32)")
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(cpu_threads)
             if quantized:
                 use_old_ir(config)  # oneDNN's int8 passes exist for the old IR only
-            if enable_mkldnn:
-                config.enable_mkldnn()
-                if quantized:
-                    # only the ops that were quantised: left to itself oneDNN also quantises ops
-                    # whose scales it propagates (matmuls, adds), and PatchCore's map came out flat
-                    config.enable_mkldnn_int8(set(int8_ops))
-            else:  # an int8 export then runs its quantize/dequantize pairs in fp32 kernels
-                config.disable_mkldnn()
-        config.switch_ir_optim(True)
-        self.config = config
+            # without oneDNN an int8 export runs its quantize/dequantize pairs in fp32 kernels
+            use_cpu(config, cpu_threads, enable_mkldnn)
+            if enable_mkldnn and quantized:
+                # only the ops that were quantised: left to itself oneDNN also quantises ops
+                # whose scales it propagates (matmuls, adds), and PatchCore's map came out flat
+                config.enable_mkldnn_int8(set(int8_ops))
         self.quantized = quantized
-        with framework_stdout_silenced(), framework_stderr_silenced(quantized):
-            self.predictor = inference.create_predictor(config)
-        restore_cpu_threads()  # creating it lowers the count too
-        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
+        self.graph = GraphRunner(config, quiet_stderr=quantized)
+        self.config = config
 
     def run(self, batch):
-        amap, score = self.run_outputs(batch)
+        amap, score = self.graph.run_outputs(batch)
         return amap, score.reshape(-1)
-
-    def run_outputs(self, batch):
-        """Every output of the graph for ``batch``, as numpy arrays."""
-        self.input.reshape(list(batch.shape))
-        self.input.copy_from_cpu(batch)
-        with framework_stdout_silenced(), framework_stderr_silenced(self.quantized):
-            self.predictor.run()
-        restore_cpu_threads()  # for dygraph work after it in this process
-        return [out.copy_to_cpu() for out in self.outputs]
 
 
 def configure_gpu(config, gpu_mem_mb, gpu_id, precision, use_tensorrt, max_batch_size, image_size):
@@ -87,7 +68,7 @@ def configure_gpu(config, gpu_mem_mb, gpu_id, precision, use_tensorrt, max_batch
     Paddle (2.6 and 3.x name them alike) without a GPU."""
     from paddle import inference
 
-    from adkit.deploy.exported import INPUT_NAME
+    from adkit.core.static_graph import INPUT_NAME
 
     half, full = inference.PrecisionType.Half, inference.PrecisionType.Float32
     config.enable_use_gpu(memory_pool_init_size_mb=gpu_mem_mb, device_id=gpu_id,
@@ -145,66 +126,20 @@ class DygraphEngine:
         return amap.numpy(), score.numpy().reshape(-1)
 
 
-class GraphEngine(PaddleEngine):
-    """A trained method's inference net run as the exported model runs: written as a static
-    graph into a temporary folder (adkit.deploy.exported.save_inference_graph, as export_model.py does),
-    loaded by Paddle Inference, the folder removed: eval and calibration score as infer does,
-    at the graph's speed (oneDNN fuses what dygraph runs op by op: EfficientAD-S 2.2x,
-    PatchCore's nearest-neighbour blocks 2.6x), which matters most for tiled photos."""
+class GraphEngine:
+    """A trained method's inference net run as the exported model runs: its static graph in
+    Paddle Inference with oneDNN on the CPU (adkit.core.static_graph, the files export_model.py
+    writes): eval and calibration score as infer does, at the graph's speed (oneDNN fuses what
+    dygraph runs op by op: EfficientAD-S 2.2x, PatchCore's nearest-neighbour blocks 2.6x), which
+    matters most for tiled photos."""
 
     def __init__(self, net, image_size, cpu_threads=2):
-        import tempfile
+        self.graph = layer_on_cpu(net, image_size, cpu_threads)
+        self.config = self.graph.config
 
-        from adkit.deploy.exported import save_inference_graph
-
-        with tempfile.TemporaryDirectory(prefix="adkit_graph_") as folder:
-            with framework_stdout_silenced():
-                save_inference_graph(net, image_size, folder)
-            super().__init__(folder, cpu_threads=cpu_threads, image_size=image_size, quantized=False)
-
-
-class FrozenForward:
-    """``layer(x)`` of a frozen layer (no gradients, eval mode) that takes [N,3,H,W] float32:
-    on the CPU through its static graph in Paddle Inference, whose oneDNN convolutions run
-    EfficientAD-S's teacher ~2.5x faster than dygraph; on a GPU the dygraph layer. Returns what
-    the layer returns (a tensor, or a list of them), ``channels_last``: each 4-D output
-    transposed to NHWC (inside the graph), for a channels-last student. The layer's weights are
-    copied into the graph when this is made: make it again after they change."""
-
-    def __init__(self, layer, image_size, device="cpu", cpu_threads=2, channels_last=False):
-        self.layer, self.engine = _wrapped(layer, channels_last), None
-        if device == "cpu":
-            self.engine = GraphEngine(self.layer, image_size, cpu_threads)
-
-    def __call__(self, x):
-        import paddle
-
-        if self.engine is None:
-            with paddle.no_grad():
-                return self.layer(x)
-        outputs = [paddle.to_tensor(out) for out in self.engine.run_outputs(x.numpy())]
-        return outputs[0] if len(outputs) == 1 else outputs
-
-
-def _wrapped(layer, channels_last):
-    """A wrapper for to_static to convert, so that ``layer`` itself stays a dygraph layer.
-    (Its forward names nothing from enclosing functions: Paddle 2.6's to_static loses them.)"""
-    import paddle
-
-    class Forward(paddle.nn.Layer):
-        def __init__(self):
-            super().__init__()
-            self.inner, self.channels_last = layer, channels_last
-
-        def forward(self, x):
-            out = self.inner(x)
-            if not self.channels_last:
-                return out
-            if isinstance(out, (list, tuple)):
-                return [o.transpose([0, 2, 3, 1]) for o in out]
-            return out.transpose([0, 2, 3, 1])
-
-    return Forward()
+    def run(self, batch):
+        amap, score = self.graph.run_outputs(batch)
+        return amap, score.reshape(-1)
 
 
 def scoring_engine(method, cfg):

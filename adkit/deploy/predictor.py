@@ -115,12 +115,13 @@ class Predictor(PredictorBase):
                  use_tensorrt=False, precision="fp32", max_batch_size=1, gpu_id=0,
                  threshold=None, threshold_policy=None):
         """``threshold`` (a number) or ``threshold_policy`` override the stored threshold."""
-        from adkit.core.runtime import set_cpu_threads
+        from adkit.core.runtime import checked_thread_count, import_paddle_quietly
 
         if not os.path.isdir(model_dir):
             raise UserError(f"{model_dir}: folder not found (expected an export_model.py folder "
                             "or a training checkpoint folder)")
-        set_cpu_threads(cpu_threads)
+        cpu_threads = checked_thread_count(cpu_threads)  # the engine's own: nothing process-wide
+        import_paddle_quietly()
         if os.path.isfile(os.path.join(model_dir, DEPLOY_CONFIG)):
             from adkit.deploy.engines import create_engine
 

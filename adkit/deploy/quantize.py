@@ -240,12 +240,13 @@ def describe_check(check):
 
 def quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir=None, cpu_threads=2,
                     log=None, tiling=None):
-    """Replace the fp32 graph in ``staging`` (written by export_model.export) with an int8 one
+    """Replace the fp32 graph in ``staging`` (written by adkit.commands.export.export) with an int8 one
     that passes the bar, and return what deploy_config.json records about it; or raise the
     one-line UserError of a refusal. The fp32 graph in ``staging`` is the reference. A tiled
     model (``tiling``) is calibrated on tiles of the good photos and checked on whole photos
     through their tiles, as it runs."""
-    from adkit.deploy.exported import MODEL_PREFIX, model_files
+    from adkit.core.static_graph import MODEL_PREFIX
+    from adkit.deploy.exported import model_files
     from adkit.deploy.engines import PaddleEngine
 
     if calibration is None:
@@ -390,9 +391,9 @@ def legacy_static_ops():
 
 
 def worker(job):
-    from adkit.core.runtime import set_cpu_threads
+    from adkit.core.runtime import tune_process
 
-    set_cpu_threads(job["cpu_threads"])
+    tune_process(job["cpu_threads"])
     import paddle
 
     if paddle.framework.in_pir_mode() or paddle.get_flags(["FLAGS_enable_pir_api"])["FLAGS_enable_pir_api"]:
@@ -403,7 +404,7 @@ def worker(job):
     from adkit.core.compat import ptq_data_loader
     from adkit.core.image_io import image_hw
     from adkit.core.tiling import Tiling, TileSet
-    from adkit.deploy.exported import INPUT_NAME, MODEL_PREFIX
+    from adkit.core.static_graph import INPUT_NAME, MODEL_PREFIX
     from adkit.evaluate.evaluation import batches as image_batches
     from adkit.options.registry import load_trained
 

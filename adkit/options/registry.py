@@ -1,7 +1,7 @@
 """The method registry: each method declares itself once, in ``models/<method>/spec.py``.
 
 The methods sit above this package: they import it, it finds them by name at run time
-(``models.<folder>.spec``), so no static import goes upwards.
+(``adkit.models.<folder>.spec``), so no static import goes upwards.
 
 A spec names the ``--model`` values it serves, its typed settings (a dataclass whose fields are
 its own options, with types and help), where its AnomalyMethod lives, any extra ``--mode`` it
@@ -11,6 +11,7 @@ Adding a method: a folder under models/ with a spec.py, a YAML in configs/, a TI
 """
 import dataclasses
 import importlib
+import importlib.util
 import os
 
 from adkit.core.errors import UserError
@@ -56,10 +57,8 @@ def _load(target):
 
 
 def _discover():
-    import adkit.models
-
     specs = {}
-    models_dir = adkit.models.__path__[0]
+    models_dir = importlib.util.find_spec("adkit.models").submodule_search_locations[0]
     for folder in sorted(os.listdir(models_dir)):
         if os.path.isfile(os.path.join(models_dir, folder, "spec.py")):
             spec = importlib.import_module(f"adkit.models.{folder}.spec").SPEC

@@ -8,11 +8,15 @@ float rounding) with a switch, ``use_onednn``:
   the fastest choice at batch 1 (EfficientAD: the autoencoder's convolutions 1.4-2.6x faster).
 - NHWC layers run oneDNN always: a network built channels-last (RD4AD's training twin) needs
   no reorders of its activations; the fastest choice at batch 16.
-Anything else (a static graph, a GPU, another dtype, groups, dilation, padding modes, or no
-usable library) runs Paddle's own layer code.
+Anything else (a static graph, a GPU, another dtype, groups, dilation, padding modes, or oneDNN
+off in this process: ``adkit.core.onednn.usable()``, which self-checks the library on first use)
+runs Paddle's own layer code.
+
+A oneDNN error during training does not stop it: the failing call (a forward or a backward) is
+redone with Paddle's kernels, so the step's result is Paddle's, and ``onednn.disable`` switches
+the process to Paddle's kernels with one warning.
 """
 import contextlib
-import logging
 
 import paddle
 import paddle.nn as nn
@@ -21,18 +25,11 @@ from paddle.autograd import PyLayer
 
 from adkit.core import onednn
 
-log = logging.getLogger("adkit")
-_WARNED = []
-
 
 def available():
-    """Whether oneDNN's convolutions can run in this process (logs why not, once)."""
-    if onednn.library() is not None:
-        return True
-    if not _WARNED:
-        _WARNED.append(True)
-        log.info("oneDNN convolutions unavailable (%s): training uses Paddle's", onednn.load_error())
-    return False
+    """Whether oneDNN's convolutions run in this process (the first call self-checks the
+    library; a failure logs one warning and the answer is False from then on)."""
+    return onednn.usable()
 
 
 def _empty(shape):
@@ -53,27 +50,76 @@ def _nchw(shape, layout):
     return (n, c, a, b) if layout == "NHWC" else (n, a, b, c)
 
 
+def _paddle_padding(padding):
+    top, left, bottom, right = padding
+    return [top, bottom, left, right]
+
+
+def _paddle_conv(x, weight, bias, stride, padding, layout):
+    return F.conv2d(x, weight, bias, stride=list(stride), padding=_paddle_padding(padding), data_format=layout)
+
+
+def _paddle_conv_transpose(x, weight, stride, padding, layout):
+    return F.conv2d_transpose(x, weight, None, stride=list(stride), padding=_paddle_padding(padding),
+                              data_format=layout)
+
+
+def _paddle_grads(function, inputs, needs, dy):
+    """The gradients of ``function(*inputs)`` for the output gradient ``dy`` by Paddle's autograd
+    (None where ``needs`` is False): an op's backward when oneDNN cannot do it."""
+    with paddle.set_grad_enabled(True):
+        leaves = []
+        for tensor, need in zip(inputs, needs):
+            leaf = tensor.detach()
+            leaf.stop_gradient = not need
+            leaves.append(leaf)
+        wanted = [leaf for leaf, need in zip(leaves, needs) if need]
+        grads = iter(paddle.grad([function(*leaves)], wanted, [dy]) if wanted else [])
+    return tuple(next(grads) if need else None for need in needs)
+
+
 class _Convolution(PyLayer):
-    """y = conv(x, w) + b in ``layout``, with oneDNN's backward passes (dx only when needed)."""
+    """y = conv(x, w) + b in ``layout``, with oneDNN's backward passes (dx only when needed);
+    Paddle's kernels when oneDNN is off or fails."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, layout):
         x = _dense(x)
-        conv = onednn.Convolution.get(_nchw(x.shape, layout), weight.shape, bias is not None, stride,
-                                      padding, layout)
-        y = _empty(conv.dst_shape)
-        conv.forward(x.data_ptr(), weight.data_ptr(), y.data_ptr(), _scratch,
-                     None if bias is None else bias.data_ptr())
-        ctx.conv, ctx.has_bias = conv, bias is not None
+        ctx.args, ctx.has_bias = (stride, padding, layout), bias is not None
         ctx.needs = (not x.stop_gradient, not weight.stop_gradient,
                      bias is not None and not bias.stop_gradient)
-        ctx.save_for_backward(x, weight)
-        return y
+        ctx.save_for_backward(*((x, weight) if bias is None else (x, weight, bias)))
+        ctx.conv = None
+        if onednn.usable():
+            try:
+                conv = onednn.Convolution.get(_nchw(x.shape, layout), weight.shape, bias is not None, stride,
+                                              padding, layout)
+                y = _empty(conv.dst_shape)
+                conv.forward(x.data_ptr(), weight.data_ptr(), y.data_ptr(), _scratch,
+                             None if bias is None else bias.data_ptr())
+                ctx.conv = conv
+                return y
+            except Exception as err:  # noqa: BLE001 - any failure: this call and the rest on Paddle's
+                onednn.disable(onednn.failure("a oneDNN convolution forward", err))
+        return _paddle_conv(x, weight, bias, stride, padding, layout)
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensor()
-        conv, dy = ctx.conv, _dense(dy)
+        saved = ctx.saved_tensor()
+        if ctx.conv is not None and onednn.usable():
+            try:
+                return _Convolution._onednn_backward(ctx, saved[0], saved[1], _dense(dy))
+            except Exception as err:  # noqa: BLE001
+                onednn.disable(onednn.failure("a oneDNN convolution backward", err))
+
+        def conv(x, weight, bias=None):
+            return _paddle_conv(x, weight, bias, *ctx.args)
+
+        return _paddle_grads(conv, saved, ctx.needs[:len(saved)], dy)
+
+    @staticmethod
+    def _onednn_backward(ctx, x, weight, dy):
+        conv = ctx.conv
         dx = dw = db = None
         if ctx.needs[0]:
             dx = _empty(x.shape)
@@ -90,26 +136,44 @@ class _Convolution(PyLayer):
 
 class _TransposedConvolution(PyLayer):
     """y = conv_transpose(x, w) in ``layout``: the backward-data pass of the convolution that
-    maps y's shape to x's with the same weights ([in, out, KH, KW] is that convolution's OIHW)."""
+    maps y's shape to x's with the same weights ([in, out, KH, KW] is that convolution's OIHW);
+    Paddle's kernels when oneDNN is off or fails."""
 
     @staticmethod
     def forward(ctx, x, weight, out_size, stride, padding, layout):
         x = _dense(x)
-        n, out_h, out_w = out_size
-        conv = onednn.Convolution.get((n, weight.shape[1], out_h, out_w), weight.shape, False, stride,
-                                      padding, layout)
-        if tuple(conv.dst_shape) != tuple(x.shape):
-            raise ValueError(f"transposed convolution of {x.shape} to {out_size}: shapes do not fit")
-        y = _empty(conv.src_shape)
-        conv.backward_data(x.data_ptr(), weight.data_ptr(), y.data_ptr(), _scratch)
-        ctx.conv, ctx.needs = conv, (not x.stop_gradient, not weight.stop_gradient)
+        ctx.args, ctx.needs = (stride, padding, layout), (not x.stop_gradient, not weight.stop_gradient)
         ctx.save_for_backward(x, weight)
-        return y
+        ctx.conv = None
+        if onednn.usable():
+            try:
+                n, out_h, out_w = out_size
+                conv = onednn.Convolution.get((n, weight.shape[1], out_h, out_w), weight.shape, False, stride,
+                                              padding, layout)
+                if tuple(conv.dst_shape) != tuple(x.shape):
+                    raise ValueError(f"transposed convolution of {x.shape} to {out_size}: shapes do not fit")
+                y = _empty(conv.src_shape)
+                conv.backward_data(x.data_ptr(), weight.data_ptr(), y.data_ptr(), _scratch)
+                ctx.conv = conv
+                return y
+            except Exception as err:  # noqa: BLE001
+                onednn.disable(onednn.failure("a oneDNN transposed convolution forward", err))
+        return _paddle_conv_transpose(x, weight, stride, padding, layout)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensor()
-        conv, dy = ctx.conv, _dense(dy)
+        if ctx.conv is not None and onednn.usable():
+            try:
+                return _TransposedConvolution._onednn_backward(ctx, x, weight, _dense(dy))
+            except Exception as err:  # noqa: BLE001
+                onednn.disable(onednn.failure("a oneDNN transposed convolution backward", err))
+        return _paddle_grads(lambda *inputs: _paddle_conv_transpose(*inputs, *ctx.args), (x, weight),
+                             ctx.needs, dy)
+
+    @staticmethod
+    def _onednn_backward(ctx, x, weight, dy):
+        conv = ctx.conv
         dx = dw = None
         if ctx.needs[0]:
             dx = _empty(x.shape)

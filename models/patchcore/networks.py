@@ -61,8 +61,9 @@ def _shifted_distance_blocks(queries, bank, bank_squares):
     squared norms): the squared distances less ||q||^2, which does not change the nearest row.
     Each block is one matrix product, [-2q, 1] times [b, ||b||^2]: no elementwise pass over the
     [N, rows] block (those passes, not the product, were most of the time). The block never
-    exceeds [N, chunk], whatever the bank size."""
-    scaled = paddle.concat([queries * -2.0, paddle.ones_like(queries[:, :1])], axis=1)
+    exceeds [N, chunk], whatever the bank size. (The column of ones is 0 * q + 1: ones_like reads
+    a tensor's place, which Paddle 3's static graph does not have, and warns.)"""
+    scaled = paddle.concat([queries * -2.0, paddle.scale(queries[:, :1], scale=0.0, bias=1.0)], axis=1)
     chunk = NEIGHBOUR_CHUNK
     for start in range(0, bank.shape[0], chunk):
         rows = paddle.concat([bank[start:start + chunk].astype("float32"),

@@ -4,6 +4,10 @@
                     -> score, label, threshold, defect regions, model, timing [, overlay, map]
     GET  /          the web page          GET /health  alive          GET /ready  model loaded
     GET  /info      the model served      GET /metrics Prometheus     POST /reload  swap models
+
+``Service`` holds what the routes share (settings, model slot, metrics, audit log); the routes
+are three routers (``page_routes``, ``admin_routes``, ``prediction_routes``) that find it on
+``request.app.state.service``; ``create_app`` puts them together behind the ``_Guard`` middleware.
 """
 import asyncio
 import base64
@@ -17,12 +21,15 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
 from adkit.core.errors import UserError
 from adkit.deploy.serving.audit import AuditLog
 from adkit.deploy.serving.batcher import BatcherClosed, QueueFull
 from adkit.deploy.serving.decode import TooLarge, decode_request_image
 from adkit.deploy.serving.metrics import ServiceMetrics
-from adkit.deploy.serving.model_slot import ModelSlot
+from adkit.deploy.serving.model_slot import ModelRoot, ModelSlot
 
 log = logging.getLogger("adkit")
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
@@ -42,6 +49,7 @@ class ServiceSettings:
     api_key: str | None = None
     audit_log: str | None = None
     predictor_options: dict = field(default_factory=dict)  # Predictor(**) for reloads too
+    model_root: str | None = None  # /reload loads only folders inside it (None: the first model's parent)
 
     def max_body(self):
         """Request bytes allowed: the image as base64 (4/3 of it) plus the fields around it."""
@@ -54,142 +62,217 @@ class _Refused(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+async def _refused(_request, err):
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
+
+
 def create_app(model, settings):
     """``model``: the LoadedModel to serve first (loaded before the server starts, so a folder
     that does not load is one error line, not a server that never gets ready)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-
-    metrics = ServiceMetrics(settings.max_batch)
-    state = {"draining": False}
-
-    @asynccontextmanager
-    async def lifespan(app):
-        slot = ModelSlot(model, (settings.max_batch, settings.max_wait_ms / 1000.0, settings.max_queue),
-                         metrics.observe_batch)
-        app.state.slot = slot
-        metrics.queue_depth = lambda: slot.current.batcher.depth()
-        app.state.audit = AuditLog(settings.audit_log) if settings.audit_log else None
-        loop = asyncio.get_running_loop()
-        try:  # SIGHUP: load the served folder again (its files replaced in place)
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(app, None)))
-        except (NotImplementedError, RuntimeError, AttributeError, ValueError):
-            pass  # no SIGHUP (Windows) or not the main thread: POST /reload still works
-        yield
-        state["draining"] = True
-        await slot.close()  # the server has finished its requests; the queue is empty
-        if app.state.audit:
-            app.state.audit.close()
-
-    app = FastAPI(title="PaddleAD anomaly detection service", lifespan=lifespan,
+    service = Service(model, settings)
+    app = FastAPI(title="PaddleAD anomaly detection service", lifespan=_lifespan,
                   docs_url="/docs", redoc_url=None)
-    app.add_middleware(_Guard, max_body=settings.max_body(), metrics=metrics)
+    app.state.service = service
+    app.add_middleware(_Guard, max_body=settings.max_body(), metrics=service.metrics)
+    app.add_exception_handler(_Refused, _refused)
+    for routes in (page_routes, admin_routes, prediction_routes):
+        app.include_router(routes)
+    return app
 
-    def refuse_without_key(request):
-        if settings.api_key is None:
+
+class Service:
+    """What the routes share: the settings, the metrics, the folders /reload may load and,
+    while the server runs, the model slot and the audit log."""
+
+    def __init__(self, model, settings):
+        self.settings = settings
+        self.metrics = ServiceMetrics(settings.max_batch)
+        self.model_root = ModelRoot(settings.model_root or os.path.dirname(model.model_dir), model.model_dir)
+        self.first_model = model
+        self.slot = None
+        self.audit = None
+        self.draining = False
+
+    def start(self):
+        """Inside the server's event loop: the batcher's queue and the slot's lock belong to it."""
+        settings = self.settings
+        self.slot = ModelSlot(self.first_model, (settings.max_batch, settings.max_wait_ms / 1000.0,
+                                                 settings.max_queue), self.metrics.observe_batch)
+        self.metrics.queue_depth = lambda: self.slot.current.batcher.depth()
+        self.audit = AuditLog(settings.audit_log) if settings.audit_log else None
+
+    async def stop(self):
+        self.draining = True
+        await self.slot.close()  # the server has finished its requests; the queue is empty
+        if self.audit:
+            self.audit.close()
+
+    def require_key(self, request):
+        if self.settings.api_key is None:
             return
         given = request.headers.get(KEY_HEADER, "")
-        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        if not hmac.compare_digest(given.encode(), self.settings.api_key.encode()):
             raise _Refused(401, f"missing or wrong {KEY_HEADER} header")
 
-    @app.exception_handler(_Refused)
-    async def refused(_request, err):
-        return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
+    def require_inside_root(self, model_dir):
+        """A reload request names folders on the server's disk: only those under --model_root."""
+        refusal = self.model_root.refusal(model_dir)
+        if refusal:
+            log.warning("reload refused: %s", refusal)
+            raise _Refused(403, refusal)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page():
-        with open(PAGE, encoding="utf-8") as f:
-            return HTMLResponse(f.read())
-
-    @app.get("/health")
-    async def health():
-        return {"status": "alive"}
-
-    @app.get("/ready")
-    async def ready(request: Request):
-        if state["draining"]:
-            return JSONResponse({"ready": False, "reason": "shutting down"}, status_code=503)
-        if not request.app.state.slot.current.alive():
-            return JSONResponse({"ready": False, "reason": "the engine process stopped; restart "
-                                 "the service or POST /reload"}, status_code=503)
-        return {"ready": True, **request.app.state.slot.current.describe()}
-
-    @app.get("/info")
-    async def info(request: Request):
-        return {**request.app.state.slot.current.describe(), "api_key_required": settings.api_key is not None,
-                "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels,
-                "max_batch": settings.max_batch}
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus():
-        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
-
-    @app.post("/reload")
-    async def reload(request: Request):
-        refuse_without_key(request)
-        body = await request.body()
-        model_dir = None
-        if body:
-            try:
-                model_dir = _json(body).get("model_dir")
-            except AttributeError:
-                raise _Refused(400, 'expected a JSON object such as {"model_dir": "..."}') from None
-        return await _reload(request.app, model_dir)
-
-    async def _reload(app, model_dir):
-        slot = app.state.slot
+    async def reload(self, model_dir):
+        """Swap in ``model_dir`` (None: the served folder again); a failure keeps the old model."""
+        slot = self.slot
         target = model_dir or slot.current.model_dir
         try:
-            new = await slot.swap(target, settings.predictor_options)
+            new = await slot.swap(target, self.settings.predictor_options)
         except Exception as err:  # the old model keeps serving
-            metrics.observe_reload(False)
+            self.metrics.observe_reload(False)
             message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
             log.error("reload of %s failed, still serving %s: %s", target, slot.current.model_dir, message)
             return JSONResponse({"error": f"reload failed: {message}",
                                  "serving": slot.current.describe()}, status_code=422)
-        metrics.observe_reload(True)
+        self.metrics.observe_reload(True)
         return {"reloaded": True, **new.describe()}
 
-    @app.post("/predict")
-    async def predict(request: Request):
-        refuse_without_key(request)
-        started = time.perf_counter()
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
-        data, name, options = await _read_image(request)
-        for _ in range(3):  # a reload may close the batcher between reading it and submitting
-            served = request.app.state.slot.current
-            try:  # decoding and resizing in one trip off the event loop
-                image, tensor, decoded = await asyncio.to_thread(_decode_and_preprocess, served, data, name,
-                                                                 settings)
-            except TooLarge as err:
-                raise _Refused(413, str(err)) from None
-            except UserError as err:
-                raise _Refused(400, str(err)) from None
-            try:
-                model_map, score, batch_size = await _scored(served, tensor, image.shape[:2])
-                break
-            except BatcherClosed:
-                continue
-            except QueueFull:
-                raise _Refused(503, f"busy: {settings.max_queue} images already waiting (--max_queue); "
-                               "retry shortly", {"Retry-After": "1"}) from None
-        else:
-            raise _Refused(503, "the model is being swapped; retry", {"Retry-After": "1"})
-        scored = time.perf_counter()
-        answer = await asyncio.to_thread(_answer, served, image, model_map, score, options)
-        done = time.perf_counter()
-        answer.update(request_id=request_id, part_id=options["part_id"], batch_size=batch_size,
-                      timing_ms={"decode": round((decoded - started) * 1000, 3),
-                                 "queue_and_engine": round((scored - decoded) * 1000, 3),
-                                 "postprocess": round((done - scored) * 1000, 3),
-                                 "total": round((done - started) * 1000, 3)})
-        if request.app.state.audit:
-            await asyncio.to_thread(request.app.state.audit.record, request_id, options["part_id"],
-                                    answer["score"], answer["label"], answer["threshold"]["value"],
-                                    answer["model"], answer["model_version"])
-        return JSONResponse(answer, headers={REQUEST_ID_HEADER: request_id})
+    async def record(self, request_id, answer):
+        """One row of --audit_log for an answered /predict."""
+        if self.audit:
+            await asyncio.to_thread(self.audit.record, request_id, answer["part_id"], answer["score"],
+                                    answer["label"], answer["threshold"]["value"], answer["model"],
+                                    answer["model_version"])
 
-    return app
+
+@asynccontextmanager
+async def _lifespan(app):
+    service = app.state.service
+    service.start()
+    _reload_on_sighup(service)
+    yield
+    await service.stop()
+
+
+def _reload_on_sighup(service):
+    """SIGHUP: load the served folder again (its files replaced in place)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(service.reload(None)))
+    except (NotImplementedError, RuntimeError, AttributeError, ValueError):
+        pass  # no SIGHUP (Windows) or not the main thread: POST /reload still works
+
+
+def _service(request):
+    return request.app.state.service
+
+
+page_routes = APIRouter()
+
+
+@page_routes.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page():
+    with open(PAGE, encoding="utf-8") as f:
+        return HTMLResponse(f.read())
+
+
+admin_routes = APIRouter()  # for the orchestration and the line's scripts
+
+
+@admin_routes.get("/health")
+async def health():
+    return {"status": "alive"}
+
+
+@admin_routes.get("/ready")
+async def ready(request: Request):
+    service = _service(request)
+    if service.draining:
+        return JSONResponse({"ready": False, "reason": "shutting down"}, status_code=503)
+    if not service.slot.current.alive():
+        return JSONResponse({"ready": False, "reason": "the engine process stopped; restart "
+                             "the service or POST /reload"}, status_code=503)
+    return {"ready": True, **service.slot.current.describe()}
+
+
+@admin_routes.get("/info")
+async def info(request: Request):
+    service = _service(request)
+    settings = service.settings
+    return {**service.slot.current.describe(), "api_key_required": settings.api_key is not None,
+            "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels,
+            "max_batch": settings.max_batch}
+
+
+@admin_routes.get("/metrics", response_class=PlainTextResponse)
+async def prometheus(request: Request):
+    return PlainTextResponse(_service(request).metrics.text(), media_type="text/plain; version=0.0.4")
+
+
+@admin_routes.post("/reload")
+async def reload(request: Request):
+    service = _service(request)
+    service.require_key(request)
+    model_dir = await _requested_folder(request)
+    if model_dir:
+        service.require_inside_root(model_dir)
+    return await service.reload(model_dir)
+
+
+async def _requested_folder(request):
+    """The "model_dir" of a /reload body, or None (no body, or none named: the served folder)."""
+    body = await request.body()
+    if not body:
+        return None
+    named = _json(body)
+    if not isinstance(named, dict) or not isinstance(named.get("model_dir"), (str, type(None))):
+        raise _Refused(400, 'expected a JSON object such as {"model_dir": "..."}')
+    return named.get("model_dir")
+
+
+prediction_routes = APIRouter()
+
+
+@prediction_routes.post("/predict")
+async def predict(request: Request):
+    service = _service(request)
+    service.require_key(request)
+    started = time.perf_counter()
+    request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
+    data, name, options = await _read_image(request)
+    served, image, (model_map, score, batch_size), decoded = await _decoded_and_scored(service, data, name)
+    scored = time.perf_counter()
+    answer = await asyncio.to_thread(_answer, served, image, model_map, score, options)
+    done = time.perf_counter()
+    answer.update(request_id=request_id, part_id=options["part_id"], batch_size=batch_size,
+                  timing_ms={"decode": round((decoded - started) * 1000, 3),
+                             "queue_and_engine": round((scored - decoded) * 1000, 3),
+                             "postprocess": round((done - scored) * 1000, 3),
+                             "total": round((done - started) * 1000, 3)})
+    await service.record(request_id, answer)
+    return JSONResponse(answer, headers={REQUEST_ID_HEADER: request_id})
+
+
+async def _decoded_and_scored(service, data, name):
+    """(the model that scored it, image, (map, score, batch size), when decoding ended) of one
+    request's bytes, on the model served when it was decoded."""
+    settings = service.settings
+    for _ in range(3):  # a reload may close the batcher between reading it and submitting
+        served = service.slot.current
+        try:  # decoding and resizing in one trip off the event loop
+            image, tensor, decoded = await asyncio.to_thread(_decode_and_preprocess, served, data, name,
+                                                             settings)
+        except TooLarge as err:
+            raise _Refused(413, str(err)) from None
+        except UserError as err:
+            raise _Refused(400, str(err)) from None
+        try:
+            return served, image, await _scored(served, tensor, image.shape[:2]), decoded
+        except BatcherClosed:
+            continue
+        except QueueFull:
+            raise _Refused(503, f"busy: {settings.max_queue} images already waiting (--max_queue); "
+                           "retry shortly", {"Retry-After": "1"}) from None
+    raise _Refused(503, "the model is being swapped; retry", {"Retry-After": "1"})
 
 
 def _json(body):

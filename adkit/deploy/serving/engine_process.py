@@ -32,8 +32,10 @@ def _child(conn, model_dir, options):
     _ignore_stop_signals()
     try:
         from adkit.core.image_io import to_chw_float
+        from adkit.core.runtime import tune_process
         from adkit.deploy.predictor import Predictor
 
+        tune_process(options.get("cpu_threads", 2))  # this process is the service's own
         predictor = Predictor(model_dir, **options)
         # again: importing Paddle installs its own SIGTERM handler (it dies with a C++ traceback),
         # which a signal to the whole group (systemd's default stop) would reach

@@ -26,6 +26,36 @@ def model_version(model_dir):
     return digest.hexdigest()[:12]
 
 
+class ModelRoot:
+    """serve.py --model_root: the folder whose subfolders a reload request may name, besides
+    the --model_dir the service started with. Paths are compared once symlinks and ".." are
+    resolved, so neither a link inside the root nor "root/../elsewhere" reaches outside it."""
+
+    def __init__(self, root, model_dir):
+        self.root, self.model_dir = os.path.abspath(root), model_dir
+
+    def refusal(self, model_dir):
+        """None when ``model_dir`` may be loaded, else the one line that says why not."""
+        try:
+            real = os.path.realpath(model_dir)
+        except ValueError:  # a NUL byte: no folder anywhere has that name
+            return self._outside(repr(model_dir))
+        if real == os.path.realpath(self.model_dir) or _strictly_inside(real, os.path.realpath(self.root)):
+            return None
+        return self._outside(model_dir if real == os.path.abspath(model_dir) else f"{model_dir} (that is {real})")
+
+    def _outside(self, named):
+        return f"{named} is outside --model_root {self.root}: the service loads only folders inside it"
+
+
+def _strictly_inside(path, folder):
+    """Whether ``path`` is below ``folder`` (both resolved); the folder itself is not."""
+    try:
+        return path != folder and os.path.commonpath([path, folder]) == folder
+    except ValueError:  # Windows: another drive
+        return False
+
+
 class LoadedModel:
     """A model folder being served: its engine in a child process (engine_process), driven
     from one thread of this process (one batch at a time), and its version."""
