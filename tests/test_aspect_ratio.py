@@ -57,6 +57,7 @@ def test_every_model_has_a_size_here():
     assert sorted(SIZES) == sorted(model_names())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(SIZES))
 def test_fit_infer_export_and_reload_at_a_non_square_size(model, tmp_path):
     from adkit.deploy.engines import GraphEngine
@@ -126,6 +127,7 @@ def test_autoencoder_per_axis_by_hand():
         assert ae(x).shape == [2, 384, 8, 16]  # the PDN's map (test above)
 
 
+@pytest.mark.slow
 def test_padim_has_one_gaussian_per_stride_4_position(tmp_path):
     from adkit.models.padim.method import PaDiMMethod
 

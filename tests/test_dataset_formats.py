@@ -157,6 +157,7 @@ def test_visa_reads_the_split_file_in_place(tmp_path):
         open_category(cfg, "bottle")
 
 
+@pytest.mark.slow
 def test_visa_csv_without_a_column_is_one_line(tmp_path):
     data = make_visa(tmp_path, columns=("object", "split", "label", "image"))
     done = subprocess.run([sys.executable, "main.py", "--model", "patchcore", "--mode", "train",
@@ -201,6 +202,7 @@ def test_folder_format_matches_masks_by_name(tmp_path):
     assert open_category(folder_cfg(dirs), "parts").name == "parts"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, says", [
     (lambda d: put(f"{d['masks']}/scratch/009_mask.png", np.zeros((8, 8), np.uint8)),
      "1 mask(s) match no image in --test_defect_dir, e.g. "),
@@ -228,6 +230,7 @@ def train_and_eval(tmp_path, data_args, cls, *eval_args):
     return json.load(open(os.path.join(out, "patchcore", "metrics.json")))["categories"][cls], os.path.join(out, "patchcore", cls)
 
 
+@pytest.mark.slow
 def test_loco_end_to_end_reports_subsets_and_spro(tmp_path, capsys):
     data = make_loco(tmp_path / "data")
     result, folder = train_and_eval(tmp_path, ["--data_format", "loco", "--data_dir", data], "box",
@@ -248,6 +251,7 @@ def test_loco_end_to_end_reports_subsets_and_spro(tmp_path, capsys):
     assert tifffile.imread(tiff).shape == (256, 256)
 
 
+@pytest.mark.slow
 def test_visa_and_folder_end_to_end(tmp_path):
     visa, _ = train_and_eval(tmp_path / "v", ["--data_format", "visa", "--data_dir", make_visa(tmp_path / "visa")],
                              "candle")
@@ -305,6 +309,7 @@ def tool(*args):
     return done
 
 
+@pytest.mark.slow
 def test_coco_and_synthetic_datasets_train_and_evaluate(tmp_path):
     """What tools/prepare_dataset.py and tools/make_synthetic.py write is a dataset main.py
     trains and evaluates on, with the masks the annotations and the defects say."""

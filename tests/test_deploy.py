@@ -143,6 +143,7 @@ def trained(tmp_path_factory, images):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_export_writes_graph_onnx_and_deploy_config(trained, model):
     run = trained(model)
@@ -165,6 +166,7 @@ def test_export_writes_graph_onnx_and_deploy_config(trained, model):
     assert "Pad" not in {node.op_type for node in onnx.load(str(run["save_dir"] / "model.onnx")).graph.node}
 
 
+@pytest.mark.slow
 def test_export_refuses_an_onnx_model_that_disagrees_with_paddle(trained, tmp_path):
     import onnx
     from onnx import numpy_helper
@@ -190,6 +192,7 @@ def test_export_refuses_an_onnx_model_that_disagrees_with_paddle(trained, tmp_pa
         check_onnx_matches_paddle(str(folder))
 
 
+@pytest.mark.slow
 def test_export_cli_with_onnx_keeps_stdout_for_results(trained, tmp_path):
     """paddle2onnx's C++ core prints "[I] ..." / "[INFO] ONNX model saved" lines on stdout;
     export_model.py prints no results, so its stdout stays empty (logs go to stderr)."""
@@ -202,6 +205,7 @@ def test_export_cli_with_onnx_keeps_stdout_for_results(trained, tmp_path):
     assert "exported rd4ad" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", sorted(ENGINE_RUNS))
 @pytest.mark.parametrize("model", MODELS)
 def test_infer_cli_outputs_match_dygraph(trained, images, tmp_path, model, engine):
@@ -261,6 +265,7 @@ def test_infer_cli_outputs_match_dygraph(trained, images, tmp_path, model, engin
     assert sum(1 for r in regions) > 0  # some image of the brick test set has a region
 
 
+@pytest.mark.slow
 def test_benchmark_reports_the_three_stages_and_png_writes_overlays_only(trained, images, tmp_path):
     proc = cli("infer.py", "--model_dir", trained("efficientad_s")["save_dir"], "--img_path",
                images[0], "--output_dir", tmp_path, "--benchmark", "true", "--warmup", 0,
@@ -355,6 +360,7 @@ def infer_error_cases(save_dir, images, tmp_path):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["bad model_dir", "non-image file", "batch larger than images",
                                   "fp16 on cpu", "tensorrt on cpu", "not a boolean",
                                   "fp16 with onnxruntime"])
@@ -367,6 +373,7 @@ def test_infer_user_errors_exit_2_with_one_line(trained, images, tmp_path, case)
     assert named in lines[0]
 
 
+@pytest.mark.slow
 def test_failed_export_leaves_the_existing_export_intact(trained, tmp_path, monkeypatch):
     from adkit.commands import export as export_model
     from adkit.core.errors import UserError
@@ -389,6 +396,7 @@ def test_failed_export_leaves_the_existing_export_intact(trained, tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["deployed"]  # no staging or backup folder left over
 
 
+@pytest.mark.slow
 def test_successful_export_replaces_the_whole_folder(trained, tmp_path):
     from adkit.commands.export import export
 
@@ -414,6 +422,7 @@ def test_export_cli_bad_checkpoint_is_one_line_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["paddle", "onnxruntime", "checkpoint"])
 def test_predictor_api_on_export_and_checkpoint_folders(trained, images, backend):
     from adkit import Predictor
@@ -438,6 +447,7 @@ def test_predictor_api_on_export_and_checkpoint_folders(trained, images, backend
             assert result.label == ("defect" if result.score >= predictor.threshold.value else "good")
 
 
+@pytest.mark.slow
 def test_infer_walks_a_dataset_tree_and_a_second_run_replaces_the_first(trained, tmp_path):
     # The README's deployment example: --img_path is a whole test tree.
     save_dir = trained("rd4ad")["save_dir"]
@@ -467,6 +477,7 @@ def test_infer_walks_a_dataset_tree_and_a_second_run_replaces_the_first(trained,
     assert len(read_csv(out / "df_test.csv")) == 1
 
 
+@pytest.mark.slow
 def test_infer_does_not_read_its_own_outputs_back(trained, tmp_path):
     """--output_dir inside --img_path: the second run scores the same images as the first,
     not the first run's _overlay.png / _mask.png files (a run folder holds run.json)."""
@@ -484,6 +495,7 @@ def test_infer_does_not_read_its_own_outputs_back(trained, tmp_path):
     assert (photos / "results" / "line1" / "000_overlay.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_truncated_image_gives_one_line_or_is_skipped_when_asked(trained, images, tmp_path):
     save_dir = trained("rd4ad")["save_dir"]
     folder = tmp_path / "batch"

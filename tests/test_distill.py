@@ -179,6 +179,7 @@ def data_root(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_resumed_distillation_is_bit_identical(data_root):
     straight, resumed = data_root / "straight", data_root / "resumed"
     run_distill(_cfg(data_root, straight))
@@ -195,6 +196,7 @@ def test_resumed_distillation_is_bit_identical(data_root):
                                       value)
 
 
+@pytest.mark.slow
 def test_resume_with_other_options_is_a_user_error(data_root):
     run_distill(_cfg(data_root, data_root / "out", steps=1))
     with pytest.raises(UserError, match="crop_size"):
@@ -221,6 +223,7 @@ def _held_out_losses(out, tmp_path):
     return np.mean((prediction - target) ** 2), np.mean(target ** 2)
 
 
+@pytest.mark.slow
 def test_distillation_lowers_the_loss_on_held_out_crops(data_root):
     out = data_root / "out"
     run_distill(_cfg(data_root, out, steps=1))

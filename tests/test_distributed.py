@@ -96,6 +96,7 @@ def test_local_blocks_see_one_process(monkeypatch):
 
 # -- --amp -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_amp_needs_a_gpu_and_says_so_in_one_line():
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--model", "rd4ad",
                            "--mode", "train", "--amp", "bf16"], capture_output=True, text=True,
@@ -154,6 +155,7 @@ def test_fp16_needs_a_step_that_lets_the_trainer_scale_the_loss(tmp_path):
 
 # -- two real processes ------------------------------------------------------------------
 
+@pytest.mark.slow
 @needs_collectives
 def test_two_processes_train_as_one_and_survive_ctrl_c_and_resume(tmp_path):
     """Global batch 8 split 4 + 4, gradients averaged: the same updates as one process. A
@@ -192,6 +194,7 @@ def test_two_processes_train_as_one_and_survive_ctrl_c_and_resume(tmp_path):
     assert {float(row["rows"]) for row in rows} == {4.0}  # each process saw half of each batch
 
 
+@pytest.mark.slow
 @needs_collectives
 def test_teacher_distillation_on_two_processes_matches_one(tmp_path):
     images = os.path.join(SAMPLE, "brick", "train", "good")
@@ -214,6 +217,7 @@ def read_metrics(out):
         return json.load(f)
 
 
+@pytest.mark.slow
 @needs_collectives
 def test_rd4ad_on_two_processes_and_sharded_eval_equals_one_process(tmp_path):
     out = tmp_path / "out"
@@ -288,6 +292,7 @@ def result_lines(text):
     return [line for line in text.splitlines() if "\t" in line]
 
 
+@pytest.mark.slow
 @needs_collectives
 def test_sharded_infer_equals_one_process_and_a_failure_leaves_no_folder(tmp_path):
     """Two processes each score half of the batches into process 0's staging folder: the same

@@ -43,6 +43,7 @@ def copy_of_repository(folder):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_has_commands_that_run(page, tmp_path):
     blocks = marked_blocks(page)

@@ -75,6 +75,7 @@ def test_bilinear_resize_matches_numpy_reference(in_hw, out_hw):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["small", "medium"])
 def test_paper_shapes_at_256(size):
     x = paddle.rand([1, 3, 256, 256])
@@ -322,6 +323,7 @@ def _trained_like_inference_net(size=64):
     return net
 
 
+@pytest.mark.slow
 def test_export_runs_in_paddle_inference_with_dynamic_batch(tmp_path):
     from paddle import inference
 
@@ -430,6 +432,7 @@ def _final_weights(ckpt):
             for role in ("teacher", "student", "autoencoder")}
 
 
+@pytest.mark.slow
 def test_resumed_training_reaches_the_same_weights(tmp_path, monkeypatch):
     from adkit.train.weights import safe_load
 
@@ -496,6 +499,7 @@ def test_resume_without_train_state_is_a_user_error(tmp_path):
         EfficientADMethod(_cfg(tmp_path)).fit(train, val, tmp_path, resume=True)
 
 
+@pytest.mark.slow
 def test_training_moves_only_student_and_autoencoder_and_lowers_the_loss(tmp_path,
                                                                          monkeypatch):
     train, val = _data()

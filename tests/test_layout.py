@@ -69,3 +69,16 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     module.write_text("def f():\n    from adkit.deploy.engines import GraphEngine\n")
     assert adkit_imports(str(module)) == ["adkit.deploy.engines"]
     assert "deploy" not in ALLOWED["models"]
+
+
+def test_every_module_imports():
+    """Each module of every layer imports by its installed name (the quick test tier, -m "not
+    slow", touches them all at least this far)."""
+    import importlib
+
+    for layer, path in layer_files():
+        relative = os.path.relpath(path, ROOT)[:-len(".py")].split(os.sep)
+        if relative[-1] == "__init__":
+            relative = relative[:-1]
+        name = ".".join(relative if relative[0] == "adkit" else ["adkit"] + relative)
+        assert importlib.import_module(name).__name__ == name

@@ -28,6 +28,7 @@ def run_cli(args):
     return 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, extra", [
     ("rd4ad", ["--backbone", "efficientnet_lite0", "--steps", "3", "--batch_size", "4"]),
     ("efficientad_s", ["--steps", "3", "--teacher_weights", "none"]),
@@ -121,6 +122,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_arguments_give_one_error_line(tmp_path, case):
     build, message = BAD_INPUTS[case]
@@ -130,6 +132,7 @@ def test_bad_arguments_give_one_error_line(tmp_path, case):
     assert re.search(message, lines[0]), lines[0]
 
 
+@pytest.mark.slow
 def test_bad_files_stop_with_a_clear_error_and_no_traceback(tmp_path):
     base = ["--model", "efficientad_s", "--steps", "1", "--image_size", "64", "--teacher_weights",
             "none", "--output_dir", str(tmp_path / "out")]
@@ -148,6 +151,7 @@ def test_bad_files_stop_with_a_clear_error_and_no_traceback(tmp_path):
     assert code == 2 and lines == [f"error: {good}: no images found (expected .png/.jpg/... files)"]
 
 
+@pytest.mark.slow
 def test_mask_size_mismatch_is_reported_at_eval(tmp_path):
     data = make_dataset(tmp_path / "data")
     out = str(tmp_path / "out")
@@ -162,6 +166,7 @@ def test_mask_size_mismatch_is_reported_at_eval(tmp_path):
     assert not any("Traceback" in l for l in lines)
 
 
+@pytest.mark.slow
 def test_help_shows_each_default_once():
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--help"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -171,6 +176,7 @@ def test_help_shows_each_default_once():
     assert "--threshold_policy" in text and "val_fpr:F" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, says", [
     (["--threshold_policy", "val_fpr:2"], "--threshold_policy val_fpr:2: F is the fraction"),
     (["--val_ratio", "0", "--threshold_policy", "val_max"], "--threshold_policy val_max: needs validation"),
@@ -196,6 +202,7 @@ def gravel_run(tmp_path_factory):
     return data, out, common
 
 
+@pytest.mark.slow
 def test_eval_applies_any_policy_without_retraining(gravel_run):
     data, out, common = gravel_run
     folder = os.path.join(out, "rd4ad", "gravel")
@@ -218,6 +225,7 @@ def test_eval_applies_any_policy_without_retraining(gravel_run):
     assert "test_f1" in html and "oracle" in html
 
 
+@pytest.mark.slow
 def test_eval_names_every_bad_test_file_before_running_or_skips_them(gravel_run, tmp_path):
     data, out, common = gravel_run
     crack = os.path.join(data, "gravel", "test", "crack")
@@ -249,6 +257,7 @@ def test_a_training_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypatch):
     from adkit.deploy.engines import DygraphEngine, PaddleEngine
 
@@ -269,6 +278,7 @@ def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypat
     assert forward_calls == []
 
 
+@pytest.mark.slow
 def test_every_long_phase_reports_progress_off_a_terminal(tmp_path, monkeypatch, capsys):
     from adkit.core import progress
 

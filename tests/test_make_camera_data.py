@@ -139,6 +139,7 @@ def test_photos_are_the_texture_at_its_own_scale(made):
         assert 0.7 < gray.std() / texture.std() < 1.3, path
 
 
+@pytest.mark.slow
 def test_same_seed_same_files_other_seed_other_photos(made, tmp_path):
     category, _ = made
     again, _ = made_by(tmp_path / "again", "--seed", SEED)

@@ -221,6 +221,7 @@ def test_bad_options_are_refused(few, tmp_path, options, words):
     assert nothing_left(tmp_path, "good")
 
 
+@pytest.mark.slow
 def test_bad_good_dirs_are_refused(tmp_path):
     out = tmp_path / "new" / "part"
     absent = run_tool("--good_dir", tmp_path / "absent", "--output_dir", out)

@@ -499,6 +499,7 @@ def test_the_rd4ad_twin_computes_what_the_student_computes():
     assert compared > 40
 
 
+@pytest.mark.slow
 def test_rd4ad_trains_the_same_with_onednn_and_with_paddles_kernels(tmp_path):
     from adkit.models.rd4ad.method import RD4ADMethod
 
@@ -523,6 +524,7 @@ def test_rd4ad_trains_the_same_with_onednn_and_with_paddles_kernels(tmp_path):
     assert diffs.max() <= 2 * lr * 1.01
 
 
+@pytest.mark.slow
 def test_frozen_forward_gives_channels_last_features():
     from adkit.train.frozen import FrozenForward
     from adkit.models.backbones.encoders import build_encoder
@@ -551,6 +553,7 @@ def _blocktime_after_setup(preload):
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_a_foreign_libgomp_makes_paddles_openmp_threads_sleep_at_once():
     """torch imported first puts its libgomp in the global scope: Paddle's oneDNN then takes its
     threads from there, and Paddle's spinning libiomp5 threads must not hold the cores."""

@@ -104,6 +104,7 @@ def test_random_projection_keeps_distances_roughly_and_small_inputs_unchanged():
     np.testing.assert_array_equal(random_projection(x[:, :64], 128, seed=0), x[:, :64])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["dygraph", "graph"])
 def test_inference_net_matches_a_numpy_pipeline(engine):
     """The net in dygraph, and as eval and calibration run it on the CPU (engines.GraphEngine:
@@ -147,6 +148,7 @@ def test_inference_net_matches_a_numpy_pipeline(engine):
         assert float(score[i]) == pytest.approx(want, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_scoring_runs_the_graph_on_the_cpu_only():
     from adkit.deploy.engines import DygraphEngine, GraphEngine, scoring_engine
 

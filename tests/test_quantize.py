@@ -45,6 +45,7 @@ def exported(tmp_path_factory):
     return {"ckpt": ckpt, "fp32": out / "fp32", "int8": out / "int8", "root": out}
 
 
+@pytest.mark.slow
 def test_int8_export_records_what_was_quantised_and_checked(exported):
     folder = exported["int8"]
     assert sorted(os.listdir(folder)) == ["calibration.json", "deploy_config.json", "inference.pdiparams",
@@ -63,6 +64,7 @@ def test_int8_export_records_what_was_quantised_and_checked(exported):
     assert fp32["precision"] == "fp32" and fp32["quantization"] is None
 
 
+@pytest.mark.slow
 def test_int8_graph_runs_with_onednn_int8_and_its_maps_follow_fp32(exported):
     from adkit.core.compat import runs_old_ir
     from adkit.deploy.engines import PaddleEngine
@@ -83,6 +85,7 @@ def test_int8_graph_runs_with_onednn_int8_and_its_maps_follow_fp32(exported):
     assert np.all(np.isfinite(scores8))
 
 
+@pytest.mark.slow
 def test_infer_runs_the_int8_folder_without_new_flags(exported, tmp_path):
     images = os.path.join(ROOT, "sample_data", CLS, "test", "good")
     proc = cli(os.path.join(ROOT, "infer.py"), "--model_dir", exported["int8"], "--img_path", images,
@@ -94,6 +97,7 @@ def test_infer_runs_the_int8_folder_without_new_flags(exported, tmp_path):
     assert "squashed" not in proc.stderr and "---" not in proc.stderr  # oneDNN's pass notes silenced
 
 
+@pytest.mark.slow
 def test_refusal_is_one_line_and_leaves_no_folder(exported, tmp_path):
     # Force the refusal through the module's bar (no drop can be below -1), one level for speed.
     code = ("import sys, adkit.deploy.quantize as q, export_model; q.MAX_AUROC_DROP = -1.0; "
@@ -111,6 +115,7 @@ def test_refusal_is_one_line_and_leaves_no_folder(exported, tmp_path):
     assert os.listdir(tmp_path) == []  # no export, no staging or work folder left
 
 
+@pytest.mark.slow
 def test_int8_folder_refuses_gpu_and_quantize_refuses_onnx(exported, tmp_path):
     from adkit.deploy.engines import PaddleEngine
     from adkit.core.errors import UserError

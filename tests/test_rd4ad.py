@@ -26,6 +26,7 @@ def _features(shapes, seed):
 
 # ------------------------------------------------------------------ shapes
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, widths, code_channels", [
     ("resnet18", (64, 128, 256), 512),
     ("wide_resnet50_2", (256, 512, 1024), 2048),
@@ -250,6 +251,7 @@ def test_anomaly_map_matches_numpy_scipy():
         np.testing.assert_allclose(amap[b, 0], ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_inference_net_exports_with_dynamic_batch(tmp_path):
     from paddle import inference
 
@@ -307,6 +309,7 @@ def _student_state(method):
     return state
 
 
+@pytest.mark.slow
 def test_fit_resume_and_load(tmp_path):
     # a small student keeps the checkpoints (weights + Adam moments) quick to write
     cfg = _cfg(backbone="efficientnet_lite0")
@@ -338,6 +341,7 @@ def test_fit_resume_and_load(tmp_path):
     np.testing.assert_allclose(score.numpy(), trained_score.numpy(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_load_errors(tmp_path):
     with pytest.raises(UserError, match="no trained rd4ad checkpoint in .*run --mode train"):
         RD4ADMethod(_cfg()).load(tmp_path)

@@ -72,6 +72,7 @@ def close(got, want, rtol=RTOL):
     return np.allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=rtol, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(RUNS))
 def test_training_reproduces_the_reference_numbers(tmp_path, model):
     with open(REFERENCE, encoding="utf-8") as f:

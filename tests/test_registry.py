@@ -26,7 +26,7 @@ def test_the_registry_lists_the_method_folders():
     specs = registry.all_specs()
     folders = sorted(f for f in os.listdir(os.path.join(ROOT, "models"))
                      if os.path.isfile(os.path.join(ROOT, "models", f, "spec.py")))
-    assert sorted({spec.method.split(".")[1] for spec in specs.values()}) == folders
+    assert sorted({spec.method.split(".")[2] for spec in specs.values()}) == folders
     assert set(registry.benchmark_cases()) >= set(specs)
 
 
@@ -56,6 +56,7 @@ def test_extra_modes_belong_to_their_method():
     assert not any(key.startswith("distill_") for key in cfg)
 
 
+@pytest.mark.slow
 def test_help_per_method_shows_its_own_options():
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--model", "rd4ad", "--help"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -67,14 +68,7 @@ def test_help_per_method_shows_its_own_options():
 
 @pytest.mark.parametrize("package", sorted({spec.method.split(":")[0].rsplit(".", 1)[0]
                                             for spec in registry.all_specs().values()}))
-def test_method_packages_export_what_they_list_without_loading_paddle_for_the_spec(package):
-    import importlib
-
-    module = importlib.import_module(package)
-    for name in module.__all__:
-        assert getattr(module, name) is not None
-    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        getattr(module, "nothing")
+def test_reading_a_method_spec_loads_no_paddle(package):
     code = f"import sys; import {package}.spec; print('paddle' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr

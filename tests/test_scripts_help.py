@@ -37,6 +37,7 @@ def test_the_walk_finds_the_entry_points_tools_and_benchmarks():
     assert "test_tipc/common_func.sh" not in found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", scripts())
 def test_help_exits_0_with_usage_on_stdout(script):
     if script.endswith(".sh"):

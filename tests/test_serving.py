@@ -131,6 +131,7 @@ def regions_by_scipy(amap, threshold):
     return sorted(out, key=lambda r: (-r["max"], r["y"], r["x"]))
 
 
+@pytest.mark.slow
 def test_three_ways_to_send_an_image_give_the_predictors_answer(server, exports):
     from adkit import Predictor
 
@@ -160,6 +161,7 @@ def test_three_ways_to_send_an_image_give_the_predictors_answer(server, exports)
     assert any(server.upload(p).json()["regions"] for p in DEFECTS), "no defect image gave a region"
 
 
+@pytest.mark.slow
 def test_overlay_and_map_come_back_as_pngs_of_the_image_size(server):
     import cv2
 
@@ -174,6 +176,7 @@ def test_overlay_and_map_come_back_as_pngs_of_the_image_size(server):
     assert "overlay_png" not in plain and "map_png" not in plain
 
 
+@pytest.mark.slow
 def test_concurrent_requests_run_in_batches(server):
     before = batches(server.metrics())
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -205,6 +208,7 @@ def png_declaring(width, height):
             + chunk(b"IDAT", zlib.compress(b"\0" * 2_000_000, 9)) + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow
 def test_bad_requests_get_their_status_while_a_load_keeps_succeeding(server):
     good = open(GOOD, "rb").read()
     bad = [  # (what, request kwargs, status, words the error must contain)
@@ -235,6 +239,7 @@ def test_bad_requests_get_their_status_while_a_load_keeps_succeeding(server):
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.slow
 def test_health_ready_info_and_metrics(server):
     ready = httpx.get(server.url + "/ready").json()
     assert ready["ready"] is True and ready["model"] == "padim"
@@ -251,6 +256,7 @@ def test_health_ready_info_and_metrics(server):
     assert count == answered
 
 
+@pytest.mark.slow
 def test_the_audit_log_has_one_row_per_decision(server):
     ids = []
     for k, path in enumerate(DEFECTS[:3]):
@@ -266,6 +272,7 @@ def test_the_audit_log_has_one_row_per_decision(server):
     assert len(rows) >= 3 + 4 * 3  # every 200 answer of the earlier tests too
 
 
+@pytest.mark.slow
 def test_reload_swaps_models_and_a_bad_folder_keeps_the_old_one(exports, tmp_path):
     srv = Server(exports[0], "--max_wait_ms", 5)
     try:
@@ -297,6 +304,7 @@ def outside_root(path, root):
     return f"{path} is outside --model_root {root}: the service loads only folders inside it"
 
 
+@pytest.mark.slow
 def test_reload_loads_only_folders_inside_the_model_root(exports, tmp_path):
     """--model_root models/: a folder elsewhere, "models/../elsewhere", a link inside models/ to
     elsewhere and models/ itself are refused with 403 and the model keeps answering; a folder
@@ -337,6 +345,7 @@ def test_reload_loads_only_folders_inside_the_model_root(exports, tmp_path):
         assert srv.stop() == 0
 
 
+@pytest.mark.slow
 def test_the_model_root_defaults_to_the_folder_holding_model_dir(server, exports, tmp_path):
     before = server.upload(DEFECTS[0]).json()
     answer = server.post("/reload", json={"model_dir": str(tmp_path)})
@@ -362,6 +371,7 @@ def test_the_model_root_compares_resolved_paths(tmp_path):
     assert ModelRoot(str(root), str(root)).refusal(str(root)) is None  # --model_dir itself, even as the root
 
 
+@pytest.mark.slow
 def test_sighup_loads_the_folder_again(exports, tmp_path):
     folder = tmp_path / "live"
     shutil.copytree(exports[0], folder)
@@ -381,6 +391,7 @@ def test_sighup_loads_the_folder_again(exports, tmp_path):
         assert srv.stop() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("to_group", [False, True], ids=["to the server", "to its process group"])
 def test_sigterm_finishes_the_requests_in_flight_then_exits(exports, tmp_path, to_group):
     """SIGTERM to the server, or to its whole process group as systemd's default stop sends it
@@ -414,6 +425,7 @@ def in_flight(metrics_text):
     return int(next(l for l in metrics_text.splitlines() if l.startswith("adkit_requests_in_flight ")).split()[1])
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after(exports):
     srv = Server(exports[0], "--max_batch", 1, "--max_queue", 1, "--max_wait_ms", 0, key=None)
     try:
@@ -429,6 +441,7 @@ def test_a_full_queue_answers_503_with_retry_after(exports):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_a_folder_that_does_not_load_is_one_line_and_no_server(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "serve.py"), "--model_dir", str(tmp_path / "none"),
                            "--port", str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -522,6 +535,7 @@ def wait_for(driver, condition, timeout=60):
     raise AssertionError(f"timed out waiting for: {condition}")
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_apis_answer_for_an_uploaded_image(exports, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -570,6 +584,7 @@ def test_the_page_shows_the_apis_answer_for_an_uploaded_image(exports, browser, 
         srv.stop()
 
 
+@pytest.mark.slow
 def test_a_taken_port_is_one_line_before_the_model_loads(exports):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

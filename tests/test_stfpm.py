@@ -61,6 +61,7 @@ def test_the_student_trains_and_the_teacher_does_not(backbone):
     assert all(p.grad is None for p in teacher.parameters())
 
 
+@pytest.mark.slow
 def test_fit_trains_batchnorm_then_evaluates_and_a_reload_gives_the_same_maps(train_cfg, tmp_path, brick_train_set,
                                                                               monkeypatch):
     from adkit.models.stfpm.method import STFPMMethod

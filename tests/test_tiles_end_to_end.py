@@ -72,6 +72,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(FAST))
 def test_tiled_train_eval_export_infer_serve(photos, tmp_path, model, capsys):
     out = str(tmp_path / "out")
@@ -132,6 +133,7 @@ def test_tiled_train_eval_export_infer_serve(photos, tmp_path, model, capsys):
     assert saved.shape == PHOTO_HW
 
 
+@pytest.mark.slow
 def test_the_service_stitches_tiles_into_the_predictors_map(photos, tmp_path):
     """serve.py's app on a tiled PatchCore export: the photo's tiles go through the micro-batcher
     in waves and come back as one map of the photo's size, the Predictor's (Paddle Inference,
@@ -175,6 +177,7 @@ def test_the_service_stitches_tiles_into_the_predictors_map(photos, tmp_path):
     assert refused.status_code == 400 and "overlay_max_side" in refused.json()["error"]
 
 
+@pytest.mark.slow
 def test_int8_of_a_tiled_model_is_calibrated_on_tiles_and_checked_on_whole_photos(photos, tmp_path):
     """export_model.py --quantize int8 of a tiled PatchCore: the scales come from tiles of the
     training photos, the accuracy bar from the validation photos and their synthetic defects

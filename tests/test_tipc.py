@@ -62,6 +62,7 @@ def lite_run(tmp_path_factory):
     return run_tipc(RD4AD_CONFIG, output_root), output_root
 
 
+@pytest.mark.slow
 def test_lite_pipeline_runs_every_step_successfully(lite_run):
     proc, output_root = lite_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -80,6 +81,7 @@ def test_lite_pipeline_runs_every_step_successfully(lite_run):
     assert others == ([] if gpu else ["skip gpu: no CUDA device (every --device gpu inference run)"])
 
 
+@pytest.mark.slow
 def test_every_grid_run_scores_the_images_as_the_dygraph_model(lite_run):
     # oneDNN on/off, 1 or 2 threads and batch 1 or 2 must not change the model's answer.
     _, output_root = lite_run
@@ -95,6 +97,7 @@ def test_every_grid_run_scores_the_images_as_the_dygraph_model(lite_run):
         assert scores == pytest.approx(reference, rel=1e-3, abs=1e-4), table
 
 
+@pytest.mark.slow
 def test_the_serving_pipeline_serves_the_export_and_matches_infer(lite_run):
     """test_serving_infer_python.sh on the lite run's export: serve.py up, every test image
     posted (4 at a time) and scored as infer.py scores it, bad requests refused, SIGTERM exit 0."""
@@ -122,6 +125,7 @@ def test_the_serving_pipeline_without_an_export_says_what_to_run_first(tmp_path)
     assert not os.path.exists(tmp_path / "padim")
 
 
+@pytest.mark.slow
 def test_failing_training_makes_the_pipeline_fail(tmp_path):
     config = config_with(tmp_path, "--data_dir:lite_train_lite_infer=sample_data|",
                          "--data_dir:lite_train_lite_infer=no/such/folder|")
@@ -201,6 +205,7 @@ ONE_GRID_POINT = {"--enable_mkldnn:true|false": "--enable_mkldnn:true", "--cpu_t
                   "--batch_size:1|2": "--batch_size:2"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", other_models())
 def test_lite_pipeline_passes_for_every_other_model(tmp_path, model):
     with open(os.path.join(TIPC, "configs", model, "train_infer_python.txt"), encoding="utf-8") as f:
@@ -219,6 +224,7 @@ def test_lite_pipeline_passes_for_every_other_model(tmp_path, model):
     assert all(line.startswith("Run successfully with command - ") for line in runs), runs
 
 
+@pytest.mark.slow
 def test_lite_pipeline_with_tiles(tmp_path):
     """PatchCore's tiled config (128-px tiles of the 256-px sample photos, 64-px model input):
     train -> eval -> export -> infer.py against main.py --mode infer, at one grid point."""

@@ -42,7 +42,7 @@ def test_training_step_matches_torch(model, cpu_conv):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for paddle_loss, torch_loss in json.loads(done.stdout.splitlines()[-1]):
-        assert paddle_loss == pytest.approx(torch_loss, rel=1e-5)
+        assert paddle_loss == pytest.approx(torch_loss, rel=1e-4)
 
 
 if __name__ == "__main__":

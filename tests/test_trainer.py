@@ -80,6 +80,7 @@ def test_resume_needs_a_checkpoint_of_the_same_method(tmp_path):
         shorter.resume()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_main_py_training_prints_the_command_that_continues(tmp_path):
     out = tmp_path / "out"
     args = ["--model", "rd4ad", "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),

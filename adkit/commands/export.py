@@ -18,8 +18,7 @@ import sys
 import tempfile
 
 from adkit.core.errors import UserError, exit_on_user_error
-from adkit.core.runtime import (cpu_threads_from_argv, framework_stdout_silenced, tune_process,
-                                setup_logging)
+from adkit.core.runtime import cpu_threads_from_argv, framework_stdout_silenced, setup_logging, tune_process
 
 
 def parse_args(argv):

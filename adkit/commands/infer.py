@@ -11,7 +11,7 @@ import statistics
 import sys
 
 from adkit.core.errors import UserError, exit_on_user_error
-from adkit.core.runtime import cpu_threads_from_argv, tune_process, setup_logging
+from adkit.core.runtime import cpu_threads_from_argv, setup_logging, tune_process
 from adkit.commands.engine_options import add_engine_options, predictor_options, str2bool
 
 TIME_KEYS = ("preprocess_time", "inference_time", "postprocess_time")

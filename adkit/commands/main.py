@@ -13,7 +13,7 @@ import logging
 import sys
 
 from adkit.core.errors import UserError, exit_on_user_error
-from adkit.core.runtime import cpu_threads_from_argv, tune_process, setup_logging
+from adkit.core.runtime import cpu_threads_from_argv, setup_logging, tune_process
 
 
 @exit_on_user_error

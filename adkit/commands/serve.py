@@ -14,7 +14,7 @@ import signal
 import sys
 
 from adkit.core.errors import UserError, exit_on_user_error
-from adkit.core.runtime import cpu_threads_from_argv, tune_process, setup_logging
+from adkit.core.runtime import cpu_threads_from_argv, setup_logging, tune_process
 from adkit.commands.engine_options import add_engine_options, predictor_options
 
 

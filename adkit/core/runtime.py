@@ -135,6 +135,7 @@ def keep_openmp_pools_apart():
 
 
 _VERBOSE = False
+_TUNED = False  # tune_process ran: Paddle's C++ notes on stdout/stderr are kept off the results
 _CPU_THREADS = None  # what use_cpu_threads gave Paddle's dygraph, for restore_cpu_threads
 
 
@@ -151,10 +152,13 @@ def tune_process(cpu_threads=2, verbose=False):
     - ``keep_openmp_pools_apart``: two OpenMP runtimes do not spin against each other
     - ``quiet_paddle_warnings``: a BatchNorm warning printed on every training step
     - ``use_cpu_threads``: import Paddle, and give dygraph ``cpu_threads`` threads
+
+    From then on Paddle Inference's C++ notes are sent away from stdout while it runs
+    (``framework_stdout_silenced``): without this call they go where Paddle writes them.
     """
-    global _VERBOSE
+    global _VERBOSE, _TUNED
     cpu_threads = checked_thread_count(cpu_threads)
-    _VERBOSE = _VERBOSE or verbose
+    _VERBOSE, _TUNED = _VERBOSE or verbose, True
     if not _VERBOSE:
         quiet_paddle_logs()
     keep_freed_memory()
@@ -210,7 +214,7 @@ def restore_cpu_threads():
     Creating a Paddle Inference predictor, and every run of it, leaves the calling thread's math
     library on fewer threads: dygraph's EfficientAD student forward + backward after a run took
     1.7x as long, a teacher forward after creating one 1.5x, until the count was set again; so
-    adkit.deploy.engines.PaddleEngine calls this after both."""
+    adkit.core.static_graph.GraphRunner calls this after both."""
     if _CPU_THREADS is not None:
         from paddle.base import core
 
@@ -279,15 +283,18 @@ def _descriptor_redirected(fd, target):
 def framework_stdout_silenced():
     """Paddle Inference's C++ code prints notes (e.g. "ReduceMeanCheckIfOneDNNSupport") straight
     to file descriptor 1, between our result lines: send them to /dev/null (to stderr after
-    --verbose) while Paddle runs."""
+    --verbose) while Paddle runs. Only in a process set up by tune_process: moving a host
+    application's file descriptors is not the library's business."""
+    if not _TUNED:
+        return contextlib.nullcontext()
     return _descriptor_redirected(1, 2 if _VERBOSE else None)
 
 
 def framework_stderr_silenced(active=True):
     """oneDNN's int8 passes print their progress ("---    squashed 0 quantize op") straight to
     file descriptor 2, where a refusal or an error must be one line: drop it (unless not
-    ``active`` or --verbose)."""
-    if not active or _VERBOSE:
+    ``active``, --verbose, or a process tune_process did not set up)."""
+    if not active or _VERBOSE or not _TUNED:
         return contextlib.nullcontext()
     return _descriptor_redirected(2, None)
 
