@@ -107,6 +107,24 @@ def test_validation_split_is_seeded_disjoint_and_never_empty():
         split_train_val(paths, 1.0, seed=0)
 
 
+@pytest.mark.parametrize("n, at_least, expected", [
+    (14, 3, 3),   # sample_data's brick: --val_ratio 0.1 alone holds out 1
+    (16, 3, 3),   # gravel: 2 by the ratio
+    (6, 3, 3),
+    (5, 3, 2),    # training keeps at least half
+    (2, 3, 1),
+    (200, 3, 20),  # the ratio gives more: the ratio holds
+    (14, 1, 1),   # the plain ratio (tools' test splits)
+])
+def test_at_least_a_few_validation_images_are_held_out(n, at_least, expected):
+    paths = [f"{i:03d}.png" for i in range(n)]
+    train, val = split_train_val(paths, 0.1, seed=0, at_least=at_least)
+    assert len(val) == expected and sorted(train + val) == paths
+    # the extra images come from the same seeded order: the ratio's are among them
+    assert set(split_train_val(paths, 0.1, seed=0)[1]) <= set(val)
+    assert split_train_val(paths, 0.0, seed=0, at_least=at_least)[1] == []  # --val_ratio 0: none
+
+
 class Indexed:
     """A dataset whose images are their own index, so batches show the data order."""
 

@@ -6,6 +6,7 @@ interpreter too."""
 import fnmatch
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,3 +56,36 @@ def test_every_page_has_commands_that_run(page, tmp_path):
         proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, (f"{page}: this block failed with exit code {proc.returncode}:\n{code}\n"
                                       f"--- stdout ---\n{proc.stdout[-2000:]}\n--- stderr ---\n{proc.stderr[-3000:]}")
+
+
+def quick_start_commands():
+    """The README quick start's main.py commands, as argument lists after `python main.py`."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## Quick start"):]
+    block = re.search(r"```bash\n(.*?)\n```", section, flags=re.S).group(1)
+    commands = [part.strip() for part in block.replace("\\\n", " ").split("&&")]
+    return [shlex.split(c)[2:] for c in commands if c.startswith("python main.py")]
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_labels_the_good_test_images_good(tmp_path):
+    """A newcomer's first result: at the threshold training stored (from the training side
+    alone), infer passes every good test brick and flags every defective one, with no warning
+    that the threshold is a guess."""
+    commands = quick_start_commands()
+    assert [c[c.index("--mode") + 1] for c in commands] == ["train", "eval", "infer"]
+    out = str(tmp_path / "output")
+    runs = []
+    for args in commands:
+        args = [out if before == "--output_dir" else a for before, a in zip([None] + args, args)]
+        runs.append(subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True,
+                                   text=True, timeout=900))
+        assert runs[-1].returncode == 0, runs[-1].stderr[-3000:]
+    assert not any("WARNING" in run.stderr for run in runs), [run.stderr for run in runs]
+    lines = [line.split("\t") for line in runs[-1].stdout.splitlines()]
+    test_tree = os.path.join(ROOT, "sample_data", "brick", "test")
+    expected = sum(len(files) for _, _, files in os.walk(test_tree))
+    assert len(lines) == expected
+    for score, label, path in lines:
+        assert label == ("good" if os.path.basename(os.path.dirname(path)) == "good" else "defect"), (score, path)

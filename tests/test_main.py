@@ -281,3 +281,27 @@ def test_every_long_phase_reports_progress_off_a_terminal(tmp_path, monkeypatch,
     for phase in ("teacher statistics", "efficientad_s train", "map quantiles",
                   "scoring training images", "scoring synthetic defects"):
         assert re.search(rf"INFO {phase} \d+/\d+", err), phase
+
+
+def test_the_few_validation_images_warning_is_said_once_per_model(tmp_path, capsys):
+    """Four training images: two held out, a threshold that is a guess. Training warns; eval
+    leaves it to report.html instead of saying it a second time."""
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(SAMPLE, "brick"), data / "brick")
+    good = data / "brick" / "train" / "good"
+    for name in sorted(os.listdir(good))[4:]:
+        os.remove(good / name)
+    common = ["--model", "padim", "--data_dir", str(data), "--cls", "brick",
+              "--output_dir", str(tmp_path / "out"), "--image_size", "64"]
+    warning = "rests on 2 validation good images"
+    assert run_cli(common + ["--mode", "train"]) == 0
+    assert capsys.readouterr().err.count(warning) == 1
+    assert run_cli(common + ["--mode", "eval"]) == 0
+    assert warning not in capsys.readouterr().err
+    report = open(tmp_path / "out" / "padim" / "brick" / "eval" / "report.html", encoding="utf-8").read()
+    assert report.count(warning) == 1
+    # trained with a manual threshold (no warning then), evaluated with one from those 2 images
+    assert run_cli(common + ["--mode", "train", "--threshold_policy", "manual:1"]) == 0
+    assert warning not in capsys.readouterr().err
+    assert run_cli(common + ["--mode", "eval", "--threshold_policy", "val_max"]) == 0
+    assert capsys.readouterr().err.count(warning) == 1

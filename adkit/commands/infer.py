@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Run an exported model with Paddle Inference (or ONNX Runtime): overlays, masks, maps, scores.
 
-    python infer.py --model_dir inference/rd4ad_brick --img_path sample_data/brick/test \
+    python infer.py --model_dir inference/patchcore_brick --img_path sample_data/brick/test \
         --device cpu --cpu_threads 2 --enable_mkldnn true --benchmark true --output_dir output/infer
 
 Prints one line per image on stdout: score, label (defect/good) and path.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Serve a model folder over HTTP for the inspection line (FastAPI + uvicorn).
 
-    python serve.py --model_dir inference/rd4ad_brick --host 127.0.0.1 --port 8866
+    python serve.py --model_dir inference/patchcore_brick --host 127.0.0.1 --port 8866
 
 Any folder infer.py takes: an export (Paddle Inference, ONNX Runtime with --backend onnxruntime,
 int8) or a training checkpoint folder. Open http://127.0.0.1:8866/ for the web page; POST images

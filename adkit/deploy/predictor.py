@@ -1,7 +1,7 @@
 """The Python API: load a model folder once, then score images.
 
     from adkit import Predictor
-    predictor = Predictor("inference/rd4ad_brick")          # or a checkpoint folder
+    predictor = Predictor("inference/patchcore_brick")      # or a checkpoint folder
     result = predictor.predict("part.png")                   # a path or an RGB uint8 array
     print(result.score, result.label)                        # result.map: float32 HxW
 

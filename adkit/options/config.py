@@ -77,7 +77,8 @@ OPTIONS = {
                       "mirror the tree)"),
     "save_interval": (int, "write a checkpoint every N steps"),
     "log_interval": (int, "log the loss every N steps"),
-    "val_ratio": (float, "fraction of train/good held out as validation (never the test set)"),
+    "val_ratio": (float, "fraction of train/good held out as validation (never the test set); "
+                         "at least 3 images when train/good has 6 or more"),
     "threshold": (float, "a score threshold for the labels, overriding --threshold_policy "
                          "(same as --threshold_policy manual:VALUE)"),
     "threshold_policy": (str, "how the pass/fail threshold is chosen: " + POLICY_HELP +

@@ -71,7 +71,8 @@ def evaluate(cfg, cls):
     engine = scoring_engine(method, cfg)
     calibration = read_calibration(ckpt_dir)
     distributed.barrier()  # several processes: all have read it before the main one writes it
-    if calibration is None:  # a checkpoint from before calibration existed: make it now
+    calibrated_here = calibration is None
+    if calibrated_here:  # a checkpoint from before calibration existed: make it now
         train_set, val_set = training_side(cfg, cls, category)
         calibration = calibrate(engine.run, train_set.preload(), val_set.preload(),
                                 cfg["eval_batch_size"], cfg["seed"],
@@ -104,7 +105,7 @@ def evaluate(cfg, cls):
     notes.append(f"Pixel metrics at the {cfg['eval_resolution']} resolution; image AUROC from "
                  f"{result['image_score']}")
     warning = few_validation_warning(calibration, threshold.policy)
-    if warning:
+    if warning and not _training_warned(calibration, calibrated_here):
         log.warning("[%s] %s", cls, warning)
     write_eval_folder(os.path.join(ckpt_dir, "eval"), test_set, category.root, maps, scores, result,
                       pro_curve, threshold, calibration, [(items[i], m) for i, m in bad],
@@ -116,6 +117,12 @@ def evaluate(cfg, cls):
         log.info("[%s] maps for the official MVTec evaluation scripts: --anomaly_maps_dir %s "
                  "--evaluated_objects %s", cls, os.path.join(ckpt_dir, "eval", MAPS_FOLDER), cls)
     return result
+
+
+def _training_warned(calibration, calibrated_here):
+    """Whether training logged the few-validation-images warning of this calibration already:
+    eval then leaves it to report.html instead of saying it a second time."""
+    return not calibrated_here and few_validation_warning(calibration, calibration["policy"]) is not None
 
 
 def report(cfg, results):
