@@ -63,6 +63,31 @@ def make_category(root, n_train=5, with_masks=True):
         write(f"{root}/part/ground_truth/dent/000_mask.png", mask)
 
 
+def test_a_files_problem_is_found_from_its_ends_in_the_words_reading_it_gives(tmp_path):
+    """image_file_problem (infer's check before scoring) against read_rgb itself: the same
+    message for every file reading refuses, nothing for every file it reads."""
+    from adkit.core.image_io import image_file_problem
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    readable = []
+    for ext in ("png", "jpg", "bmp", "tif", "webp", "ppm"):  # ppm: an unusual format, decoded
+        path = str(tmp_path / f"ok.{ext}")
+        assert cv2.imwrite(path, image)
+        readable.append(path)
+    png, jpg = (open(p, "rb").read() for p in readable[:2])
+    bad = {"cut.png": png[:len(png) // 2], "cut.jpg": jpg[:len(jpg) // 2], "empty.png": b"",
+           "fake.jpg": b"not an image, just text" * 10, "short.jpg": b"\xff\xd8"}
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+    for path in readable:
+        read_rgb(path)
+        assert image_file_problem(path) == "", path
+    for path in [str(tmp_path / name) for name in bad] + [str(tmp_path / "missing.png")]:
+        with pytest.raises(UserError) as refused:
+            read_rgb(path)
+        assert image_file_problem(path) == str(refused.value), path
+
+
 def test_mvtec_layout_masks_and_types(tmp_path):
     make_category(tmp_path)
     assert find_categories({"data_dir": str(tmp_path)}) == ["part"]

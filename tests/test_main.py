@@ -240,6 +240,42 @@ def test_eval_names_every_bad_test_file_before_running_or_skips_them(gravel_run,
             open(os.path.join(crack, name), "wb").write(content)
 
 
+def camera_folder_with_two_bad_files(folder):
+    """JPEGs of gravel's test images, one cut short (cam_003_trunc.jpg) and one that is not an
+    image at all (cam_099.jpg)."""
+    os.makedirs(folder)
+    sources = sorted(os.listdir(os.path.join(SAMPLE, "gravel", "test", "good")))
+    for k, name in enumerate(sources[:3]):
+        image = cv2.imread(os.path.join(SAMPLE, "gravel", "test", "good", name))
+        cv2.imwrite(os.path.join(folder, f"cam_00{k}.jpg"), image)
+    whole = open(os.path.join(folder, "cam_000.jpg"), "rb").read()
+    open(os.path.join(folder, "cam_003_trunc.jpg"), "wb").write(whole[:len(whole) // 2])
+    open(os.path.join(folder, "cam_099.jpg"), "w").write("<html>a saved web page, not a photo</html>")
+    return folder
+
+
+def test_infer_names_every_bad_file_before_scoring(gravel_run, tmp_path):
+    data, out, common = gravel_run
+    folder = camera_folder_with_two_bad_files(str(tmp_path / "camera"))
+    expected = [f"error: 2 bad files: {folder}/cam_003_trunc.jpg: cannot decode image (truncated JPEG: "
+                f"the file ends before its end-of-image marker); {folder}/cam_099.jpg: cannot decode "
+                "image (expected PNG/JPEG/BMP/TIFF/WebP)"]
+    code, lines = cli_error(common + ["--mode", "infer", "--img_path", folder])
+    assert code == 2 and lines == expected, lines  # before the model loads: no other line
+    assert not os.path.exists(os.path.join(out, "rd4ad", "gravel", "infer"))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--model_dir",
+                           os.path.join(out, "rd4ad", "gravel"), "--img_path", folder, "--output_dir",
+                           str(tmp_path / "infer_out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and done.stderr.splitlines() == expected, done.stderr
+    assert not (tmp_path / "infer_out").exists()
+    # asked to skip them: the good ones are scored, the two listed as skipped
+    assert run_cli(common + ["--mode", "infer", "--img_path", folder, "--skip_bad_images"]) == 0
+    rows = list(csv.DictReader(open(os.path.join(out, "rd4ad", "gravel", "infer", "df_test.csv"))))
+    assert [(os.path.basename(r["path"]), r["status"] == "ok") for r in rows] == [
+        ("cam_000.jpg", True), ("cam_001.jpg", True), ("cam_002.jpg", True),
+        ("cam_003_trunc.jpg", False), ("cam_099.jpg", False)]
+
+
 def test_a_training_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
     out = tmp_path / "out"
     code, lines = cli_error(["--model", "efficientad_s", "--mode", "train", "--data_dir", make_dataset(tmp_path),

@@ -47,10 +47,11 @@ def parse_args(argv):
 def run(args):
     from adkit import Predictor
     from adkit.outputs.folders import RunFolder
-    from adkit.deploy.predictor import predict_into_folder
+    from adkit.deploy.predictor import predict_into_folder, refuse_bad_files
     from adkit.core.image_io import collect_images
 
     root, paths = collect_images(args.img_path)
+    refuse_bad_files(paths, args.skip_bad_images)
     if args.batch_size > len(paths):
         raise UserError(f"--batch_size {args.batch_size} is larger than the number of images "
                         f"({len(paths)}) in {args.img_path}")

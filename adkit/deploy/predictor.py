@@ -174,6 +174,17 @@ class Predictor(PredictorBase):
         return self.prediction(amap, score, image.shape[:2])
 
 
+def refuse_bad_files(paths, skip_bad=False):
+    """Every file of ``paths`` that cannot be an image, named in one error line before the
+    model loads (eval names its bad files at once too). With ``skip_bad`` nothing is refused:
+    each bad file is skipped when its turn comes."""
+    from adkit.core.errors import raise_if_bad
+    from adkit.core.image_io import image_file_problem
+
+    if not skip_bad:
+        raise_if_bad([problem for problem in map(image_file_problem, paths) if problem])
+
+
 def predict_into_folder(predictor, img_path, root, paths, run_folder, save_format="npy", batch_size=1,
                         skip_bad=False, warmup=0):
     """What both infer paths do: score ``paths`` (collected from ``img_path`` under ``root``)
