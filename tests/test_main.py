@@ -305,18 +305,34 @@ def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypat
     assert forward_calls == []
 
 
-def test_every_long_phase_reports_progress_off_a_terminal(tmp_path, monkeypatch, capsys):
+PHASES = {  # what each phase of a run says it does, and what it counts
+    "efficientad_s": (["--steps", "2", "--teacher_weights", "none"], [
+        ("normalising the teacher on the training images", "batches"), ("training efficientad_s", "steps"),
+        ("normalising the maps on the validation images", "batches"),
+        ("scoring training images", "batches"), ("scoring synthetic defects", "batches")]),
+    "patchcore": ([], [
+        ("extracting features of the training images", "batches"), ("choosing the memory bank", "patches"),
+        ("scoring validation images", "batches"),
+        # eval
+        ("scoring test images", "batches"), ("writing overlays and maps", "images")]),
+}
+
+
+@pytest.mark.parametrize("model", sorted(PHASES))
+def test_every_long_phase_says_what_it_does_and_the_time_left(tmp_path, monkeypatch, capsys, model):
     from adkit.core import progress
 
     monkeypatch.setattr(progress, "PLAIN_PROGRESS_SECONDS", 0.0)  # a line at every update
-    common = ["--model", "efficientad_s", "--data_dir", make_dataset(tmp_path), "--cls", "gravel",
-              "--output_dir", str(tmp_path / "out"), "--image_size", "64", "--teacher_weights", "none"]
-    assert run_cli(common + ["--mode", "train", "--steps", "2"]) == 0
+    options, phases = PHASES[model]
+    common = ["--model", model, "--data_dir", make_dataset(tmp_path), "--cls", "gravel",
+              "--output_dir", str(tmp_path / "out"), "--image_size", "64", *options]
+    assert run_cli(common + ["--mode", "train"]) == 0
+    if model == "patchcore":
+        assert run_cli([o for o in common if o not in options] + ["--mode", "eval"]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err  # plain lines, no carriage-return bars, when stderr is not a terminal
-    for phase in ("teacher statistics", "efficientad_s train", "map quantiles",
-                  "scoring training images", "scoring synthetic defects"):
-        assert re.search(rf"INFO {phase} \d+/\d+", err), phase
+    for phase, unit in phases:
+        assert re.search(rf"INFO {re.escape(phase)}: \d+/\d+ {unit}, about \d+ (s|min) left", err), phase
 
 
 def test_the_few_validation_images_warning_is_said_once_per_model(tmp_path, capsys):

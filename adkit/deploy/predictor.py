@@ -380,7 +380,7 @@ def predict_files(predictor, root, paths, outputs, batch_size=1, skip_bad=False,
         batches_done += 1
         pending.clear()
 
-    for path in progress(paths, total=len(paths), desc="predicting"):
+    for path in progress(paths, total=len(paths), desc="scoring images", unit="images"):
         start = time.perf_counter()
         try:
             image = read_rgb(path)

@@ -80,7 +80,7 @@ def evaluate(cfg, cls):
         if distributed.is_main():
             write_calibration(ckpt_dir, calibration)
     if not distributed.is_main():  # several processes: score this one's share, gathered to
-        run_inference(engine.run, test_set, cfg["eval_batch_size"], desc="eval")  # the main one
+        run_inference(engine.run, test_set, cfg["eval_batch_size"], desc="scoring test images")  # the main one
         return None  # (the run_inference call that evaluate_dataset makes there)
     if tiling is not None and cfg["eval_resolution"] != "original":
         log.info("[%s] tiled model: maps and pixel metrics at the photos' own resolution", cls)
