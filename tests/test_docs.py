@@ -89,3 +89,84 @@ def test_the_readme_quick_start_labels_the_good_test_images_good(tmp_path):
     assert len(lines) == expected
     for score, label, path in lines:
         assert label == ("good" if os.path.basename(os.path.dirname(path)) == "good" else "defect"), (score, path)
+
+
+REFERENCED_TYPES = (".py", ".md", ".yaml", ".yml", ".txt", ".sh", ".toml", ".cfg", ".html")
+PATH = r"`?((?:[\w.-]+/)*[\w.-]+\.(?:md|py|txt|yaml|yml|sh|toml|json))`?"
+SECTION = r'(?:,? *"([^"\n]+)")?'
+REFERENCES = [  # (pattern, kind): kind "readme" (group 1: a section) or "path" (1: path, 2: section)
+    (re.compile(r"\b[Ss]ee (?:the (?:project )?)?README\b(?!\.md|/)" + SECTION), "readme"),
+    (re.compile(r'\bREADME\'s *"([^"\n]+)"'), "readme"),
+    (re.compile(r"\b[Ss]ee " + PATH + SECTION), "path"),
+    (re.compile(PATH + r', "([^"\n]+)"'), "path"),
+]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def tracked_text_files():
+    """The repository's files a reference may sit in: code, docs, configs, requirements."""
+    done = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip("not a git checkout: no list of the repository's files")
+    return [p for p in done.stdout.splitlines() if p.endswith(REFERENCED_TYPES) and not p.startswith("sample_data/")]
+
+
+def headings(page):
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+        return [line.lstrip("#").strip() for line in f if re.match(r"#{1,6} ", line)]
+
+
+def has_section(page, section):
+    """A heading of ``page`` is ``section``, or starts with it and a bracket ("Quick start (...)")."""
+    return any(h == section or h.startswith(section + " (") for h in headings(page))
+
+
+def slug(heading):
+    """GitHub's anchor of a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def broken_references(relative):
+    """[(line number, text, why)] of the references in one file that do not resolve."""
+    with open(os.path.join(ROOT, relative), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    folder = os.path.dirname(relative)
+    broken = []
+    for number, line in enumerate(lines, 1):
+        for pattern, kind in REFERENCES:
+            for found in pattern.finditer(line):
+                if kind == "readme":
+                    page, section = "README.md", found.group(1)
+                    if not section:
+                        broken.append((number, found.group(0), "name the page or the README section"))
+                        continue
+                else:
+                    page, section = found.group(1), found.group(2)
+                    candidates = [os.path.normpath(os.path.join(base, page)) for base in (folder, "")]
+                    page = next((c for c in candidates if os.path.isfile(os.path.join(ROOT, c))), None)
+                    if page is None:
+                        broken.append((number, found.group(0), "no such file"))
+                        continue
+                if section and page.endswith(".md") and not has_section(page, section):
+                    broken.append((number, found.group(0), f"{page} has no heading {section!r}"))
+        if relative.endswith(".md"):
+            for target in LINK.findall(line):
+                if re.match(r"[a-z]+:", target):
+                    continue  # a web address
+                path, _, anchor = target.partition("#")
+                page = os.path.normpath(os.path.join(folder, path)) if path else relative
+                if not os.path.exists(os.path.join(ROOT, page)):
+                    broken.append((number, target, "no such file"))
+                elif anchor and page.endswith(".md") and anchor not in {slug(h) for h in headings(page)}:
+                    broken.append((number, target, f"{page} has no heading for #{anchor}"))
+    return broken
+
+
+def test_every_see_reference_resolves():
+    """Every pointer of the repository's code, configs and docs to another file or section
+    (the word see before README and a quoted section, a path with or without a quoted
+    section, a markdown link) names a file and heading that exist: README sections that moved
+    to doc/ left such pointers dead."""
+    broken = [f"{path}:{number}: {text} ({why})" for path in tracked_text_files()
+              for number, text, why in broken_references(path)]
+    assert not broken, "\n".join(broken)
