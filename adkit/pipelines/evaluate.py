@@ -20,7 +20,7 @@ from adkit.evaluate.calibration import (calibrate, EVAL_METRICS_FILE, few_valida
                                         read_calibration, resolve_threshold, write_calibration)
 from adkit.evaluate.evaluation import evaluate_dataset, mean_over_categories, run_inference
 from adkit.evaluate.thresholds import DEFAULT_POLICY
-from adkit.options.registry import load_trained as load_from_folder
+from adkit.options.registry import load_trained as load_from_folder, spec_for
 from adkit.outputs.eval_folder import MAPS_FOLDER, write_eval_folder, write_metrics_summaries
 from adkit.pipelines.categories import checkpoint_dir, one_process_for_tiles, training_side
 from adkit.pipelines.tables import format_decision, format_subsets, format_table
@@ -35,8 +35,7 @@ def run_metadata(cfg, ckpt_dir):
     written = (datetime.datetime.fromtimestamp(os.path.getmtime(checkpoint)).isoformat(timespec="seconds")
                if os.path.isfile(checkpoint) else "-")
     options = {"model": cfg["model"], "backbone": cfg.get("backbone") or "-",
-               "steps": cfg.get("steps") or "-", "epochs": cfg.get("epochs") or "-",
-               "image size": size_text(cfg["image_size"]), "seed": cfg["seed"],
+               "training": schedule_text(cfg), "image size": size_text(cfg["image_size"]), "seed": cfg["seed"],
                "checkpoint": f"{os.path.abspath(ckpt_dir)} (written {written})",
                "evaluated": datetime.datetime.now().isoformat(timespec="seconds"),
                "versions": f"paddleAD {__version__}, Paddle {paddle.__version__}, numpy {np.__version__}, "
@@ -46,6 +45,16 @@ def run_metadata(cfg, ckpt_dir):
         options["tiles"] = (f"{size_text(tiling.tile)} px of the photo every {size_text(tiling.stride)} px, "
                             f"each resized to {size_text(tiling.model)}")
     return options
+
+
+def schedule_text(cfg):
+    """What training ran: "30 steps" (--steps wins over --epochs), "200 epochs", or that the
+    method fits in one pass."""
+    if not spec_for(cfg["model"]).trains:
+        return "none: fitted in one pass"
+    if cfg.get("steps"):
+        return f"{cfg['steps']} steps"
+    return f"{cfg['epochs']} epochs" if cfg.get("epochs") else "-"
 
 
 def load_trained(cfg, cls):
