@@ -98,6 +98,10 @@ def main(argv=None):
 
     log = logging.getLogger("adkit")
     check_address(args.host, args.port)  # before the model loads: a taken port is one line, at once
+    if args.audit_log:
+        from adkit.deploy.serving.audit import check_audit_file
+
+        check_audit_file(args.audit_log)
     options = predictor_options(args, args.max_batch)
     model = LoadedModel(args.model_dir, options)  # a folder that does not load: one line, no server
     settings = ServiceSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
