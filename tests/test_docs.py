@@ -44,11 +44,42 @@ def copy_of_repository(folder):
     return folder
 
 
+def file_states(folder):
+    """{path relative to ``folder``: (size, modification time)} of every file under it."""
+    states = {}
+    for where, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(where, name)
+            info = os.lstat(path)
+            states[os.path.relpath(path, folder)] = (info.st_size, info.st_mtime_ns)
+    return states
+
+
+def not_ignored(paths):
+    """The paths (relative to the repository) that its .gitignore does not ignore."""
+    paths = list(paths)
+    if not paths:
+        return []
+    done = subprocess.run(["git", "check-ignore", "--no-index", "--stdin", "-n", "-v"], input="\n".join(paths),
+                          cwd=ROOT, capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        pytest.skip(f"git check-ignore failed: {done.stderr.strip()}")
+    out = []
+    for line in done.stdout.splitlines():
+        source, _, path = line.partition("\t")
+        if source == "::" or source.split(":", 2)[-1].startswith("!"):  # no rule, or a rule re-including it
+            out.append(path)
+    return out
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_has_commands_that_run(page, tmp_path):
+    """... and they write nothing a `git status` of the repository would list: outputs go to
+    ignored folders (output/, inference/, ...)."""
     blocks = marked_blocks(page)
     assert blocks, f"{page}: no {MARKER} block (mark at least one command block that runs on sample_data)"
     work = copy_of_repository(tmp_path / "repo")
+    before = file_states(work)
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     for language, code in blocks:
         assert language in ("bash", "python"), f"{page}: cannot run a {language} block"
@@ -56,6 +87,39 @@ def test_every_page_has_commands_that_run(page, tmp_path):
         proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, (f"{page}: this block failed with exit code {proc.returncode}:\n{code}\n"
                                       f"--- stdout ---\n{proc.stdout[-2000:]}\n--- stderr ---\n{proc.stderr[-3000:]}")
+    after = file_states(work)
+    written = [path for path, state in after.items() if before.get(path) != state]
+    assert not not_ignored(written), f"{page}: its commands wrote files a checkout would track: {not_ignored(written)}"
+
+
+OUTPUT_OPTIONS = re.compile(r"--(output_dir|save_dir|audit_log|log_dir|work_dir)[ =]([a-z0-9_.][^\s\"'`)\\;,]*)")
+
+
+def example_outputs():
+    """(file, line number, option, value) of every output path the repository's docs and
+    scripts show in an example command (placeholders such as OUT/ or <run> left out)."""
+    found = []
+    for path in tracked_text_files():
+        if not path.endswith((".md", ".py", ".sh", ".txt")) or path.startswith("tests/"):
+            continue
+        with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        for number, line in enumerate(lines, 1):
+            continued = number > 1 and lines[number - 2].rstrip().endswith("\\")
+            if "python " in line or continued:  # a command, or a continuation line of one
+                found += [(path, number, option, value) for option, value in OUTPUT_OPTIONS.findall(line)
+                          if not re.search(r"[<>${}]", value)]
+    return found
+
+
+def test_example_commands_write_only_into_ignored_folders():
+    """A user who copies an example from the docs finds its outputs under output/ (or another
+    ignored folder), not as untracked files in the checkout (decisions.csv at the top was)."""
+    examples = example_outputs()
+    assert len(examples) > 20  # the docs' --output_dir / --save_dir / --audit_log examples were found
+    inside = {f"{value.rstrip('/')}/x": (path, number, option, value) for path, number, option, value in examples}
+    bad = [inside[p] for p in not_ignored(inside)]
+    assert not bad, "\n".join(f"{path}:{number}: --{option} {value}" for path, number, option, value in bad)
 
 
 def quick_start_commands():
