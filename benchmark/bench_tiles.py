@@ -2,8 +2,8 @@
 """Camera photos, small defects: each model squashed to one model input vs cut into tiles at
 the photos' own resolution, through main.py as a user runs it (one process per step).
 
-    python tools/make_camera_data.py --output_dir data/stone --size 1600x1200 --defect_pixels 200-2000
-    python benchmark/bench_tiles.py --data_dir data --cls stone [--models patchcore rd4ad] \
+    python tools/make_camera_data.py --output_dir output/camera/stone --size 1600x1200 --defect_pixels 200-2000
+    python benchmark/bench_tiles.py --data_dir output/camera --cls stone [--models patchcore rd4ad] \
         [--tile_size 256 --tile_stride 192] [--steps efficientad_s=300 rd4ad=300]
 
 For every model and setting it prints image AUROC, pixel AUROC and AU-PRO at the photos' own

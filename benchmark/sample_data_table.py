@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The README's "On sample_data" table: all six models on sample_data's two categories, each
+"""The README's "Measured on the shipped data" table: all six models on sample_data's two categories, each
 trained and evaluated through main.py (one process per run, as a user runs it), printed as the
 Markdown rows the README holds. The README's numbers come from this script, not by hand.
 

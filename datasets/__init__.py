@@ -5,7 +5,7 @@ defect types and masks. Reading and resizing images is adkit.core.image_io.
 tools/make_synthetic.py write), loco (MVTec LOCO AD), visa (VisA's split_csv/1cls.csv), folder
 (any folders of the user's, see datasets/folder.py). Every layout is read in place: nothing is
 copied."""
-from .common import Category, ImageDataset, TestDataset, TestItem, raise_if_bad, split_train_val
+from .common import Category, ImageDataset, TestDataset, TestItem, raise_if_bad, split_train_val, validation_count
 from .mvtec import MVTecCategory
 
 
@@ -42,4 +42,5 @@ def open_category(cfg, cls):
 
 
 __all__ = ["Category", "ImageDataset", "MVTecCategory", "TestDataset", "TestItem",
-           "find_categories", "open_category", "raise_if_bad", "split_train_val"]
+           "find_categories", "open_category", "raise_if_bad", "split_train_val",
+           "validation_count"]

@@ -11,17 +11,26 @@ from adkit.core.image_io import (image_hw, list_images, read_label_mask, read_rg
                                  to_chw_float)
 
 
-def split_train_val(paths, val_ratio, seed):
-    """A seeded split of good training images into (train, validation); both non-empty if >= 2."""
+def split_train_val(paths, val_ratio, seed, at_least=1):
+    """A seeded split of good training images into (train, validation); both non-empty if >= 2.
+    ``at_least``: the fewest validation images wanted (see ``validation_count``)."""
     if not 0.0 <= val_ratio < 1.0:
         raise UserError(f"--val_ratio must be in [0, 1), got {val_ratio}")
     order = np.random.default_rng(seed).permutation(len(paths))
-    n_val = int(round(len(paths) * val_ratio))
-    if val_ratio > 0 and len(paths) >= 2:
-        n_val = min(max(n_val, 1), len(paths) - 1)
+    n_val = validation_count(len(paths), val_ratio, at_least)
     val = sorted(paths[i] for i in order[:n_val])
     train = sorted(paths[i] for i in order[n_val:])
     return train, val
+
+
+def validation_count(n, val_ratio, at_least=1):
+    """How many of ``n`` images split_train_val holds out: round(n * val_ratio), raised to
+    ``at_least`` as long as that leaves training at least half of them, and never all of them.
+    None held out when val_ratio is 0."""
+    n_val = int(round(n * val_ratio))
+    if val_ratio > 0 and n >= 2:
+        n_val = min(max(n_val, 1, min(at_least, n // 2)), n - 1)
+    return n_val
 
 
 def images_in(folder, purpose):

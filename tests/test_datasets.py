@@ -63,6 +63,31 @@ def make_category(root, n_train=5, with_masks=True):
         write(f"{root}/part/ground_truth/dent/000_mask.png", mask)
 
 
+def test_a_files_problem_is_found_from_its_ends_in_the_words_reading_it_gives(tmp_path):
+    """image_file_problem (infer's check before scoring) against read_rgb itself: the same
+    message for every file reading refuses, nothing for every file it reads."""
+    from adkit.core.image_io import image_file_problem
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    readable = []
+    for ext in ("png", "jpg", "bmp", "tif", "webp", "ppm"):  # ppm: an unusual format, decoded
+        path = str(tmp_path / f"ok.{ext}")
+        assert cv2.imwrite(path, image)
+        readable.append(path)
+    png, jpg = (open(p, "rb").read() for p in readable[:2])
+    bad = {"cut.png": png[:len(png) // 2], "cut.jpg": jpg[:len(jpg) // 2], "empty.png": b"",
+           "fake.jpg": b"not an image, just text" * 10, "short.jpg": b"\xff\xd8"}
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+    for path in readable:
+        read_rgb(path)
+        assert image_file_problem(path) == "", path
+    for path in [str(tmp_path / name) for name in bad] + [str(tmp_path / "missing.png")]:
+        with pytest.raises(UserError) as refused:
+            read_rgb(path)
+        assert image_file_problem(path) == str(refused.value), path
+
+
 def test_mvtec_layout_masks_and_types(tmp_path):
     make_category(tmp_path)
     assert find_categories({"data_dir": str(tmp_path)}) == ["part"]
@@ -105,6 +130,24 @@ def test_validation_split_is_seeded_disjoint_and_never_empty():
     assert split_train_val(paths[:2], 0.1, seed=0)[1]  # at least one validation image
     with pytest.raises(UserError, match="--val_ratio"):
         split_train_val(paths, 1.0, seed=0)
+
+
+@pytest.mark.parametrize("n, at_least, expected", [
+    (14, 3, 3),   # sample_data's brick: --val_ratio 0.1 alone holds out 1
+    (16, 3, 3),   # gravel: 2 by the ratio
+    (6, 3, 3),
+    (5, 3, 2),    # training keeps at least half
+    (2, 3, 1),
+    (200, 3, 20),  # the ratio gives more: the ratio holds
+    (14, 1, 1),   # the plain ratio (tools' test splits)
+])
+def test_at_least_a_few_validation_images_are_held_out(n, at_least, expected):
+    paths = [f"{i:03d}.png" for i in range(n)]
+    train, val = split_train_val(paths, 0.1, seed=0, at_least=at_least)
+    assert len(val) == expected and sorted(train + val) == paths
+    # the extra images come from the same seeded order: the ratio's are among them
+    assert set(split_train_val(paths, 0.1, seed=0)[1]) <= set(val)
+    assert split_train_val(paths, 0.0, seed=0, at_least=at_least)[1] == []  # --val_ratio 0: none
 
 
 class Indexed:

@@ -248,6 +248,42 @@ def test_eval_names_every_bad_test_file_before_running_or_skips_them(gravel_run,
             open(os.path.join(crack, name), "wb").write(content)
 
 
+def camera_folder_with_two_bad_files(folder):
+    """JPEGs of gravel's test images, one cut short (cam_003_trunc.jpg) and one that is not an
+    image at all (cam_099.jpg)."""
+    os.makedirs(folder)
+    sources = sorted(os.listdir(os.path.join(SAMPLE, "gravel", "test", "good")))
+    for k, name in enumerate(sources[:3]):
+        image = cv2.imread(os.path.join(SAMPLE, "gravel", "test", "good", name))
+        cv2.imwrite(os.path.join(folder, f"cam_00{k}.jpg"), image)
+    whole = open(os.path.join(folder, "cam_000.jpg"), "rb").read()
+    open(os.path.join(folder, "cam_003_trunc.jpg"), "wb").write(whole[:len(whole) // 2])
+    open(os.path.join(folder, "cam_099.jpg"), "w").write("<html>a saved web page, not a photo</html>")
+    return folder
+
+
+def test_infer_names_every_bad_file_before_scoring(gravel_run, tmp_path):
+    data, out, common = gravel_run
+    folder = camera_folder_with_two_bad_files(str(tmp_path / "camera"))
+    expected = [f"error: 2 bad files: {folder}/cam_003_trunc.jpg: cannot decode image (truncated JPEG: "
+                f"the file ends before its end-of-image marker); {folder}/cam_099.jpg: cannot decode "
+                "image (expected PNG/JPEG/BMP/TIFF/WebP)"]
+    code, lines = cli_error(common + ["--mode", "infer", "--img_path", folder])
+    assert code == 2 and lines == expected, lines  # before the model loads: no other line
+    assert not os.path.exists(os.path.join(out, "rd4ad", "gravel", "infer"))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--model_dir",
+                           os.path.join(out, "rd4ad", "gravel"), "--img_path", folder, "--output_dir",
+                           str(tmp_path / "infer_out")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and done.stderr.splitlines() == expected, done.stderr
+    assert not (tmp_path / "infer_out").exists()
+    # asked to skip them: the good ones are scored, the two listed as skipped
+    assert run_cli(common + ["--mode", "infer", "--img_path", folder, "--skip_bad_images"]) == 0
+    rows = list(csv.DictReader(open(os.path.join(out, "rd4ad", "gravel", "infer", "df_test.csv"))))
+    assert [(os.path.basename(r["path"]), r["status"] == "ok") for r in rows] == [
+        ("cam_000.jpg", True), ("cam_001.jpg", True), ("cam_002.jpg", True),
+        ("cam_003_trunc.jpg", False), ("cam_099.jpg", False)]
+
+
 def test_a_training_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
     out = tmp_path / "out"
     code, lines = cli_error(["--model", "efficientad_s", "--mode", "train", "--data_dir", make_dataset(tmp_path),
@@ -279,15 +315,55 @@ def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypat
 
 
 @pytest.mark.slow
-def test_every_long_phase_reports_progress_off_a_terminal(tmp_path, monkeypatch, capsys):
+PHASES = {  # what each phase of a run says it does, and what it counts
+    "efficientad_s": (["--steps", "2", "--teacher_weights", "none"], [
+        ("normalising the teacher on the training images", "batches"), ("training efficientad_s", "steps"),
+        ("normalising the maps on the validation images", "batches"),
+        ("scoring training images", "batches"), ("scoring synthetic defects", "batches")]),
+    "patchcore": ([], [
+        ("extracting features of the training images", "batches"), ("choosing the memory bank", "patches"),
+        ("scoring validation images", "batches"),
+        # eval
+        ("scoring test images", "batches"), ("writing overlays and maps", "images")]),
+}
+
+
+@pytest.mark.parametrize("model", sorted(PHASES))
+def test_every_long_phase_says_what_it_does_and_the_time_left(tmp_path, monkeypatch, capsys, model):
     from adkit.core import progress
 
     monkeypatch.setattr(progress, "PLAIN_PROGRESS_SECONDS", 0.0)  # a line at every update
-    common = ["--model", "efficientad_s", "--data_dir", make_dataset(tmp_path), "--cls", "gravel",
-              "--output_dir", str(tmp_path / "out"), "--image_size", "64", "--teacher_weights", "none"]
-    assert run_cli(common + ["--mode", "train", "--steps", "2"]) == 0
+    options, phases = PHASES[model]
+    common = ["--model", model, "--data_dir", make_dataset(tmp_path), "--cls", "gravel",
+              "--output_dir", str(tmp_path / "out"), "--image_size", "64", *options]
+    assert run_cli(common + ["--mode", "train"]) == 0
+    if model == "patchcore":
+        assert run_cli([o for o in common if o not in options] + ["--mode", "eval"]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err  # plain lines, no carriage-return bars, when stderr is not a terminal
-    for phase in ("teacher statistics", "efficientad_s train", "map quantiles",
-                  "scoring training images", "scoring synthetic defects"):
-        assert re.search(rf"INFO {phase} \d+/\d+", err), phase
+    for phase, unit in phases:
+        assert re.search(rf"INFO {re.escape(phase)}: \d+/\d+ {unit}, about \d+ (s|min) left", err), phase
+
+
+def test_the_few_validation_images_warning_is_said_once_per_model(tmp_path, capsys):
+    """Four training images: two held out, a threshold that is a guess. Training warns; eval
+    leaves it to report.html instead of saying it a second time."""
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(SAMPLE, "brick"), data / "brick")
+    good = data / "brick" / "train" / "good"
+    for name in sorted(os.listdir(good))[4:]:
+        os.remove(good / name)
+    common = ["--model", "padim", "--data_dir", str(data), "--cls", "brick",
+              "--output_dir", str(tmp_path / "out"), "--image_size", "64"]
+    warning = "rests on 2 validation good images"
+    assert run_cli(common + ["--mode", "train"]) == 0
+    assert capsys.readouterr().err.count(warning) == 1
+    assert run_cli(common + ["--mode", "eval"]) == 0
+    assert warning not in capsys.readouterr().err
+    report = open(tmp_path / "out" / "padim" / "brick" / "eval" / "report.html", encoding="utf-8").read()
+    assert report.count(warning) == 1
+    # trained with a manual threshold (no warning then), evaluated with one from those 2 images
+    assert run_cli(common + ["--mode", "train", "--threshold_policy", "manual:1"]) == 0
+    assert warning not in capsys.readouterr().err
+    assert run_cli(common + ["--mode", "eval", "--threshold_policy", "val_max"]) == 0
+    assert capsys.readouterr().err.count(warning) == 1

@@ -187,12 +187,12 @@ def test_progress_off_a_terminal_is_plain_log_lines(monkeypatch, caplog):
 
     monkeypatch.setattr(progress, "PLAIN_PROGRESS_SECONDS", 0.0)
     caplog.set_level(logging.INFO, logger="adkit")
-    bar = progress.progress(total=3, desc="train")  # pytest captures stderr: not a terminal
+    bar = progress.progress(total=3, desc="training rd4ad", unit="steps")  # pytest captures stderr
     for _ in range(3):
         bar.set_postfix(loss="0.5")
         bar.update(1)
     bar.close()
-    assert [r.getMessage() for r in caplog.records] == [f"train {i}/3, about 0 s left (loss=0.5)"
+    assert [r.getMessage() for r in caplog.records] == [f"training rd4ad: {i}/3 steps, about 0 s left (loss=0.5)"
                                                         for i in (1, 2, 3)]
     assert list(progress.progress(range(4), total=4, desc="x")) == [0, 1, 2, 3]
 

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZE = 64
+SIZE = 128
 CLS = "brick"
-# PaDiM with the shipped ImageNet EfficientNet-Lite0 (no training: one pass over 13 images) is
-# the cheapest model with real features; at 64 px its whole graph passes the bar.
+# PaDiM with the shipped ImageNet EfficientNet-Lite0 (no training: one pass over 11 images) is
+# the cheapest model with real features; at 128 px its whole graph passes the bar (at 64 px,
+# checked on 3 validation + 27 synthetic images, its int8 image AUROC fell 0.938 -> 0.877).
 MODEL = "padim"
-# Pearson correlation of the int8 and fp32 maps of one image. Measured for this PaDiM at 64 px:
-# min 0.991 over the 7 brick test images used below (0.989 over all 17, mean 0.995); at export,
-# on the 1 validation + 12 synthetic images, min 0.886 (mean 0.987). A broken int8 graph gives
+# Pearson correlation of the int8 and fp32 maps of one image. Measured for this PaDiM at 128 px:
+# min 0.966 over the 7 brick test images used below (0.935 over all 17, mean 0.979); at export,
+# on the 3 validation + 27 synthetic images, min 0.961 (mean 0.985). A broken int8 graph gives
 # ~0 or a flat map (nan): RD4AD's, refused at 256 px, correlated 0.72 at best and was nan once.
 MIN_MAP_CORRELATION = 0.9
 

@@ -2,7 +2,7 @@
 and metrics as the reference numbers recorded in tests/data/reference_numerics.json before the
 method registry / trainer restructure.
 
-    python tests/test_reference_numerics.py --record   # only when a change is MEANT to move them
+    python tests/test_reference_numerics.py --record [MODEL ...]   # only when a change is MEANT to move them
 
 Each method trains a few steps at 64 px on sample_data/brick (random backbone or teacher, so
 nothing depends on downloaded weights); the fingerprint is the sum and the sum of squares of
@@ -92,15 +92,20 @@ def test_training_reproduces_the_reference_numbers(tmp_path, model):
         assert got["metrics"][key] == pytest.approx(value, abs=looser.get("metrics", 1e-3)), key
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
+if __name__ == "__main__" and sys.argv[1:2] == ["--record"]:
     import tempfile
 
     sys.path.insert(0, ROOT)
     from adkit.core.runtime import tune_process
 
     tune_process(2)
-    record = {model: fingerprint(model, tempfile.mkdtemp()) for model in sorted(RUNS)}
+    models = sys.argv[2:] or sorted(RUNS)  # the models named, or all of them
+    record = {}
+    if os.path.isfile(REFERENCE):
+        with open(REFERENCE, encoding="utf-8") as f:
+            record = json.load(f)
+    record.update({model: fingerprint(model, tempfile.mkdtemp()) for model in models})
     os.makedirs(os.path.dirname(REFERENCE), exist_ok=True)
     with open(REFERENCE, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
-    print(f"wrote {REFERENCE}")
+    print(f"wrote {', '.join(models)} to {REFERENCE}")

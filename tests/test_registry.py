@@ -26,6 +26,7 @@ def test_the_registry_lists_the_method_folders():
     specs = registry.all_specs()
     folders = sorted(f for f in os.listdir(os.path.join(ROOT, "models"))
                      if os.path.isfile(os.path.join(ROOT, "models", f, "spec.py")))
+    # spec.method: "adkit.models.<folder>.method:Class"
     assert sorted({spec.method.split(".")[2] for spec in specs.values()}) == folders
     assert set(registry.benchmark_cases()) >= set(specs)
 
@@ -35,10 +36,10 @@ def test_typed_settings_are_checked_and_become_flags(tmp_path):
     assert cfg["loss_per_image"] is True and cfg["beta1"] == 0.8
     bad = tmp_path / "bad.yaml"
     bad.write_text("beta1: fast\n")
-    with pytest.raises(UserError, match=r"--beta1: expected float, got 'fast'"):
+    with pytest.raises(UserError, match=r"bad.yaml, line 1: beta1: expected float, got 'fast'"):
         resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(bad)])
     bad.write_text("teacher_weights: x.pdparams\n")  # an EfficientAD option, not RD4AD's
-    with pytest.raises(UserError, match=r"bad.yaml: unknown option\(s\) teacher_weights"):
+    with pytest.raises(UserError, match=r"bad.yaml, line 1: teacher_weights: unknown option$"):
         resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(bad)])
     with pytest.raises(UserError, match="unrecognized arguments: --teacher_weights"):
         resolve_config(["--model", "rd4ad", "--mode", "train", "--teacher_weights", "x"])
@@ -68,27 +69,72 @@ def test_help_per_method_shows_its_own_options():
 
 @pytest.mark.parametrize("package", sorted({spec.method.split(":")[0].rsplit(".", 1)[0]
                                             for spec in registry.all_specs().values()}))
-def test_reading_a_method_spec_loads_no_paddle(package):
+def test_method_packages_load_their_spec_without_paddle(package):
+    """The command line reads every spec before Paddle loads: neither the package's
+    __init__.py (a docstring only) nor its spec.py may import it."""
     code = f"import sys; import {package}.spec; print('paddle' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
 
 
 @pytest.mark.parametrize("yaml_text, message", [
-    ("steps: thirty\n", "--steps: expected int, got 'thirty'"),
-    ("lr: fast\n", "--lr: expected float, got 'fast'"),
-    ("steps: 2.5\n", "--steps: expected int, got 2.5"),
-    ("steps: true\n", "--steps: expected int, got True"),
-    ("resume: maybe\n", "--resume: expected bool, got 'maybe'"),
-    ("val_ratio: [0.1]\n", "--val_ratio: expected float, got [0.1]"),
+    ("steps: thirty\n", "line 1: steps: expected int, got 'thirty'"),
+    ("lr: fast\n", "line 1: lr: expected float, got 'fast'"),
+    ("steps: 2.5\n", "line 1: steps: expected int, got 2.5"),
+    ("steps: true\n", "line 1: steps: expected int, got True"),
+    ("resume: maybe\n", "line 1: resume: expected bool, got 'maybe'"),
+    ("batch_size: 4\nval_ratio: [0.1]\n", "line 2: val_ratio: expected float, got [0.1]"),
+    ("batch_size: 4\n\nimage_size: 5l2\n", "line 3: image_size: expected N or HxW, got '5l2'"),
+    ("device: tpu\n", "line 1: device must be cpu or gpu, got 'tpu'"),
+    ("steps: 0\n", "line 1: steps must be >= 1, got 0"),
+    ("image_size: 100\n", "line 1: image_size sides must be multiples of 32, got 100"),
+    ("threshold_policy: best\n", "line 1: threshold_policy best: unknown policy"),
 ])
-def test_yaml_values_of_shared_options_are_type_checked(tmp_path, yaml_text, message):
-    """A --config file's shared options get the same one-line check as the method's own."""
+def test_a_bad_yaml_value_names_the_file_line_and_key(tmp_path, yaml_text, message):
+    """A --config file's values get the same one-line check as the command line's, naming
+    the file, line and key the user wrote (not a flag they never typed)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml_text)
     with pytest.raises(UserError) as err:
         resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(bad)])
-    assert str(err.value) == message
+    assert str(err.value).startswith(f"{bad}, {message}")
+
+
+def test_a_bad_command_line_value_names_the_flag_even_over_a_yaml_value(tmp_path):
+    config = tmp_path / "ok.yaml"
+    config.write_text("device: cpu\nsteps: 3\n")
+    with pytest.raises(UserError, match="^--device must be cpu or gpu, got 'tpu'$"):
+        resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(config), "--device", "tpu"])
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    # a key without its colon: where the key starts, and where PyYAML noticed
+    ("steps: 3\nbatch_size 4\nlr: 0.1\n", "line 2, column 1: invalid YAML: could not find expected ':' "
+                                          "(while scanning a simple key; noticed at line 3, column 1)"),
+    ("steps: 3\nlr 0.1: 2: 3\n", "line 2, column 10: invalid YAML: mapping values are not allowed here"),
+])
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path, yaml_text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml_text)
+    with pytest.raises(UserError) as err:
+        resolve_config(["--model", "rd4ad", "--mode", "train", "--config", str(bad)])
+    assert str(err.value) == f"{bad}, {message}"
+
+
+def test_a_misspelt_option_gets_the_one_it_is_closest_to(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("image_size: 256\ncoreset_raito: 0.1\nsomething_else: 1\n")
+    with pytest.raises(UserError) as err:
+        resolve_config(["--model", "patchcore", "--mode", "train", "--config", str(bad)])
+    assert str(err.value) == (f"{bad}, line 2: coreset_raito: unknown option (did you mean coreset_ratio?); "
+                              f"{bad}, line 3: something_else: unknown option")
+    bad.write_text("distill_stepz: 3\n")  # an extra mode's own option
+    with pytest.raises(UserError, match=r"line 1: distill_stepz: unknown option \(did you mean distill_steps\?\)$"):
+        resolve_config(["--model", "efficientad_s", "--mode", "train", "--config", str(bad)])
+    with pytest.raises(UserError) as err:  # the same on the command line
+        resolve_config(["--model", "patchcore", "--mode", "train", "--coreset_raito", "0.1"])
+    assert str(err.value) == ("unrecognized arguments: --coreset_raito 0.1 (did you mean --coreset_ratio?) "
+                              "(see --help)")
 
 
 def test_yaml_numbers_written_as_text_are_converted(tmp_path):

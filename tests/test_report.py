@@ -242,6 +242,23 @@ def test_warning_box_and_run_metadata_are_shown():
     assert "Warning:" not in render_report(_data())  # nothing to warn about: no box
 
 
+@pytest.mark.parametrize("args, training", [
+    (["--model", "rd4ad", "--steps", "30"], "30 steps"),  # the YAML's epochs: 200 did not run
+    (["--model", "rd4ad"], "200 epochs"),
+    (["--model", "efficientad_s", "--steps", "300"], "300 steps"),
+    (["--model", "patchcore"], "none: fitted in one pass"),
+])
+def test_the_run_table_shows_the_schedule_that_ran(tmp_path, args, training):
+    from adkit.options.config import resolve_config
+    from adkit.pipelines.evaluate import run_metadata
+
+    metadata = run_metadata(resolve_config(args + ["--mode", "eval"]), str(tmp_path))
+    assert metadata["training"] == training
+    assert "steps" not in metadata and "epochs" not in metadata
+    cells = _parse(render_report(_data(metadata=metadata))).cells
+    assert cells_after(cells, "training") == training
+
+
 def test_few_validation_images_warn_for_the_policies_that_use_them():
     from adkit.evaluate.calibration import few_validation_warning
 

@@ -258,18 +258,44 @@ def test_health_ready_info_and_metrics(server):
 
 @pytest.mark.slow
 def test_the_audit_log_has_one_row_per_decision(server):
-    ids = []
+    """Each row names the image (the upload's file name, or the one the client gives), the
+    part, the decision and the model: two 000.png from different folders stay apart."""
+    sent = []
     for k, path in enumerate(DEFECTS[:3]):
-        response = server.upload(path, headers={"X-Part-Id": f"part-{k}"})
-        ids.append((response.headers["X-Request-Id"], f"part-{k}", response.json()))
+        name = os.path.relpath(path, SAMPLE)  # scratch/000.png, ...
+        with open(path, "rb") as f:
+            response = server.post(files={"file": (name, f.read(), "image/png")}, headers={"X-Part-Id": f"part-{k}"})
+        sent.append((response, name, f"part-{k}"))
+    data = open(GOOD, "rb").read()
+    raw = server.post(content=data, headers={"X-File-Name": "line2/good/000.png", "X-Part-Id": "B-7"})
+    sent.append((raw, "line2/good/000.png", "B-7"))
+    as_json = server.post(json={"image": base64.b64encode(data).decode(), "file_name": "line3/000.png"})
+    sent.append((as_json, "line3/000.png", ""))
     with open(server.audit, newline="") as f:
         rows = {row["request_id"]: row for row in csv.DictReader(f)}
-    for request_id, part, body in ids:
-        row = rows[request_id]
+    for response, name, part in sent:
+        body = response.json()
+        row = rows[response.headers["X-Request-Id"]]
+        assert row["file_name"] == name == body["file_name"]
         assert row["part_id"] == part and row["label"] == body["label"]
         assert float(row["score"]) == body["score"] and float(row["threshold"]) == body["threshold"]["value"]
         assert row["model_version"] == body["model_version"] and row["model"] == "padim"
-    assert len(rows) >= 3 + 4 * 3  # every 200 answer of the earlier tests too
+    assert len(rows) >= 5 + 4 * 3  # every 200 answer of the earlier tests too
+
+
+def test_an_audit_log_of_other_columns_is_refused_before_the_model_loads(exports, tmp_path):
+    old = tmp_path / "decisions.csv"
+    old.write_text("time,request_id,part_id,score,label,threshold,model,model_version\n"
+                   "2026-01-01T00:00:00.000Z,abc,A-1,0.5,good,0.7,padim,1\n")
+    before = old.read_bytes()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "serve.py"), "--model_dir", str(exports[0]),
+                           "--port", str(free_port()), "--audit_log", str(old)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --audit_log {old}: its columns (time,request_id,part_id,score,label,threshold,model,"
+        "model_version) are not this version's (time,request_id,file_name,part_id,score,label,threshold,"
+        "model,model_version); name a new file (the old one is left as it is)"]
+    assert old.read_bytes() == before
 
 
 @pytest.mark.slow
@@ -542,7 +568,8 @@ def test_the_page_shows_the_apis_answer_for_an_uploaded_image(exports, browser, 
     defect, good = tmp_path / "defect_part.png", tmp_path / "good_part.png"
     shutil.copy(DEFECTS[0], defect)
     shutil.copy(GOOD, good)
-    srv = Server(exports[0])
+    audit = tmp_path / "decisions.csv"
+    srv = Server(exports[0], "--audit_log", audit)
     try:
         browser.get(srv.url + "/")
         wait_for(browser, "return document.getElementById('model-info').textContent.includes('version')")
@@ -571,10 +598,28 @@ def test_the_page_shows_the_apis_answer_for_an_uploaded_image(exports, browser, 
         file_input.send_keys(str(good))  # a second image: both in the history, newest first
         wait_for(browser, "return document.body.dataset.done === '2'")
         history = browser.find_elements(By.CSS_SELECTOR, "#history tr")
-        assert [row.find_elements(By.TAG_NAME, "td")[0].text for row in history] == \
+        assert [row.find_elements(By.TAG_NAME, "td")[1].text for row in history] == \
             ["good_part.png", "defect_part.png"]
         history[1].click()  # back to the defect
         assert float(browser.find_element(By.ID, "score").get_attribute("data-score")) == api["score"]
+
+        # a folder with a 000.png in each of two lines: the history and the audit log tell them apart
+        parts = tmp_path / "parts"
+        for line, source in (("line1", DEFECTS[0]), ("line2", GOOD)):
+            (parts / line).mkdir(parents=True)
+            shutil.copy(source, parts / line / "000.png")
+        browser.find_element(By.ID, "folder-input").send_keys(str(parts))
+        wait_for(browser, "return document.body.dataset.done === '4'")
+        assert browser.find_element(By.ID, "error").text == ""
+        rows = browser.find_elements(By.CSS_SELECTOR, "#history tr")[:2]
+        shown = [(row.find_elements(By.TAG_NAME, "td")[1].text, row.get_attribute("data-request-id"))
+                 for row in rows]
+        assert [path for path, _ in shown] == ["parts/line2/000.png", "parts/line1/000.png"]  # newest first
+        with open(audit, newline="") as f:
+            logged = {row["request_id"]: row for row in csv.DictReader(f)}
+        for path, request_id in shown:  # the row's request id finds the audit row of the same image
+            assert logged[request_id]["file_name"] == path
+        assert float(logged[shown[1][1]]["score"]) == api["score"]  # line1's is the defect
         shot = tmp_path / "page.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000

@@ -163,11 +163,32 @@ def test_plain_progress_speaks_after_5_s_then_every_30_s(monkeypatch, caplog):
     now = [100.0]
     monkeypatch.setattr("time.monotonic", lambda: now[0])  # PlainProgress's clock
     with caplog.at_level("INFO", logger="adkit"):
-        bar = progress.PlainProgress(None, 10, 0, "scoring training images")
+        bar = progress.PlainProgress(None, 10, 0, "scoring training images", "images")
         for t in (103.0, 106.0, 120.0, 134.0, 137.0):
             now[0] = t
             bar.update(1)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring")]
-    # at 106 (2 done in 6 s: 8 more take 24 s) and 137 (5 in 37 s: 5 more take 37 s)
-    assert lines == ["scoring training images 2/10, about 24 s left",
-                     "scoring training images 5/10, about 37 s left"]
+    # at 106 (2 done in 6 s: 8 more take 24 s) and 137 (2 done in the 17 s since 120, the
+    # newest count 10 s old or more: 5 more take 42 s)
+    assert lines == ["scoring training images: 2/10 images, about 24 s left",
+                     "scoring training images: 5/10 images, about 42 s left"]
+
+
+def test_the_time_left_follows_a_phase_that_speeds_up(monkeypatch, caplog):
+    """A coreset's first choices are its slowest: here one a second for 60 s, then 200 a
+    second, 87 s in all. The time left comes from the last 10 s, so the third line, in the fast
+    part, says 44 s (22 s are left), where the average since the start said 5 min."""
+    from adkit.core import progress
+
+    now = [0.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    with caplog.at_level("INFO", logger="adkit"):
+        bar = progress.PlainProgress(None, 5529, 0, "choosing the memory bank", "patches")
+        for step in range(1, 5530):
+            now[0] = float(step) if step <= 60 else 60.0 + (step - 60) / 200.0
+            bar.update(1)
+    # at 65 s: 1060 done, 1005 of them since 55 s: 4469 left take 44.5 s
+    assert [r.getMessage() for r in caplog.records] == [
+        "choosing the memory bank: 5/5529 patches, about 92 min left",
+        "choosing the memory bank: 35/5529 patches, about 92 min left",
+        "choosing the memory bank: 1060/5529 patches, about 44 s left"]

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 r"""Make one camera-sized MVTec-layout category with defects of a chosen size in pixels.
 
-    python tools/make_camera_data.py --output_dir data/stone --size 1600x1200 --train 60 \
+    python tools/make_camera_data.py --output_dir output/camera/stone --size 1600x1200 --train 60 \
         --test_good 20 --test_defects 32 --defect_pixels 200-2000 [--texture gravel] \
         [--kinds scratch,crack,...] [--seed 0]
-    python main.py --model patchcore --mode train --data_dir data --cls stone
+    python main.py --model patchcore --mode train --data_dir output/camera --cls stone
 
 Writes (--output_dir is the category folder):
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 r"""Turn a folder of good images into one MVTec-layout category with synthetic defects.
 
-    python tools/make_synthetic.py --good_dir photos/ --output_dir data/my_part \
+    python tools/make_synthetic.py --good_dir photos/ --output_dir synthetic_data/my_part \
         [--test_ratio 0.2] [--per_kind 4] [--kinds scratch,crack,...] [--seed 0] [--image_size N]
-    python main.py --model efficientad_s --mode train --data_dir data --cls my_part
+    python main.py --model efficientad_s --mode train --data_dir synthetic_data --cls my_part
 
 Writes (--output_dir is the category folder):
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Run an exported model with Paddle Inference (or ONNX Runtime): overlays, masks, maps, scores.
 
-    python infer.py --model_dir inference/rd4ad_brick --img_path sample_data/brick/test \
+    python infer.py --model_dir inference/patchcore_brick --img_path sample_data/brick/test \
         --device cpu --cpu_threads 2 --enable_mkldnn true --benchmark true --output_dir output/infer
 
 Prints one line per image on stdout: score, label (defect/good) and path.
@@ -47,10 +47,11 @@ def parse_args(argv):
 def run(args):
     from adkit import Predictor
     from adkit.outputs.folders import RunFolder
-    from adkit.deploy.predictor import predict_into_folder
+    from adkit.deploy.predictor import predict_into_folder, refuse_bad_files
     from adkit.core.image_io import collect_images
 
     root, paths = collect_images(args.img_path)
+    refuse_bad_files(paths, args.skip_bad_images)
     if args.batch_size > len(paths):
         raise UserError(f"--batch_size {args.batch_size} is larger than the number of images "
                         f"({len(paths)}) in {args.img_path}")

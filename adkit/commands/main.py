@@ -4,7 +4,7 @@
     python main.py --model rd4ad --mode train --data_dir sample_data --cls brick
     python main.py --model rd4ad --mode eval  --data_dir sample_data --cls brick
     python main.py --model rd4ad --mode infer --cls brick --img_path some/image.png
-    python main.py --model efficientad_s --mode distill --data_dir IMAGES --output_dir weights
+    python main.py --model efficientad_s --mode distill --data_dir IMAGES --output_dir output/teacher
 
 Several devices: python -m paddle.distributed.launch --devices 0,1 main.py ... (doc/gpus.md).
 This file parses, validates and dispatches; the pipelines live in adkit/pipelines/.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 r"""Serve a model folder over HTTP for the inspection line (FastAPI + uvicorn).
 
-    python serve.py --model_dir inference/rd4ad_brick --host 127.0.0.1 --port 8866
+    python serve.py --model_dir inference/patchcore_brick --host 127.0.0.1 --port 8866
 
 Any folder infer.py takes: an export (Paddle Inference, ONNX Runtime with --backend onnxruntime,
 int8) or a training checkpoint folder. Open http://127.0.0.1:8866/ for the web page; POST images
@@ -98,6 +98,10 @@ def main(argv=None):
 
     log = logging.getLogger("adkit")
     check_address(args.host, args.port)  # before the model loads: a taken port is one line, at once
+    if args.audit_log:
+        from adkit.deploy.serving.audit import check_audit_file
+
+        check_audit_file(args.audit_log)
     options = predictor_options(args, args.max_batch)
     model = LoadedModel(args.model_dir, options)  # a folder that does not load: one line, no server
     settings = ServiceSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,

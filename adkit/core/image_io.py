@@ -74,11 +74,7 @@ def _read_raw(path):
 
 def _decode_raw(data, name):
     """Encoded bytes (uint8 array) -> the image as OpenCV decodes it; ``name`` in the errors."""
-    if not data.size:
-        raise UserError(f"{name}: empty file, not an image")
-    ending = _truncated(data)
-    if ending:  # found before libpng/libjpeg print their own complaint on stderr
-        raise UserError(f"{name}: cannot decode image ({ending})")
+    _check_ends(data[:HEAD_BYTES].tobytes(), data[-TAIL_BYTES:].tobytes(), name)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise UserError(f"{name}: cannot decode image (expected PNG/JPEG/BMP/TIFF/WebP)")
@@ -86,18 +82,53 @@ def _decode_raw(data, name):
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+HEAD_BYTES, TAIL_BYTES = 16, 1024
 
 
-def _truncated(data):
+def _check_ends(head, tail, name):
+    """An empty file, or a PNG / JPEG cut short, from its first and last bytes: one error line
+    before libpng/libjpeg print their own complaint on stderr."""
+    if not head:
+        raise UserError(f"{name}: empty file, not an image")
+    ending = _truncated(head, tail)
+    if ending:
+        raise UserError(f"{name}: cannot decode image ({ending})")
+
+
+def _truncated(head, tail):
     """Why a PNG or JPEG file is cut short ("" if it is not, or is of another format): a PNG
     ends with its IEND chunk, a JPEG with the end-of-image marker (in the last KB: some writers
     append a few bytes after them). Decoding a cut file would make libpng print "PNG input buffer is incomplete" (and
     libjpeg "Premature end of JPEG file", with a half-grey image) straight to stderr."""
-    head, tail = data[:8].tobytes(), data[-1024:].tobytes()
-    if head == PNG_SIGNATURE and b"IEND" not in tail:
+    if head[:8] == PNG_SIGNATURE and b"IEND" not in tail:
         return "truncated PNG: the file ends before its IEND chunk"
     if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
         return "truncated JPEG: the file ends before its end-of-image marker"
+    return ""
+
+
+def _usual_format(head):
+    """Whether the first bytes are those of PNG, JPEG, BMP, TIFF or WebP."""
+    return (head.startswith((PNG_SIGNATURE, b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*"))
+            or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"))
+
+
+def image_file_problem(path):
+    """What reading ``path`` would stop on ("" when nothing), found from its first and last
+    bytes without decoding it: missing, empty, cut short, or not an image. Only a file of an
+    unusual format is decoded to know. A file damaged inside still fails when it is read."""
+    try:
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: file not found")
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+            f.seek(max(os.fstat(f.fileno()).st_size - TAIL_BYTES, 0))
+            tail = f.read()
+        _check_ends(head, tail, path)
+        if not _usual_format(head):
+            _read_raw(path)
+    except UserError as err:
+        return str(err)
     return ""
 
 

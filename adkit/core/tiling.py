@@ -106,7 +106,7 @@ class TileSet:
         by_photo = {}
         for i, box in chosen:
             by_photo.setdefault(i, []).append(box)
-        for i in progress(sorted(by_photo), total=len(by_photo), desc=desc):
+        for i in progress(sorted(by_photo), total=len(by_photo), desc=desc, unit="photos"):
             photo = photos.load_uint8(i)
             self._tiles += [tiling.cut(photo, box) for box in by_photo[i]]
 

@@ -1,7 +1,7 @@
 """The Python API: load a model folder once, then score images.
 
     from adkit import Predictor
-    predictor = Predictor("inference/rd4ad_brick")          # or a checkpoint folder
+    predictor = Predictor("inference/patchcore_brick")      # or a checkpoint folder
     result = predictor.predict("part.png")                   # a path or an RGB uint8 array
     print(result.score, result.label)                        # result.map: float32 HxW
 
@@ -172,6 +172,17 @@ class Predictor(PredictorBase):
             raise UserError(f"predict: expected an RGB uint8 HxWx3 array, got {image.dtype} {image.shape}")
         [(amap, score)] = self.score_images([image], self.tile_batch)
         return self.prediction(amap, score, image.shape[:2])
+
+
+def refuse_bad_files(paths, skip_bad=False):
+    """Every file of ``paths`` that cannot be an image, named in one error line before the
+    model loads (eval names its bad files at once too). With ``skip_bad`` nothing is refused:
+    each bad file is skipped when its turn comes."""
+    from adkit.core.errors import raise_if_bad
+    from adkit.core.image_io import image_file_problem
+
+    if not skip_bad:
+        raise_if_bad([problem for problem in map(image_file_problem, paths) if problem])
 
 
 def predict_into_folder(predictor, img_path, root, paths, run_folder, save_format="npy", batch_size=1,
@@ -369,7 +380,7 @@ def predict_files(predictor, root, paths, outputs, batch_size=1, skip_bad=False,
         batches_done += 1
         pending.clear()
 
-    for path in progress(paths, total=len(paths), desc="predicting"):
+    for path in progress(paths, total=len(paths), desc="scoring images", unit="images"):
         start = time.perf_counter()
         try:
             image = read_rgb(path)

@@ -153,10 +153,10 @@ def check_set(calibration, size, tiling=None):
 CHECK_MAP_SIDE = 256  # a tiled model's photo maps are compared at this size (correlations only)
 
 
-def check_outputs(run_batch, images, tiling, desc):
-    """(maps [N,h,w], scores [N]) of check_set's images through ``run_batch``; a tiled model's
-    photos through their tiles (adkit.core.tiling.score_photo), each photo's map reduced to
-    CHECK_MAP_SIDE square for the map comparison (the scores are the photo maps' max)."""
+def check_outputs(run_batch, images, tiling, desc, count):
+    """(maps [N,h,w], scores [N]) of check_set's ``count`` images through ``run_batch``; a
+    tiled model's photos through their tiles (adkit.core.tiling.score_photo), each photo's map
+    reduced to CHECK_MAP_SIDE square for the map comparison (the scores are the photo maps' max)."""
     import cv2
 
     from adkit.core.progress import progress
@@ -166,7 +166,7 @@ def check_outputs(run_batch, images, tiling, desc):
     if tiling is None:
         return run_inference(run_batch, images, CALIBRATION_BATCH, desc)
     maps, scores = [], []
-    for photo in progress(images(), desc=desc):
+    for photo in progress(images(), total=count, desc=desc, unit="photos"):
         amap, score = score_photo(run_batch, tiling, photo, CALIBRATION_BATCH)
         maps.append(cv2.resize(amap, (CHECK_MAP_SIDE, CHECK_MAP_SIDE), interpolation=cv2.INTER_AREA))
         scores.append(score)
@@ -255,7 +255,7 @@ def quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir=
     paths, source = calibration_paths(calibration, calibration_dir)
     images, labels = check_set(calibration, size, tiling)
     fp32 = check_outputs(PaddleEngine(staging, cpu_threads=cpu_threads, image_size=size, quantized=False).run,
-                         images, tiling, "check: fp32")
+                         images, tiling, "checking the fp32 model", len(labels))
     tried = []
     with tempfile.TemporaryDirectory(dir=os.path.dirname(staging), prefix=".quantize_") as work:
         for level, op_types in LEVELS.items():
@@ -267,7 +267,7 @@ def quantize_export(checkpoint_dir, staging, size, calibration, calibration_dir=
             try:
                 engine = PaddleEngine(out, cpu_threads=cpu_threads, image_size=size, quantized=True,
                                       int8_ops=ONEDNN_INT8_OPS[level])
-                int8 = check_outputs(engine.run, images, tiling, f"check: int8 ({level})")
+                int8 = check_outputs(engine.run, images, tiling, f"checking the int8 model ({level})", len(labels))
                 check = compare(fp32, int8, labels, calibration.get("policy"))
             except (RuntimeError, ValueError) as err:  # Paddle Inference cannot run this variant
                 message = (str(err).strip().splitlines() or ["?"])[0][:200]
@@ -424,7 +424,7 @@ def worker(job):
         images = GoodImages(job["images"], size)
 
     def batches():
-        for batch in image_batches(images, CALIBRATION_BATCH, "int8 calibration"):
+        for batch in image_batches(images, CALIBRATION_BATCH, "measuring the int8 scales"):
             yield {INPUT_NAME: batch}
 
     paddle.enable_static()

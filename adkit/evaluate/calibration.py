@@ -88,7 +88,7 @@ def _score_synthetic(run_batch, val_set, batch_size, seed, per_image, tiling):
         return [kind for _, _, kind in made], None if out is None else out[1]
     per_photo = len(DEFAULT_KINDS) * per_image
     bar = progress(total=per_photo * sum(tiling.count(*val_set.photo_hw(i)) for i in range(len(val_set))),
-                   desc="scoring synthetic defects (tiles)")
+                   desc="scoring synthetic defects", unit="tiles")
     kinds, scores = [], []
     for kind, defective in synthetic_photos(val_set, seed, per_image, tiling.tile):
         kinds.append(kind)

@@ -14,7 +14,7 @@ def batches(dataset, batch_size, desc):
     """float32 [B,3,H,W] batches of ``dataset`` (``len`` and ``[i]`` -> [3,H,W]), in order,
     with progress."""
     starts = range(0, len(dataset), batch_size)
-    for start in progress(starts, total=len(starts), desc=desc):
+    for start in progress(starts, total=len(starts), desc=desc, unit="batches"):
         yield np.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
 
 
@@ -58,7 +58,7 @@ def run_tiled(run_batch, photos, tiling, batch_size, desc):
 
     maps, scores = PhotoMaps(), np.zeros(len(photos), np.float32)
     bar = progress(total=sum(tiling.count(*photos.photo_hw(i)) for i in range(len(photos))),
-                   desc=f"{desc} (tiles)")
+                   desc=desc, unit="tiles")
     for i in range(len(photos)):
         amap, scores[i] = score_photo(run_batch, tiling, photos.load_uint8(i), batch_size, bar.update)
         maps.append(amap)
@@ -146,7 +146,7 @@ def evaluate_dataset(run_batch, test_set, batch_size, resolution="model", subset
         raise ValueError(f"resolution must be one of {EVAL_RESOLUTIONS}, got {resolution!r}")
     if tiling is not None:
         resolution = "original"
-    maps, scores = run_inference(run_batch, test_set, batch_size, desc="eval", tiling=tiling)
+    maps, scores = run_inference(run_batch, test_set, batch_size, desc="scoring test images", tiling=tiling)
     labels = np.array([item.label for item in test_set.items])
     types = [item.defect_type for item in test_set.items]
     groups = {"all": None, **(subsets or {})}
@@ -194,7 +194,7 @@ def stream_pixel_metrics(test_set, maps, groups, full_size):
     lo, hi = (float(maps.min()), float(maps.max())) if len(maps) else (0.0, 0.0)
     accumulators = {name: PixelMetricAccumulator(lo, hi) for name in groups}
     map_max = np.zeros(len(test_set), np.float32)
-    for i in progress(range(len(test_set)), total=len(test_set), desc="pixel metrics"):
+    for i in progress(range(len(test_set)), total=len(test_set), desc="computing pixel metrics", unit="images"):
         item = test_set.items[i]
         if full_size:
             amap = map_at_size(maps[i], test_set.photo_hw(i))

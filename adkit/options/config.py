@@ -77,7 +77,8 @@ OPTIONS = {
                       "mirror the tree)"),
     "save_interval": (int, "write a checkpoint every N steps"),
     "log_interval": (int, "log the loss every N steps"),
-    "val_ratio": (float, "fraction of train/good held out as validation (never the test set)"),
+    "val_ratio": (float, "fraction of train/good held out as validation (never the test set); "
+                         "at least 3 images when train/good has 6 or more"),
     "threshold": (float, "a score threshold for the labels, overriding --threshold_policy "
                          "(same as --threshold_policy manual:VALUE)"),
     "threshold_policy": (str, "how the pass/fail threshold is chosen: " + POLICY_HELP +
@@ -109,7 +110,23 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         # argparse prints usage plus the message; one line naming the problem is kinder.
-        raise UserError(f"{message} (see --help)")
+        raise UserError(f"{message}{self._suggestions(message)} (see --help)")
+
+    def _suggestions(self, message):
+        """" (did you mean --coreset_ratio?)" for the misspelt flags of an "unrecognized
+        arguments" message."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        flags = [token.split("=")[0] for token in message.split(":", 1)[1].split() if token.startswith("--")]
+        return did_you_mean(flags, [o for action in self._actions for o in action.option_strings])
+
+
+def did_you_mean(names, known):
+    """" (did you mean X?)" naming the closest of ``known`` to each of ``names`` that has one."""
+    import difflib
+
+    close = [match[0] for name in names for match in [difflib.get_close_matches(name, known, 1, 0.75)] if match]
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def build_parser(model=None):
@@ -173,21 +190,50 @@ def _model_in(argv):
     return None
 
 
-def _read_yaml(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise UserError(f"--config {path}: file not found") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of option: value")
-    return data
+class YamlOptions:
+    """A YAML file of options: ``values`` {key: value}, and where each key is (``place``)."""
+
+    def __init__(self, path, label=None):
+        self.label = label or path  # how messages name the file
+        text = self._text(path)
+        try:
+            self.values = yaml.safe_load(text) or {}
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as err:
+            raise UserError(yaml_error_line(self.label, err)) from None
+        if not isinstance(self.values, dict):
+            raise UserError(f"{self.label}: expected a mapping of option: value")
+        self.lines = {key.value: key.start_mark.line + 1 for key, _ in (root.value if root else [])}
+
+    @staticmethod
+    def _text(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise UserError(f"--config {path}: file not found") from None
+
+    def place(self, key):
+        """"file.yaml, line 3: key": where a message about ``key``'s value points."""
+        return f"{self.label}, line {self.lines[key]}: {key}" if key in self.lines else f"{self.label}: {key}"
+
+
+def yaml_error_line(label, err):
+    """PyYAML's error as one line with the file, line and column: where the construct it could
+    not finish starts (a key missing its colon), and where it noticed."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return f"{label}: invalid YAML ({problem})"
+    where = lambda m: f"line {m.line + 1}, column {m.column + 1}"  # noqa: E731 (marks count from 0)
+    if context and context_mark is not None:
+        return f"{label}, {where(context_mark)}: invalid YAML: {problem} ({context}; noticed at {where(mark)})"
+    return f"{label}, {where(mark)}: invalid YAML: {problem}"
 
 
 def model_defaults(model):
-    return _read_yaml(os.path.join(shipped_folder("configs"), f"{model}.yaml"))
+    return YamlOptions(os.path.join(shipped_folder("configs"), f"{model}.yaml"), f"configs/{model}.yaml").values
 
 
 def resolve_config(argv=None):
@@ -204,44 +250,62 @@ def resolve_config(argv=None):
     if args.mode not in BASE_MODES + tuple(spec.modes):
         offered = ", ".join(registry.extra_modes()[args.mode])
         raise UserError(f"--mode {args.mode}: offered by {offered}, not by --model {args.model}")
-    sources = [(model_defaults(args.model), f"configs/{args.model}.yaml")]
+    sources = [YamlOptions(os.path.join(shipped_folder("configs"), f"{args.model}.yaml"),
+                           f"configs/{args.model}.yaml")]
     if args.config:
-        sources.append((_read_yaml(args.config), args.config))
-    for values, source in sources:
-        cfg.update(_for_mode(_checked(values, known, spec, source), spec, args.mode))
-    cfg.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
-    _check_types(cfg, fields)
-    _validate(cfg)
+        sources.append(YamlOptions(args.config))
+    origin = {}  # option -> where its value came from, for messages ("file.yaml, line 3: key")
+    for source in sources:
+        _check_keys(source, known, spec)
+        for name, key in _for_mode(source.values, spec, args.mode).items():
+            cfg[name], origin[name] = source.values[key], source.place(key)
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "config"}
+    cfg.update(given)
+    where = Where({k: v for k, v in origin.items() if k not in given})
+    _check_types(cfg, fields, where)
+    _validate(cfg, where)
     return cfg
 
 
-def _checked(values, known, spec, source):
-    """YAML values: every key an option of this method (or <extra mode>_<option>)."""
+class Where:
+    """How a message names an option: "--steps" when it is the command line's (or a default),
+    "file.yaml, line 3: steps" when a YAML file gave its value."""
+
+    def __init__(self, yaml_places):
+        self.yaml_places = yaml_places
+
+    def __call__(self, name):
+        return self.yaml_places.get(name, f"--{name}")
+
+
+def _check_keys(source, known, spec):
+    """Every key of a YAML file an option of this method (or <extra mode>_<option>); a
+    misspelt one named with its line and the option it is closest to."""
     def allowed(key):
         return key in known or any(key.startswith(m + "_") and key[len(m) + 1:] in known
                                    for m in spec.modes)
 
-    unknown = sorted(key for key in values if not allowed(key))
+    candidates = sorted(known) + [f"{m}_{k}" for m in spec.modes for k in sorted(known)]
+    unknown = [key for key in source.values if not allowed(key)]
     if unknown:
-        raise UserError(f"{source}: unknown option(s) {', '.join(unknown)}")
-    return values
+        raise UserError("; ".join(f"{source.place(key)}: unknown option{did_you_mean([str(key)], candidates)}"
+                                  for key in unknown))
 
 
 def _for_mode(values, spec, mode):
-    """A method's extra mode reads its own defaults, <mode>_<option> (e.g. distill_steps): in
-    that mode they override <option>; in any other mode they are ignored."""
-    out = {key: value for key, value in values.items()
-           if not any(key.startswith(m + "_") for m in spec.modes)}
+    """{option: the YAML key that sets it}. A method's extra mode reads its own defaults,
+    <mode>_<option> (e.g. distill_steps): in that mode they override <option>; in any other
+    mode they are ignored."""
+    out = {key: key for key in values if not any(key.startswith(m + "_") for m in spec.modes)}
     prefix = mode + "_"
-    out.update({key[len(prefix):]: value for key, value in values.items()
-                if mode in spec.modes and key.startswith(prefix)})
+    out.update({key[len(prefix):]: key for key in values if mode in spec.modes and key.startswith(prefix)})
     return out
 
 
 SWITCHES = ("resume", "skip_bad_images", "verbose")  # store_true flags, booleans in YAML
 
 
-def _check_types(cfg, fields):
+def _check_types(cfg, fields, where):
     """Every option must have its declared type: the shared ones (OPTIONS, SWITCHES) and the
     method's settings. The command line converts its strings already; YAML can hold anything
     (``steps: thirty``, ``lr: fast``), so each value is converted here or named in one line."""
@@ -255,7 +319,7 @@ def _check_types(cfg, fields):
         try:
             cfg[name] = _converted(_parser_type(kind), value)
         except (TypeError, ValueError):
-            raise UserError(f"--{name}: expected {getattr(kind, '__name__', kind)}, "
+            raise UserError(f"{where(name)}: expected {getattr(kind, '__name__', kind)}, "
                             f"got {value!r}") from None
 
 
@@ -269,47 +333,47 @@ def _converted(convert, value):
     return convert(value)
 
 
-def _validate_sizes(cfg):
+def _validate_sizes(cfg, where):
     """--image_size sides multiples of 32; tiles inside the photo's pixels, with the model's
     aspect ratio (each tile is resized to --image_size), overlapping or touching."""
     from adkit.core.tiling import check_tiling
 
     height, width = cfg["image_size"]
     if height % 32 or width % 32 or min(height, width) < 32:
-        raise UserError(f"--image_size sides must be multiples of 32, got {size_text(cfg['image_size'])}")
+        raise UserError(f"{where('image_size')} sides must be multiples of 32, got {size_text(cfg['image_size'])}")
     if cfg.get("tile_stride") is not None and cfg.get("tile_size") is None:
-        raise UserError("--tile_stride needs --tile_size")
+        raise UserError(f"{where('tile_stride')} needs --tile_size")
     if cfg.get("tile_size") is not None:
         check_tiling(cfg["tile_size"], cfg.get("tile_stride"), cfg["image_size"])
 
 
-def _validate(cfg):
+def _validate(cfg, where):
     if cfg["device"] not in ("cpu", "gpu"):
-        raise UserError(f"--device must be cpu or gpu, got {cfg['device']!r}")
+        raise UserError(f"{where('device')} must be cpu or gpu, got {cfg['device']!r}")
     for name in ("batch_size", "eval_batch_size", "cpu_threads", "max_train_tiles"):
         if int(cfg[name]) < 1:
-            raise UserError(f"--{name} must be >= 1, got {cfg[name]}")
+            raise UserError(f"{where(name)} must be >= 1, got {cfg[name]}")
     # training options: methods fitted in one pass (PatchCore, PaDiM) have none of them
     for name in ("steps", "epochs", "save_interval", "log_interval"):
         if cfg.get(name) is not None and int(cfg[name]) < 1:
-            raise UserError(f"--{name} must be >= 1, got {cfg[name]}")
-    _validate_sizes(cfg)
+            raise UserError(f"{where(name)} must be >= 1, got {cfg[name]}")
+    _validate_sizes(cfg, where)
     if cfg.get("lr") is not None and cfg["lr"] <= 0:
-        raise UserError(f"--lr must be > 0, got {cfg['lr']}")
+        raise UserError(f"{where('lr')} must be > 0, got {cfg['lr']}")
     if cfg.get("threshold_policy") is not None:
-        parse_policy(cfg["threshold_policy"])
+        parse_policy(cfg["threshold_policy"], where("threshold_policy"))
     for name, allowed in (("data_format", DATA_FORMATS), ("eval_resolution", EVAL_RESOLUTIONS)):
         if cfg[name] not in allowed:
-            raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {cfg[name]!r}")
+            raise UserError(f"{where(name)} must be one of {', '.join(allowed)}, got {cfg[name]!r}")
     if cfg["cpu_conv"] not in CPU_CONV_CHOICES:
-        raise UserError(f"--cpu_conv must be one of {', '.join(CPU_CONV_CHOICES)}, got {cfg['cpu_conv']!r}")
+        raise UserError(f"{where('cpu_conv')} must be one of {', '.join(CPU_CONV_CHOICES)}, got {cfg['cpu_conv']!r}")
     if cfg["save_format"] not in SAVE_FORMATS:
-        raise UserError(f"--save_format must be one of {', '.join(SAVE_FORMATS)}, got {cfg['save_format']!r}")
+        raise UserError(f"{where('save_format')} must be one of {', '.join(SAVE_FORMATS)}, got {cfg['save_format']!r}")
     if cfg.get("amp") is not None:
         if cfg["amp"] not in AMP_CHOICES:
-            raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {cfg['amp']!r}")
+            raise UserError(f"{where('amp')} must be one of {', '.join(AMP_CHOICES)}, got {cfg['amp']!r}")
         if cfg["device"] != "gpu":
-            raise UserError(f"--amp {cfg['amp']} needs --device gpu: Paddle's CPU build ignores "
+            raise UserError(f"{where('amp')} {cfg['amp']} needs --device gpu: Paddle's CPU build ignores "
                             "paddle.amp.auto_cast (float32 throughout) and has no bfloat16 conv2d "
                             "kernel; train without --amp on CPU")
     if cfg["mode"] == "infer" and not cfg.get("img_path"):

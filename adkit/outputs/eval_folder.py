@@ -39,7 +39,7 @@ def write_eval_folder(folder, test_set, root, maps, scores, result, pro_curve, t
         value_range = display_range(calibration["map_range"], threshold.value)
         outputs = ImageOutputs(run, threshold.value, value_range, save_format,
                                os.path.join(MAPS_FOLDER, maps_folder))
-        for i, item in enumerate(progress(items, total=len(items), desc="writing outputs")):
+        for i, item in enumerate(progress(items, total=len(items), desc="writing overlays and maps", unit="images")):
             image = read_rgb(item.path)
             overlay = outputs.add(item.path, os.path.relpath(item.path, root), image,
                                   maps[i], scores[i], item.defect_type, _truth(item))

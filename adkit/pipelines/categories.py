@@ -5,7 +5,11 @@ import os
 from adkit.core.image_io import aspect_note
 from adkit.core.progress import log
 from adkit.core.tiling import Tiling, TileSet
-from adkit.datasets import find_categories, ImageDataset, open_category, split_train_val
+from adkit.datasets import find_categories, ImageDataset, open_category, split_train_val, validation_count
+from adkit.evaluate.calibration import FEW_VALIDATION_IMAGES
+
+# a threshold from fewer validation images is a guess (calibration.few_validation_warning)
+MIN_VALIDATION_IMAGES = FEW_VALIDATION_IMAGES + 1
 
 
 def checkpoint_dir(cfg, cls):
@@ -20,15 +24,28 @@ def categories_for(cfg):
 
 def training_side(cfg, cls, category=None):
     """(train set, validation set) of good images: the dataset's own validation images where
-    it has them (MVTec LOCO), else split off the training images as training split them."""
+    it has them (MVTec LOCO), else split off the training images as training split them, at
+    least MIN_VALIDATION_IMAGES of them when there are twice as many."""
     category = category or open_category(cfg, cls)
     val_paths = category.val_paths()
     if val_paths is None:
-        train_paths, val_paths = split_train_val(category.train_paths(), cfg["val_ratio"], cfg["seed"])
+        paths = category.train_paths()
+        train_paths, val_paths = split_train_val(paths, cfg["val_ratio"], cfg["seed"],
+                                                 at_least=MIN_VALIDATION_IMAGES)
+        _note_raised_validation(cls, len(paths), cfg["val_ratio"], len(val_paths))
     else:
         train_paths = category.train_paths()
     size = None if cfg.get("tile_size") else cfg["image_size"]  # tiles: photos at their own size
     return ImageDataset(train_paths, size), ImageDataset(val_paths, size)
+
+
+def _note_raised_validation(cls, n, val_ratio, n_val):
+    """Says so when the validation images are more than --val_ratio alone would hold out."""
+    by_ratio = validation_count(n, val_ratio)
+    if n_val > by_ratio:
+        log.info("[%s] %d of the %d training images held out for validation, not the %d of "
+                 "--val_ratio %g: a threshold needs at least %d", cls, n_val, n, by_ratio,
+                 val_ratio, MIN_VALIDATION_IMAGES)
 
 
 def one_process_for_tiles(cfg):

@@ -20,7 +20,7 @@ from adkit.evaluate.calibration import (calibrate, EVAL_METRICS_FILE, few_valida
                                         read_calibration, resolve_threshold, write_calibration)
 from adkit.evaluate.evaluation import evaluate_dataset, mean_over_categories, run_inference
 from adkit.evaluate.thresholds import DEFAULT_POLICY
-from adkit.options.registry import load_trained as load_from_folder
+from adkit.options.registry import load_trained as load_from_folder, spec_for
 from adkit.outputs.eval_folder import MAPS_FOLDER, write_eval_folder, write_metrics_summaries
 from adkit.pipelines.categories import checkpoint_dir, one_process_for_tiles, training_side
 from adkit.pipelines.tables import format_decision, format_subsets, format_table
@@ -35,8 +35,7 @@ def run_metadata(cfg, ckpt_dir):
     written = (datetime.datetime.fromtimestamp(os.path.getmtime(checkpoint)).isoformat(timespec="seconds")
                if os.path.isfile(checkpoint) else "-")
     options = {"model": cfg["model"], "backbone": cfg.get("backbone") or "-",
-               "steps": cfg.get("steps") or "-", "epochs": cfg.get("epochs") or "-",
-               "image size": size_text(cfg["image_size"]), "seed": cfg["seed"],
+               "training": schedule_text(cfg), "image size": size_text(cfg["image_size"]), "seed": cfg["seed"],
                "checkpoint": f"{os.path.abspath(ckpt_dir)} (written {written})",
                "evaluated": datetime.datetime.now().isoformat(timespec="seconds"),
                "versions": f"paddleAD {__version__}, Paddle {paddle.__version__}, numpy {np.__version__}, "
@@ -46,6 +45,16 @@ def run_metadata(cfg, ckpt_dir):
         options["tiles"] = (f"{size_text(tiling.tile)} px of the photo every {size_text(tiling.stride)} px, "
                             f"each resized to {size_text(tiling.model)}")
     return options
+
+
+def schedule_text(cfg):
+    """What training ran: "30 steps" (--steps wins over --epochs), "200 epochs", or that the
+    method fits in one pass."""
+    if not spec_for(cfg["model"]).trains:
+        return "none: fitted in one pass"
+    if cfg.get("steps"):
+        return f"{cfg['steps']} steps"
+    return f"{cfg['epochs']} epochs" if cfg.get("epochs") else "-"
 
 
 def load_trained(cfg, cls):
@@ -71,7 +80,8 @@ def evaluate(cfg, cls):
     engine = scoring_engine(method, cfg)
     calibration = read_calibration(ckpt_dir)
     distributed.barrier()  # several processes: all have read it before the main one writes it
-    if calibration is None:  # a checkpoint from before calibration existed: make it now
+    calibrated_here = calibration is None
+    if calibrated_here:  # a checkpoint from before calibration existed: make it now
         train_set, val_set = training_side(cfg, cls, category)
         calibration = calibrate(engine.run, train_set.preload(), val_set.preload(),
                                 cfg["eval_batch_size"], cfg["seed"],
@@ -79,7 +89,7 @@ def evaluate(cfg, cls):
         if distributed.is_main():
             write_calibration(ckpt_dir, calibration)
     if not distributed.is_main():  # several processes: score this one's share, gathered to
-        run_inference(engine.run, test_set, cfg["eval_batch_size"], desc="eval")  # the main one
+        run_inference(engine.run, test_set, cfg["eval_batch_size"], desc="scoring test images")  # the main one
         return None  # (the run_inference call that evaluate_dataset makes there)
     if tiling is not None and cfg["eval_resolution"] != "original":
         log.info("[%s] tiled model: maps and pixel metrics at the photos' own resolution", cls)
@@ -104,7 +114,7 @@ def evaluate(cfg, cls):
     notes.append(f"Pixel metrics at the {cfg['eval_resolution']} resolution; image AUROC from "
                  f"{result['image_score']}")
     warning = few_validation_warning(calibration, threshold.policy)
-    if warning:
+    if warning and not _training_warned(calibration, calibrated_here):
         log.warning("[%s] %s", cls, warning)
     write_eval_folder(os.path.join(ckpt_dir, "eval"), test_set, category.root, maps, scores, result,
                       pro_curve, threshold, calibration, [(items[i], m) for i, m in bad],
@@ -116,6 +126,12 @@ def evaluate(cfg, cls):
         log.info("[%s] maps for the official MVTec evaluation scripts: --anomaly_maps_dir %s "
                  "--evaluated_objects %s", cls, os.path.join(ckpt_dir, "eval", MAPS_FOLDER), cls)
     return result
+
+
+def _training_warned(calibration, calibrated_here):
+    """Whether training logged the few-validation-images warning of this calibration already:
+    eval then leaves it to report.html instead of saying it a second time."""
+    return not calibrated_here and few_validation_warning(calibration, calibration["policy"]) is not None
 
 
 def report(cfg, results):

@@ -163,7 +163,7 @@ class Trainer:
         Data-parallel (``data_parallel``): ``batches`` yields the global batch (the same in
         every process) and ``train_step`` gets this process's block of it."""
         window = deque(self.losses[-self.log_interval:], maxlen=self.log_interval)
-        bar = progress(total=self.total, initial=self.step, desc=f"{self.name} train")
+        bar = progress(total=self.total, initial=self.step, desc=f"training {self.name}", unit="steps")
         curves = None
         # train_log.csv: a row every --log_interval steps, but at least ~CURVE_POINTS rows in a
         # run, so that a short run still draws a curve (the log lines keep --log_interval)

@@ -226,7 +226,9 @@ def target_statistics(target_net, sampler, settings):
     stats = RunningChannelStats()
     size, total = settings["batch_size"], settings["norm_samples"]
     with paddle.no_grad():
-        for index, start in enumerate(progress(range(0, total, size), desc="target statistics")):
+        starts = progress(range(0, total, size), total=-(-total // size),
+                          desc="normalising the distillation targets", unit="batches")
+        for index, start in enumerate(starts):
             rng = np.random.default_rng([settings["seed"], _NORM_STREAM, index])
             _, big = sampler.batch(rng, min(size, total - start))
             stats.update(target_net(paddle.to_tensor(big)).numpy())

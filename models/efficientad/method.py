@@ -101,8 +101,8 @@ class EfficientADMethod(AnomalyMethod):
             self._load_teacher()
         self._teacher_graph = self.frozen_forward(self.teacher)  # the teacher's weights are final
         if not resume:
-            mean, std = teacher_channel_stats(self._teacher_graph,
-                                              self._batches(train_set, "teacher statistics"))
+            batches = self._batches(train_set, "normalising the teacher on the training images")
+            mean, std = teacher_channel_stats(self._teacher_graph, batches)
             self.normalization = {"teacher_mean": mean, "teacher_std": std}
         trainer.extra = {"normalization": self.normalization}
         if penalty is None:
@@ -205,7 +205,7 @@ class EfficientADMethod(AnomalyMethod):
         net = self._inference_net(quantiles=None)
         local_maps, global_maps = [], []
         with paddle.no_grad():
-            for images in self._batches(val_set, "map quantiles"):
+            for images in self._batches(val_set, "normalising the maps on the validation images"):
                 local_map, global_map = net.raw_maps(paddle.to_tensor(images))
                 local_maps.append(local_map.numpy())
                 global_maps.append(global_map.numpy())

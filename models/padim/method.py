@@ -42,7 +42,7 @@ class PaDiMMethod(FittedFeatureMethod):
         inv_cov = None if in_place else zeros_outside_heap((positions, dims, dims), dtype)
         for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
             gaussian = GaussianAccumulator(slice(start, stop))
-            desc = "padim features" + (f" (pass {k + 1}/{passes})" if passes > 1 else "")
+            desc = "extracting features of the training images" + (f" (pass {k + 1}/{passes})" if passes > 1 else "")
             for feats in self.features(train_set, desc):
                 gaussian.add(embed(feats).flatten(2).numpy())
             mean[start:stop], part = gaussian.finish(out=None if in_place else inv_cov[start:stop])

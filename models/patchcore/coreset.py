@@ -88,7 +88,7 @@ def _descending(bound, count=None):
     return top[np.argsort(-bound[top], kind="stable")]
 
 
-def greedy_coreset(points, count, seed, desc="coreset"):
+def greedy_coreset(points, count, seed, desc="choosing the memory bank"):
     """Indices of ``count`` points of ``points`` [N, d] chosen greedily, in order of choice; the
     first is drawn from ``seed``. Ties go to the lowest index, as a plain argmax would; points
     closer than float32 resolves (near-duplicates, at the very end) may be ordered otherwise."""
@@ -100,7 +100,7 @@ def greedy_coreset(points, count, seed, desc="coreset"):
     data.fold(bound, chosen)  # folded up to `folded` centres
     folded = 1
     order = _descending(bound, CANDIDATES)
-    bar = progress(total=count - 1, desc=desc)
+    bar = progress(total=count - 1, desc=desc, unit="patches")
     while len(chosen) < count:
         if len(chosen) - folded >= BATCH:
             data.fold(bound, chosen[folded:])

@@ -34,7 +34,7 @@ class PatchCoreMethod(FittedFeatureMethod):
         s = self.settings
         embed = PatchEmbedding(self.encoder.channels, embedding_dim(self.encoder.channels, s.embed_dim))
         patches = []
-        for feats in self.features(train_set, "patchcore features"):
+        for feats in self.features(train_set, "extracting features of the training images"):
             emb = embed(feats)
             patches.append(emb.transpose([0, 2, 3, 1]).reshape([-1, emb.shape[1]]).numpy())
         patches = np.concatenate(patches)

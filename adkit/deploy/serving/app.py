@@ -1,7 +1,8 @@
 """The FastAPI application of serve.py: routes, limits, the API key and the answer's JSON.
 
     POST /predict   an image (multipart field "file", a raw body, or JSON {"image": base64})
-                    -> score, label, threshold, defect regions, model, timing [, overlay, map]
+                    -> score, label, threshold, defect regions, model, file name, timing
+                    [, overlay, map]
     GET  /          the web page          GET /health  alive          GET /ready  model loaded
     GET  /info      the model served      GET /metrics Prometheus     POST /reload  swap models
 
@@ -35,6 +36,7 @@ log = logging.getLogger("adkit")
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 KEY_HEADER = "X-API-Key"
 PART_HEADER = "X-Part-Id"
+FILE_NAME_HEADER = "X-File-Name"
 REQUEST_ID_HEADER = "X-Request-Id"
 BODY_OVERHEAD = 64 * 1024  # form fields and JSON around the image bytes
 
@@ -139,9 +141,9 @@ class Service:
     async def record(self, request_id, answer):
         """One row of --audit_log for an answered /predict."""
         if self.audit:
-            await asyncio.to_thread(self.audit.record, request_id, answer["part_id"], answer["score"],
-                                    answer["label"], answer["threshold"]["value"], answer["model"],
-                                    answer["model_version"])
+            await asyncio.to_thread(self.audit.record, request_id, answer["file_name"], answer["part_id"],
+                                    answer["score"], answer["label"], answer["threshold"]["value"],
+                                    answer["model"], answer["model_version"])
 
 
 @asynccontextmanager
@@ -243,7 +245,8 @@ async def predict(request: Request):
     scored = time.perf_counter()
     answer = await asyncio.to_thread(_answer, served, image, model_map, score, options)
     done = time.perf_counter()
-    answer.update(request_id=request_id, part_id=options["part_id"], batch_size=batch_size,
+    answer.update(request_id=request_id, file_name=options["file_name"], part_id=options["part_id"],
+                  batch_size=batch_size,
                   timing_ms={"decode": round((decoded - started) * 1000, 3),
                              "queue_and_engine": round((scored - decoded) * 1000, 3),
                              "postprocess": round((done - scored) * 1000, 3),
@@ -291,10 +294,13 @@ def _flag(value):
 async def _read_image(request):
     """(image bytes, a name for errors, options) from a multipart upload (field "file" or
     "image"), a JSON body {"image": base64, ...} or the raw body. Options: overlay, map
-    (return them as base64 PNG) and part_id, from the query, the form / JSON, or X-Part-Id."""
+    (return them as base64 PNG) and part_id, from the query, the form / JSON, or X-Part-Id;
+    file_name (the audit log's and the answer's) likewise or X-File-Name, else the upload's
+    own file name."""
     query = request.query_params
     options = {"overlay": _flag(query.get("overlay", "")), "map": _flag(query.get("map", "")),
                "part_id": query.get("part_id") or request.headers.get(PART_HEADER, ""),
+               "file_name": query.get("file_name") or request.headers.get(FILE_NAME_HEADER, ""),
                "overlay_max_side": query.get("overlay_max_side")}
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -305,6 +311,7 @@ async def _read_image(request):
         for key in ("overlay", "map"):
             options[key] = options[key] or _flag(form.get(key, ""))
         options["part_id"] = options["part_id"] or str(form.get("part_id", ""))
+        options["file_name"] = options["file_name"] or str(form.get("file_name", "")) or upload.filename or ""
         options["overlay_max_side"] = options["overlay_max_side"] or form.get("overlay_max_side")
         return await upload.read(), f"upload {upload.filename or 'file'}", _checked(options)
     if kind == "application/json":
@@ -318,6 +325,7 @@ async def _read_image(request):
         for key in ("overlay", "map"):
             options[key] = options[key] or _flag(body.get(key, ""))
         options["part_id"] = options["part_id"] or str(body.get("part_id", ""))
+        options["file_name"] = options["file_name"] or str(body.get("file_name", ""))
         options["overlay_max_side"] = options["overlay_max_side"] or body.get("overlay_max_side")
         return data, "JSON image", _checked(options)
     return await request.body(), "request body", _checked(options)

@@ -67,10 +67,11 @@ class ServiceClient:
         except (BrokenPipeError, ConnectionResetError):
             pass  # read the answer (413) that came before the end of the body
 
-    def predict_bytes(self, data, part_id="", overlay=False):
-        """The answer (dict) for one encoded image; ServiceError for any status but 200."""
-        query = urllib.parse.urlencode({k: v for k, v in (("part_id", part_id), ("overlay", "true" if overlay else ""))
-                                        if v})
+    def predict_bytes(self, data, part_id="", overlay=False, file_name=""):
+        """The answer (dict) for one encoded image; ServiceError for any status but 200.
+        ``file_name`` and ``part_id`` go into the service's audit log with the decision."""
+        fields = (("part_id", part_id), ("file_name", file_name), ("overlay", "true" if overlay else ""))
+        query = urllib.parse.urlencode({k: v for k, v in fields if v})
         status, headers, body = self.request("POST", "/predict" + ("?" + query if query else ""), data,
                                              {"Content-Type": "application/octet-stream"})
         if status != 200:
@@ -82,8 +83,9 @@ class ServiceClient:
         return json.loads(body)
 
     def predict_file(self, path, part_id="", overlay=False):
+        """predict_bytes of the file at ``path``, recorded under that path."""
         with open(path, "rb") as f:
-            return self.predict_bytes(f.read(), part_id, overlay)
+            return self.predict_bytes(f.read(), part_id, overlay, file_name=str(path))
 
     def wait_ready(self, seconds):
         """True once GET /ready answers 200 within ``seconds``."""
