@@ -262,6 +262,7 @@ def camera_folder_with_two_bad_files(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_infer_names_every_bad_file_before_scoring(gravel_run, tmp_path):
     data, out, common = gravel_run
     folder = camera_folder_with_two_bad_files(str(tmp_path / "camera"))
@@ -314,7 +315,6 @@ def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypat
     assert forward_calls == []
 
 
-@pytest.mark.slow
 PHASES = {  # what each phase of a run says it does, and what it counts
     "efficientad_s": (["--steps", "2", "--teacher_weights", "none"], [
         ("normalising the teacher on the training images", "batches"), ("training efficientad_s", "steps"),
@@ -328,6 +328,7 @@ PHASES = {  # what each phase of a run says it does, and what it counts
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(PHASES))
 def test_every_long_phase_says_what_it_does_and_the_time_left(tmp_path, monkeypatch, capsys, model):
     from adkit.core import progress
@@ -345,6 +346,7 @@ def test_every_long_phase_says_what_it_does_and_the_time_left(tmp_path, monkeypa
         assert re.search(rf"INFO {re.escape(phase)}: \d+/\d+ {unit}, about \d+ (s|min) left", err), phase
 
 
+@pytest.mark.slow
 def test_the_few_validation_images_warning_is_said_once_per_model(tmp_path, capsys):
     """Four training images: two held out, a threshold that is a guess. Training warns; eval
     leaves it to report.html instead of saying it a second time."""

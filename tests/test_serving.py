@@ -283,6 +283,7 @@ def test_the_audit_log_has_one_row_per_decision(server):
     assert len(rows) >= 5 + 4 * 3  # every 200 answer of the earlier tests too
 
 
+@pytest.mark.slow
 def test_an_audit_log_of_other_columns_is_refused_before_the_model_loads(exports, tmp_path):
     old = tmp_path / "decisions.csv"
     old.write_text("time,request_id,part_id,score,label,threshold,model,model_version\n"
