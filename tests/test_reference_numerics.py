@@ -27,8 +27,10 @@ RTOL = 1e-4
 # within 2.4e-3 of the largest, image AUROC one pair of 60 apart (0.017). Running the frozen
 # encoder through its oneDNN graph (fused conv + BN, another rounding) instead of dygraph moved
 # the weight sums by 6e-4 and the scores by 6.1e-3 of the largest: oneDNN picks its kernels by
-# CPU too, so the tolerances cover both spreads.
-LOOSER = {"rd4ad": {"weights": 2e-3, "scores": 1e-2, "metrics": 0.02}}
+# CPU too, so the tolerances cover both spreads. Paddle 2.6.2 against this Paddle 3.3.1 record:
+# weight sums 2.4e-4 relative, scores 4.5e-4 of the largest, yet image AUROC three pairs of 60
+# apart (0.05): the 3-step model's test scores lie within rounding of each other.
+LOOSER = {"rd4ad": {"weights": 2e-3, "scores": 1e-2, "metrics": 0.06}}
 RUNS = {
     "rd4ad": ["--backbone", "efficientnet_lite0", "--backbone_weights", "none", "--steps", "3",
               "--batch_size", "4"],
