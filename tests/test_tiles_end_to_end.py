@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adkit.commands import main as cli
+from test_main import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "sample_data", "brick")
@@ -49,14 +49,6 @@ def photos(tmp_path_factory):
         image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         cv2.imwrite(str(out), widen(image))
     return str(root)
-
-
-def run_cli(args):
-    try:
-        cli.main(args)
-    except SystemExit as stop:
-        return stop.code
-    return 0
 
 
 def script(name, *args):
