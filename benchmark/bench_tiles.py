@@ -11,7 +11,8 @@ resolution (--eval_resolution original: the squashed model's map upsampled, the 
 stitched), the decisions at the training-side threshold, fit (train + calibration) and eval
 time, the exported model's milliseconds per megapixel (infer.py --benchmark: preprocess +
 inference, Paddle Inference, the same threads) and the peak memory (max RSS) of each step,
-then the peak memory of scoring one 20-megapixel photo with infer.py. Prints numbers, asserts
+then, for the first model's tiles, the time and peak memory of one 20-megapixel photo through
+infer.py, main.py --mode eval (with a defective photo of that size) and serve.py. Prints numbers, asserts
 nothing. The CPU is named at the top: compare rows of one run only.
 """
 import argparse
@@ -95,22 +96,73 @@ def bench(model, setting, options, args, out):
             "export_dir": export_dir}
 
 
-def peak_on_large_photo(export_dir, args, work):
-    """Max RSS (MB) of infer.py scoring one photo of --large_megapixels (a test photo scaled up)."""
+def large_copy(args, work):
+    """A test category of one good and one defective test photo scaled up to about
+    --large_megapixels (the defect's mask too), its training folder linked: what eval reads."""
     import cv2
 
-    test_dir = os.path.join(args.data_dir, args.cls, "test")
-    source = next(os.path.join(r, n) for r, _, ns in os.walk(test_dir) for n in sorted(ns) if n.endswith(".png"))
-    image = cv2.imread(source)
-    scale = (args.large_megapixels * 1e6 / (image.shape[0] * image.shape[1])) ** 0.5
-    large = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    folder = os.path.join(work, "large")
-    os.makedirs(folder, exist_ok=True)
-    cv2.imwrite(os.path.join(folder, "large.png"), large)
-    seconds, peak, _, _ = run(["infer.py", "--model_dir", export_dir, "--img_path", folder, "--output_dir",
+    source = os.path.join(args.data_dir, args.cls)
+    target = os.path.join(work, "large", args.cls)
+    kind = next(k for k in sorted(os.listdir(os.path.join(source, "test"))) if k != "good")
+    good = sorted(os.listdir(os.path.join(source, "test", "good")))[0]
+    bad = sorted(os.listdir(os.path.join(source, "test", kind)))[0]
+    stem = os.path.splitext(bad)[0]
+    pairs = [(os.path.join("test", "good", good), cv2.INTER_CUBIC),
+             (os.path.join("test", kind, bad), cv2.INTER_CUBIC),
+             (os.path.join("ground_truth", kind, f"{stem}_mask.png"), cv2.INTER_NEAREST)]
+    for relative, interpolation in pairs:
+        image = cv2.imread(os.path.join(source, relative), cv2.IMREAD_UNCHANGED)
+        scale = (args.large_megapixels * 1e6 / (image.shape[0] * image.shape[1])) ** 0.5
+        os.makedirs(os.path.dirname(os.path.join(target, relative)), exist_ok=True)
+        cv2.imwrite(os.path.join(target, relative),
+                    cv2.resize(image, None, fx=scale, fy=scale, interpolation=interpolation))
+    os.symlink(os.path.abspath(os.path.join(source, "train")), os.path.join(target, "train"))
+    return os.path.dirname(target), os.path.join(target, "test", "good", good)
+
+
+def serve_peak(export_dir, photo, args, work):
+    """(seconds of one request, peak MB of serve.py and its engine process) for one photo."""
+    from benchmark.bench_serve import free_port, memory_kb
+    from adkit.deploy.serving.client import ServiceClient
+
+    port = free_port()
+    with open(os.path.join(work, "serve.log"), "w+") as log:
+        server = subprocess.Popen([sys.executable, "serve.py", "--model_dir", export_dir, "--port", str(port),
+                                   "--cpu_threads", str(args.cpu_threads)], cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            client = ServiceClient(f"http://127.0.0.1:{port}", timeout=600)
+            if not client.wait_ready(300):
+                log.seek(0)
+                raise SystemExit("serve.py did not get ready: " + log.read()[-2000:])
+            start = time.perf_counter()
+            client.predict_file(photo)
+            seconds = time.perf_counter() - start
+            return seconds, memory_kb(server.pid)[1] / 1024
+        finally:
+            server.terminate()
+            server.wait(60)
+
+
+def large_photo_peaks(model, export_dir, checkpoint_out, args, work):
+    """infer.py, main.py --mode eval and serve.py on photos of --large_megapixels: one line each
+    with the seconds and the process's peak memory."""
+    data_dir, photo = large_copy(args, work)
+    import cv2
+
+    height, width = cv2.imread(photo, cv2.IMREAD_UNCHANGED).shape[:2]
+    what = f"{model} tiled, one {width}x{height} photo ({width * height / 1e6:.1f} MP)"
+    seconds, peak, _, _ = run(["infer.py", "--model_dir", export_dir, "--img_path", photo, "--output_dir",
                                os.path.join(work, "large_out"), "--cpu_threads", str(args.cpu_threads)],
                               "infer on the large photo")
-    return large.shape, seconds, peak
+    print(f"\n{what}: infer.py {seconds:.1f} s, peak {peak:.0f} MB")
+    seconds, peak, _, _ = run(["main.py", "--model", model, "--mode", "eval", "--data_dir", data_dir, "--cls", args.cls,
+                               "--output_dir", checkpoint_out, "--cpu_threads", str(args.cpu_threads),
+                               "--eval_resolution", "original"], "eval on the large photos")
+    print(f"{what}: main.py --mode eval of it and one defective photo of that size {seconds:.1f} s, "
+          f"peak {peak:.0f} MB")
+    seconds, peak = serve_peak(export_dir, photo, args, work)
+    print(f"{what}: serve.py, one request {seconds:.1f} s, peak {peak:.0f} MB (server and engine process)")
 
 
 def cell(value, digits=3):
@@ -131,6 +183,8 @@ def main():
                         f"(default: {', '.join(f'{k}={v}' for k, v in DEFAULT_STEPS.items())})")
     parser.add_argument("--options", default="", help="more main.py options for both settings, "
                         "e.g. \"--coreset_ratio 0.01\"")
+    parser.add_argument("--tile_options", default="", help="more main.py options for the tiled runs only, "
+                        "e.g. \"--max_train_tiles 3000 --coreset_ratio 0.0025\"")
     parser.add_argument("--cpu_threads", type=int, default=2)
     parser.add_argument("--large_megapixels", type=float, default=20.0)
     args = parser.parse_args()
@@ -138,16 +192,17 @@ def main():
     extra = shlex.split(args.options)
     settings = {"squash": ["--image_size", args.squash_size, *extra],
                 "tiles": ["--image_size", args.tile_image_size, "--tile_size", args.tile_size,
-                          "--tile_stride", args.tile_stride, *extra]}
+                          "--tile_stride", args.tile_stride, *extra, *shlex.split(args.tile_options)]}
     print(f"CPU: {cpu_model()}, {args.cpu_threads} threads")
     print(f"data: {os.path.join(args.data_dir, args.cls)}; squash: --image_size {args.squash_size}; tiles: "
           f"--tile_size {args.tile_size} --tile_stride {args.tile_stride} --image_size {args.tile_image_size}"
-          + (f"; both: {args.options}" if args.options else ""))
+          + (f"; both: {args.options}" if args.options else "")
+          + (f"; tiles also: {args.tile_options}" if args.tile_options else ""))
     print("| model | setting | image AUROC | pixel AUROC | AU-PRO | accuracy | F1 | fit s | eval s | ms / MP "
           "| peak MB fit / eval / infer |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_tiles_") as work:
-        large_export = None
+        large_run = None
         for model in args.models:
             for setting, options in settings.items():
                 r = bench(model, setting, options, args, os.path.join(work, f"{model}_{setting}"))
@@ -156,11 +211,9 @@ def main():
                       f"{r['eval_s']:.0f} | {r['ms_per_mp']:.0f} | "
                       + " / ".join(f"{r['peak_mb'][k]:.0f}" for k in ("fit", "eval", "infer")) + " |", flush=True)
                 if setting == "tiles" and model == args.models[0]:
-                    large_export = r["export_dir"]
-        if large_export and args.large_megapixels > 0:
-            shape, seconds, peak = peak_on_large_photo(large_export, args, work)
-            print(f"\n{args.models[0]} tiled, infer.py on one {shape[1]}x{shape[0]} photo "
-                  f"({shape[0] * shape[1] / 1e6:.1f} MP): {seconds:.1f} s, peak {peak:.0f} MB")
+                    large_run = (model, r["export_dir"], os.path.join(work, f"{model}_{setting}"))
+        if large_run and args.large_megapixels > 0:
+            large_photo_peaks(*large_run, args, work)
 
 
 if __name__ == "__main__":

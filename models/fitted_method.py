@@ -9,7 +9,7 @@ import paddle
 from adkit.core.errors import UserError
 from adkit.core.image_io import image_hw
 from adkit.train.fitted import load_fitted, save_fitted
-from adkit.core.progress import log
+from adkit.core.progress import LONG_PHASE_SECONDS, RateProbe, duration_text, log
 
 from .backbones.encoders import build_encoder, check_same_encoder, encoder_fingerprint, encoder_record
 from .base import AnomalyMethod
@@ -54,12 +54,33 @@ class FittedFeatureMethod(AnomalyMethod):
         return self.net
 
     def features(self, train_set, desc):
-        """Yield the encoder's [f4, f8, f16] (paddle tensors) batch by batch over ``train_set``."""
+        """Yield the encoder's [f4, f8, f16] (paddle tensors) batch by batch over ``train_set``;
+        once its first batches are timed, log how long the whole fit will take when it is long."""
         from adkit.evaluate.evaluation import batches
 
+        batch_size = int(self.cfg["batch_size"])
+        rate = RateProbe(skip=batch_size, measure=2 * batch_size)
         with paddle.no_grad():
-            for batch in batches(train_set, int(self.cfg["batch_size"]), desc):
-                yield self.encoder(paddle.to_tensor(batch))
+            for batch in batches(train_set, batch_size, desc):
+                feats = self.encoder(paddle.to_tensor(batch))
+                yield feats  # the caller's work on them is timed too
+                seconds_per_image = rate.update(len(batch))
+                if seconds_per_image is not None:
+                    self._log_fit_estimate(seconds_per_image * len(train_set), len(train_set),
+                                           getattr(train_set, "unit", "images"), feats)
+
+    def _log_fit_estimate(self, extraction_seconds, count, unit, feats):
+        later = self.later_fit_seconds(extraction_seconds, count, feats)
+        total = extraction_seconds + sum(later.values())
+        if total >= LONG_PHASE_SECONDS:
+            parts = [f"the features of {count} {unit} about {duration_text(extraction_seconds)}"]
+            parts += [f"{what} about {duration_text(seconds)}" for what, seconds in later.items()]
+            log.info("%s: fitting takes about %s (%s)", self.name, duration_text(total), ", ".join(parts))
+
+    def later_fit_seconds(self, extraction_seconds, count, feats):
+        """{phase: estimated seconds} of what the fit does after extracting the features of
+        ``count`` images (``feats``: one batch's, for their shapes)."""
+        return {}
 
     def fit_arrays(self, train_set):
         raise NotImplementedError

@@ -1,6 +1,7 @@
 """PatchCore: embedding, nearest-neighbour scoring, reweighting and the coreset against
 independent numpy computations; fitting, float16 banks, export and bad settings."""
 import math
+import re
 
 import numpy as np
 import paddle
@@ -204,3 +205,20 @@ def re_escape(text):
     import re
 
     return re.escape(text)
+
+
+def test_a_long_fit_says_how_long_its_features_and_coreset_will_take(train_cfg, tmp_path, brick_train_set,
+                                                                   caplog, monkeypatch):
+    import adkit.models.fitted_method as fitted_method
+    from adkit.models.patchcore.method import PatchCoreMethod
+
+    monkeypatch.setattr(fitted_method, "LONG_PHASE_SECONDS", 0.0)  # six small images are quick
+    method = PatchCoreMethod(dict(train_cfg("patchcore", tmp_path, coreset_ratio=0.25), batch_size=1))
+    with caplog.at_level("INFO", logger="adkit"):
+        method.fit(brick_train_set, None, tmp_path)
+    lines = [r.getMessage() for r in caplog.records if "fitting takes about" in r.getMessage()]
+    # 6 images of 8x8 patches; a quarter kept
+    assert len(lines) == 1 and re.fullmatch(
+        r"patchcore: fitting takes about \d+ s \(the features of 6 images about \d+ s, "
+        r"choosing 96 of 384 patches about \d+ s\)", lines[0]), lines
+

@@ -192,3 +192,30 @@ def test_the_time_left_follows_a_phase_that_speeds_up(monkeypatch, caplog):
         "choosing the memory bank: 5/5529 patches, about 92 min left",
         "choosing the memory bank: 35/5529 patches, about 92 min left",
         "choosing the memory bank: 1060/5529 patches, about 44 s left"]
+
+
+def test_the_rate_probe_skips_the_first_items_and_reports_once(monkeypatch):
+    """The first batch builds kernels (slow); the rate is of the next ``measure`` items only."""
+    from adkit.core.progress import RateProbe
+
+    now = [0.0]
+    probe = RateProbe(skip=2, measure=4)
+    probe._clock = lambda: now[0]
+    reports = []
+    for t, n in ((50.0, 2), (52.0, 2), (54.0, 2), (56.0, 2), (70.0, 2)):  # 2 items per batch
+        now[0] = t
+        reports.append(probe.update(n))
+    # timing starts at 50 s (after the first 2 items) and ends when 4 more are done: 54 s
+    assert reports == [None, None, 1.0, None, None]
+
+
+def test_a_long_training_says_how_long_it_will_take_after_its_first_steps(tmp_path, caplog, monkeypatch):
+    import adkit.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "LONG_PHASE_SECONDS", 0.0)  # the toy's steps are fast
+    trainer, net, batches, step = toy_run(tmp_path, 40)
+    with caplog.at_level("INFO", logger="adkit"):
+        trainer.run(batches, step)
+    lines = [r.getMessage() for r in caplog.records if "steps left" in r.getMessage()]
+    # once, after step 1 (not timed) and 3 timed steps: 36 of 40 left
+    assert len(lines) == 1 and re.fullmatch(r"toy: about \d+ s for the 36 steps left \([\d.]+ s per step\)", lines[0])

@@ -81,3 +81,36 @@ class PlainProgress:
 
     def close(self):
         pass
+
+
+LONG_PHASE_SECONDS = 30.0  # a phase expected to take longer says how long when it starts
+
+
+def duration_text(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+class RateProbe:
+    """Seconds per item of a long phase, from its first items: ``update(n)`` after each batch
+    returns the rate once, when ``measure`` items past the first ``skip`` are done (the first
+    items pay for building kernels and are not counted), and None otherwise."""
+
+    def __init__(self, skip, measure):
+        import time
+
+        self._clock = time.perf_counter
+        self.skip, self.measure = skip, measure
+        self.done, self._start, self._reported = 0, None, False
+
+    def update(self, n=1):
+        self.done += n
+        if self._reported or self.done < self.skip:
+            return None
+        if self._start is None:
+            self._start, self._start_done = self._clock(), self.done
+            return None
+        counted = self.done - self._start_done
+        if counted < self.measure:
+            return None
+        self._reported = True
+        return (self._clock() - self._start) / counted

@@ -94,6 +94,8 @@ class TileSet:
     model input and kept in memory (uint8). ``len``, ``[i]`` (float32 3xHxW in [0,1]) and
     ``load_uint8(i)``, as a dataset of whole images."""
 
+    unit = "tiles"  # what progress bars count
+
     def __init__(self, photos, tiling, max_tiles, seed, desc="cutting tiles"):
         every = [(i, box) for i in range(len(photos)) for box in tiling.boxes(*photos.photo_hw(i))]
         self.total = len(every)

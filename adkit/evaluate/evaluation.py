@@ -12,10 +12,13 @@ from adkit.core.progress import progress
 
 def batches(dataset, batch_size, desc):
     """float32 [B,3,H,W] batches of ``dataset`` (``len`` and ``[i]`` -> [3,H,W]), in order,
-    with progress."""
-    starts = range(0, len(dataset), batch_size)
-    for start in progress(starts, total=len(starts), desc=desc, unit="batches"):
-        yield np.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    with progress counted in images (or tiles: a dataset's ``unit``)."""
+    bar = progress(total=len(dataset), desc=desc, unit=getattr(dataset, "unit", "images"))
+    for start in range(0, len(dataset), batch_size):
+        stop = min(start + batch_size, len(dataset))
+        yield np.stack([dataset[i] for i in range(start, stop)])
+        bar.update(stop - start)
+    bar.close()
 
 
 def run_inference(run_batch, dataset, batch_size, desc="inference", tiling=None):

@@ -34,10 +34,11 @@ from adkit.core.image_io import size_text
 from adkit.train.train_log import ScalarLog
 from adkit.train.training import (load_train_state, optimizer_state, restore_optimizer, save_train_state,
                                   seed_step, set_state, state_to_numpy)
-from adkit.core.progress import log, progress
+from adkit.core.progress import LONG_PHASE_SECONDS, RateProbe, duration_text, log, progress
 
 CHECKPOINT_FILE = "checkpoint.pdparams"
 FORMAT = 1
+ESTIMATE_STEPS = 3  # steps timed (after the first, which builds kernels) for the time estimate
 CURVE_POINTS = 100  # rows train_log.csv gets at least in a run of that many steps or more
 AMP_MODES = {"fp16": "float16", "bf16": "bfloat16"}  # --amp -> paddle.amp.auto_cast dtype
 _MIXED_PRECISION = {"amp": None}
@@ -170,6 +171,7 @@ class Trainer:
         curve_every = max(1, min(self.log_interval, -(-self.total // CURVE_POINTS)))
         several = distributed.world_size() > 1
         shard = self._parallel and several
+        rate = RateProbe(skip=1, measure=ESTIMATE_STEPS)
         with self._deferred_stop(), contextlib.ExitStack() as closing:
             for step, batch in itertools.islice(batches(self.step), max(self.total - self.step, 0)):
                 if shard and batch is not None:
@@ -188,6 +190,7 @@ class Trainer:
                 self.step = step + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(window):.4f}", refresh=False)
+                self._log_estimate(rate.update(1))
                 stopping = (self._stop is not None) if stop is None else stop  # all stop together
                 ends = stopping or self.step == self.total  # the last step is always recorded
                 if distributed.is_main() and (self.step % curve_every == 0 or ends):
@@ -211,6 +214,15 @@ class Trainer:
                     self.save()
         bar.close()
         self.save()
+
+    def _log_estimate(self, seconds_per_step):
+        """Once, after the first steps: how long the rest of a long training will take."""
+        if seconds_per_step is None or not distributed.is_main():
+            return
+        left = seconds_per_step * (self.total - self.step)
+        if left >= LONG_PHASE_SECONDS:
+            log.info("%s: about %s for the %d steps left (%.2f s per step)", self.name,
+                     duration_text(left), self.total - self.step, seconds_per_step)
 
     def _deferred_stop(self):
         """Ctrl-C / SIGTERM: finish the step, then save and stop; a second one stops at once."""
