@@ -70,17 +70,15 @@ class FittedFeatureMethod(AnomalyMethod):
                                            getattr(train_set, "unit", "images"), feats)
 
     def _log_fit_estimate(self, extraction_seconds, count, unit, feats):
-        later = self.later_fit_seconds(extraction_seconds, count, feats)
-        total = extraction_seconds + sum(later.values())
-        if total >= LONG_PHASE_SECONDS:
-            parts = [f"the features of {count} {unit} about {duration_text(extraction_seconds)}"]
-            parts += [f"{what} about {duration_text(seconds)}" for what, seconds in later.items()]
-            log.info("%s: fitting takes about %s (%s)", self.name, duration_text(total), ", ".join(parts))
+        if extraction_seconds >= LONG_PHASE_SECONDS:
+            later = "".join(f"; then {phase}" for phase in self.later_fit_phases(count, feats))
+            log.info("%s: the features of %d %s take about %s%s (each phase says how long it "
+                     "has left as it goes)", self.name, count, unit, duration_text(extraction_seconds), later)
 
-    def later_fit_seconds(self, extraction_seconds, count, feats):
-        """{phase: estimated seconds} of what the fit does after extracting the features of
-        ``count`` images (``feats``: one batch's, for their shapes)."""
-        return {}
+    def later_fit_phases(self, count, feats):
+        """What the fit does after extracting the features of ``count`` images (``feats``: one
+        batch's, for their shapes), in words, when it takes a while."""
+        return []
 
     def fit_arrays(self, train_set):
         raise NotImplementedError

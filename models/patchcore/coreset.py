@@ -76,24 +76,6 @@ class _Points:
                        out=bound[start:start + BLOCK])
 
 
-def estimated_seconds(n, count, dims):
-    """About how long ``greedy_coreset`` takes to choose ``count`` of ``n`` points of ``dims``
-    dimensions on this machine now: its folds (one product of BATCH centres with every point
-    per BATCH choices) are most of its work on patch features, so one fold block is timed and
-    multiplied (the choices in between are cheap when the bounds prune well, as they do on
-    patch features: within 3x on the 1600x1200 benchmark's 1.5 million patches)."""
-    import time
-
-    rows = np.random.default_rng(0).standard_normal((BLOCK, dims + 2)).astype(np.float32)
-    centres = rows[:BATCH].copy()
-    fastest = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        (centres @ rows.T).min(axis=0)
-        fastest = min(fastest, time.perf_counter() - start)
-    return fastest * (n / BLOCK) * (count / BATCH)
-
-
 def _descending(bound, count=None):
     """Indices of the ``count`` largest bounds (all when None) in decreasing order, ties by
     lower index first."""

@@ -8,7 +8,7 @@ from adkit.core.errors import UserError
 from adkit.core.progress import log
 
 from ..fitted_method import FittedFeatureMethod, check_choice
-from .coreset import estimated_seconds, greedy_coreset, random_projection
+from .coreset import greedy_coreset, random_projection
 from .networks import PatchCoreInference, PatchEmbedding, embedding_dim
 
 BANK_DTYPES = ("float32", "float16")
@@ -49,14 +49,11 @@ class PatchCoreMethod(FittedFeatureMethod):
             log.info("patchcore: coreset chosen in %.1f s", time.perf_counter() - start)
         return {"bank": patches.astype(s.bank_dtype)}
 
-    def later_fit_seconds(self, extraction_seconds, count, feats):
+    def later_fit_phases(self, count, feats):
         s = self.settings
         patches = count * feats[1].shape[2] * feats[1].shape[3]  # the stride-8 grid's
         keep = math.ceil(s.coreset_ratio * patches)
-        if keep >= patches:
-            return {}
-        dims = min(s.projection_dim, embedding_dim(self.encoder.channels, s.embed_dim))
-        return {f"choosing {keep} of {patches} patches": estimated_seconds(patches, keep, dims)}
+        return [f"choosing {keep} of {patches} patches for the memory bank"] if keep < patches else []
 
     def describe(self):
         return {"embed_dim": embedding_dim(self.encoder.channels, self.settings.embed_dim),
