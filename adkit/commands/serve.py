@@ -2,6 +2,7 @@
 r"""Serve a model folder over HTTP for the inspection line (FastAPI + uvicorn).
 
     python serve.py --model_dir inference/patchcore_brick --host 127.0.0.1 --port 8866
+    python serve.py --model_repository models/ --max_loaded 3     # every model folder in models/
 
 Any folder infer.py takes: an export (Paddle Inference, ONNX Runtime with --backend onnxruntime,
 int8) or a training checkpoint folder. Open http://127.0.0.1:8866/ for the web page; POST images
@@ -22,8 +23,15 @@ def parse_args(argv):
     from adkit.options.config import HelpFormatter, OneLineParser
 
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model_dir", required=True,
+    served = parser.add_mutually_exclusive_group(required=True)
+    served.add_argument("--model_dir",
                         help="folder written by export_model.py, or a training folder (<output_dir>/<model>/<cls>)")
+    served.add_argument("--model_repository",
+                        help="serve every model folder inside this one at /models/{name}/predict; folders "
+                             "added, replaced or removed are picked up without a restart")
+    parser.add_argument("--max_loaded", type=int, default=4,
+                        help="with --model_repository: engines kept loaded at most (the least recently "
+                             "used is unloaded to load another)")
     parser.add_argument("--model_root", default=None,
                         help="POST /reload loads only folders inside this one (symlinks and .. resolved; "
                              "others get 403); default: the folder that holds --model_dir")
@@ -51,7 +59,7 @@ def parse_args(argv):
     parser.add_argument("--access_log", action="store_true", help="log every request (uvicorn's access log)")
     parser.add_argument("--verbose", action="store_true", help="show Paddle's own C++ messages")
     args = parser.parse_args(argv)
-    for name in ("max_batch", "max_queue", "max_bytes", "max_pixels"):
+    for name in ("max_batch", "max_queue", "max_bytes", "max_pixels", "max_loaded"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_wait_ms < 0:
@@ -62,6 +70,9 @@ def parse_args(argv):
         raise UserError("--api_key is empty (give a key, or leave it out for no key)")
     if args.model_root is not None and not os.path.isdir(args.model_root):
         raise UserError(f"--model_root {args.model_root}: not a folder")
+    if args.model_repository is not None and not os.path.isdir(args.model_repository):
+        raise UserError(f"--model_repository {args.model_repository}: not a folder (expected a folder "
+                        "holding one folder per model)")
     return args
 
 
@@ -103,16 +114,22 @@ def main(argv=None):
 
         check_audit_file(args.audit_log)
     options = predictor_options(args, args.max_batch)
-    model = LoadedModel(args.model_dir, options)  # a folder that does not load: one line, no server
+    # a --model_dir that does not load: one line, no server; a repository's models load when asked for
+    model = LoadedModel(args.model_dir, options) if args.model_dir else None
     settings = ServiceSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                max_queue=args.max_queue, max_bytes=args.max_bytes,
                                max_pixels=args.max_pixels, api_key=args.api_key,
                                audit_log=args.audit_log, predictor_options=options,
-                               model_root=args.model_root)
+                               model_root=args.model_root, model_repository=args.model_repository,
+                               max_loaded=args.max_loaded)
     app = create_app(model, settings)
-    described = model.describe()
-    log.info("serving %s (%s, version %s) on http://%s:%d/ (batches of up to %d)", args.model_dir,
-             described["model"], described["version"], args.host, args.port, args.max_batch)
+    if model is None:
+        log.info("serving the models of %s (at most %d loaded) on http://%s:%d/ (batches of up to %d)",
+                 args.model_repository, args.max_loaded, args.host, args.port, args.max_batch)
+    else:
+        described = model.describe()
+        log.info("serving %s (%s, version %s) on http://%s:%d/ (batches of up to %d)", args.model_dir,
+                 described["model"], described["version"], args.host, args.port, args.max_batch)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level="warning",
                             access_log=args.access_log, timeout_graceful_shutdown=args.grace_seconds)
     if args.access_log:

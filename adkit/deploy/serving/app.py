@@ -5,8 +5,13 @@
                     [, overlay, map]
     GET  /          the web page          GET /health  alive          GET /ready  model loaded
     GET  /info      the model served      GET /metrics Prometheus     POST /reload  swap models
+    GET  /models    the models served     POST /models/{name}/predict  as /predict, on that model
 
-``Service`` holds what the routes share (settings, model slot, metrics, audit log); the routes
+With --model_dir one model is served (named after its folder, also at /models/{name}/...);
+with --model_repository every folder of the repository (adkit.deploy.serving.repository), and
+the single-model routes /predict, /info and /reload answer 404 with where to go instead.
+
+``Service`` holds what the routes share (settings, model slot or repository, metrics, audit log); the routes
 are three routers (``page_routes``, ``admin_routes``, ``prediction_routes``) that find it on
 ``request.app.state.service``; ``create_app`` puts them together behind the ``_Guard`` middleware.
 """
@@ -52,6 +57,8 @@ class ServiceSettings:
     audit_log: str | None = None
     predictor_options: dict = field(default_factory=dict)  # Predictor(**) for reloads too
     model_root: str | None = None  # /reload loads only folders inside it (None: the first model's parent)
+    model_repository: str | None = None  # serve every model folder inside it (instead of one model)
+    max_loaded: int = 4  # engines loaded at once from the repository
 
     def max_body(self):
         """Request bytes allowed: the image as base64 (4/3 of it) plus the fields around it."""
@@ -70,7 +77,8 @@ async def _refused(_request, err):
 
 def create_app(model, settings):
     """``model``: the LoadedModel to serve first (loaded before the server starts, so a folder
-    that does not load is one error line, not a server that never gets ready)."""
+    that does not load is one error line, not a server that never gets ready); None with
+    ``settings.model_repository``."""
     service = Service(model, settings)
     app = FastAPI(title="PaddleAD anomaly detection service", lifespan=_lifespan,
                   docs_url="/docs", redoc_url=None)
@@ -89,25 +97,71 @@ class Service:
     def __init__(self, model, settings):
         self.settings = settings
         self.metrics = ServiceMetrics(settings.max_batch)
-        self.model_root = ModelRoot(settings.model_root or os.path.dirname(model.model_dir), model.model_dir)
+        if model is not None:
+            self.model_root = ModelRoot(settings.model_root or os.path.dirname(model.model_dir), model.model_dir)
+            self.single_name = os.path.basename(os.path.normpath(model.model_dir))
         self.first_model = model
         self.slot = None
+        self.repository = None
         self.audit = None
         self.draining = False
 
     def start(self):
         """Inside the server's event loop: the batcher's queue and the slot's lock belong to it."""
         settings = self.settings
-        self.slot = ModelSlot(self.first_model, (settings.max_batch, settings.max_wait_ms / 1000.0,
-                                                 settings.max_queue), self.metrics.observe_batch)
-        self.metrics.queue_depth = lambda: self.slot.current.batcher.depth()
+        batching = (settings.max_batch, settings.max_wait_ms / 1000.0, settings.max_queue)
+        if settings.model_repository:
+            from adkit.deploy.serving.repository import ModelRepository
+
+            self.repository = ModelRepository(settings.model_repository, settings.max_loaded,
+                                              settings.predictor_options, batching, self.metrics.observe_batch,
+                                              self.metrics)
+            self.metrics.queue_depth = lambda: sum(e.loaded.batcher.depth() for e in self.repository.entries.values()
+                                                   if e.loaded is not None)
+            self.metrics.models_loaded = self.repository.loaded_count
+        else:
+            self.slot = ModelSlot(self.first_model, batching, self.metrics.observe_batch)
+            self.metrics.queue_depth = lambda: self.slot.current.batcher.depth()
         self.audit = AuditLog(settings.audit_log) if settings.audit_log else None
 
     async def stop(self):
         self.draining = True
-        await self.slot.close()  # the server has finished its requests; the queue is empty
+        # the server has finished its requests; the queues are empty
+        await (self.repository.close() if self.repository else self.slot.close())
         if self.audit:
             self.audit.close()
+
+    def require_single_model(self, route):
+        if self.repository is not None:
+            raise _Refused(404, f"{route}: this service serves --model_repository "
+                                f"{self.repository.root}; use GET /models and /models/{{name}}/...")
+
+    async def model(self, name):
+        """The LoadedModel that answers for ``name`` (None: the --model_dir model)."""
+        if self.repository is None:
+            if name is not None and name != self.single_name:
+                raise _Refused(404, f"no model named {name!r}: this service serves {self.single_name!r} "
+                                    "(GET /models)")
+            return self.slot.current
+        from adkit.deploy.serving.repository import ModelUnavailable, UnknownModel
+
+        try:
+            return await self.repository.model(name)
+        except UnknownModel:
+            raise _Refused(404, f"no model named {name!r} in --model_repository {self.repository.root} "
+                                "(GET /models lists them)") from None
+        except ModelUnavailable as err:
+            raise _Refused(503, str(err), {"Retry-After": "5"}) from None
+
+    def listing(self):
+        if self.repository is not None:
+            return self.repository.listing()
+        from adkit.deploy.serving.repository import version_number
+
+        current = self.slot.current.describe()
+        return [{"name": self.single_name, "model": current["model"], "version": current["version"],
+                 "version_number": version_number(current["model_dir"]), "threshold": current["threshold"],
+                 "state": "loaded"}]
 
     def require_key(self, request):
         if self.settings.api_key is None:
@@ -140,10 +194,11 @@ class Service:
 
     async def record(self, request_id, answer):
         """One row of --audit_log for an answered /predict."""
+        self.metrics.observe_prediction(answer["model_name"], answer["label"])
         if self.audit:
             await asyncio.to_thread(self.audit.record, request_id, answer["file_name"], answer["part_id"],
                                     answer["score"], answer["label"], answer["threshold"]["value"],
-                                    answer["model"], answer["model_version"])
+                                    answer["model_name"], answer["model"], answer["model_version"])
 
 
 @asynccontextmanager
@@ -190,6 +245,9 @@ async def ready(request: Request):
     service = _service(request)
     if service.draining:
         return JSONResponse({"ready": False, "reason": "shutting down"}, status_code=503)
+    if service.repository is not None:  # ready to load whichever model is asked for
+        return {"ready": True, "model_repository": service.repository.root,
+                "models": len(service.repository.entries), "loaded": service.repository.loaded_count()}
     if not service.slot.current.alive():
         return JSONResponse({"ready": False, "reason": "the engine process stopped; restart "
                              "the service or POST /reload"}, status_code=503)
@@ -199,6 +257,7 @@ async def ready(request: Request):
 @admin_routes.get("/info")
 async def info(request: Request):
     service = _service(request)
+    service.require_single_model("GET /info")
     settings = service.settings
     return {**service.slot.current.describe(), "api_key_required": settings.api_key is not None,
             "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels,
@@ -214,6 +273,7 @@ async def prometheus(request: Request):
 async def reload(request: Request):
     service = _service(request)
     service.require_key(request)
+    service.require_single_model("POST /reload")
     model_dir = await _requested_folder(request)
     if model_dir:
         service.require_inside_root(model_dir)
@@ -234,18 +294,36 @@ async def _requested_folder(request):
 prediction_routes = APIRouter()
 
 
+@prediction_routes.get("/models")
+async def models(request: Request):
+    """Every model served: name, method, version, threshold, state (loaded or not)."""
+    return {"models": _service(request).listing()}
+
+
 @prediction_routes.post("/predict")
 async def predict(request: Request):
     service = _service(request)
+    service.require_single_model("POST /predict")
+    return await _predict(request, service, None)
+
+
+@prediction_routes.post("/models/{model_name}/predict")
+async def predict_with(request: Request, model_name: str):
+    return await _predict(request, _service(request), model_name)
+
+
+async def _predict(request, service, model_name):
     service.require_key(request)
     started = time.perf_counter()
     request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
+    await service.model(model_name)  # an unknown model is refused before the body is read
     data, name, options = await _read_image(request)
-    served, image, (model_map, score, batch_size), decoded = await _decoded_and_scored(service, data, name)
+    served, image, (model_map, score, batch_size), decoded = await _decoded_and_scored(service, model_name,
+                                                                                       data, name)
     scored = time.perf_counter()
     answer = await asyncio.to_thread(_answer, served, image, model_map, score, options)
     done = time.perf_counter()
-    answer.update(request_id=request_id, file_name=options["file_name"], part_id=options["part_id"],
+    answer.update(model_name=model_name or service.single_name, request_id=request_id, file_name=options["file_name"], part_id=options["part_id"],
                   batch_size=batch_size,
                   timing_ms={"decode": round((decoded - started) * 1000, 3),
                              "queue_and_engine": round((scored - decoded) * 1000, 3),
@@ -255,12 +333,12 @@ async def predict(request: Request):
     return JSONResponse(answer, headers={REQUEST_ID_HEADER: request_id})
 
 
-async def _decoded_and_scored(service, data, name):
+async def _decoded_and_scored(service, model_name, data, name):
     """(the model that scored it, image, (map, score, batch size), when decoding ended) of one
     request's bytes, on the model served when it was decoded."""
     settings = service.settings
-    for _ in range(3):  # a reload may close the batcher between reading it and submitting
-        served = service.slot.current
+    for _ in range(3):  # a reload or an eviction may close the batcher between reading it and submitting
+        served = await service.model(model_name)
         try:  # decoding and resizing in one trip off the event loop
             image, tensor, decoded = await asyncio.to_thread(_decode_and_preprocess, served, data, name,
                                                              settings)
@@ -418,6 +496,19 @@ class _BodyTooLarge(Exception):
     pass
 
 
+_ROUTES = ("/predict", "/reload", "/", "/health", "/ready", "/info", "/metrics", "/models")
+
+
+def route_of(path):
+    """The route a path is counted under in /metrics (a model's name is a label of its own)."""
+    if path in _ROUTES:
+        return path
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "models" and parts[3] in ("predict", "review", "reviews"):
+        return "/models/{name}/" + parts[3]
+    return "other"
+
+
 class _Guard:
     """ASGI middleware in front of every route: refuses a request body over ``max_body``
     bytes (from Content-Length before reading, else while it streams in) with 413, answers
@@ -451,7 +542,8 @@ class _Guard:
             return message
 
         length = dict(scope.get("headers", [])).get(b"content-length")
-        self.metrics.started(path)
+        known = route_of(path)
+        self.metrics.started(known)
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 raise _BodyTooLarge()
@@ -465,8 +557,6 @@ class _Guard:
             if not status["sent"]:
                 await _send_json(send_counted, 500, f"internal error: {type(err).__name__}: {err}")
         finally:
-            known = path if path in ("/predict", "/reload", "/", "/health", "/ready", "/info",
-                                     "/metrics") else "other"
             self.metrics.observe_request(known, status["code"], time.perf_counter() - started)
 
 
