@@ -54,6 +54,14 @@ def parse_args(argv):
     parser.add_argument("--audit_log", default=None,
                         help="CSV file to append one row per decision to (time, request and part id, "
                              "score, label, threshold, model version)")
+    parser.add_argument("--review_db", default=None,
+                        help="SQLite file for the inspectors' reviews (POST /models/{name}/review); "
+                             "created if absent, kept across restarts")
+    parser.add_argument("--keep_images", default=None,
+                        help="with --review_db: save each reviewed image in this folder (what "
+                             "main.py --mode update learns from)")
+    parser.add_argument("--keep_images_mb", type=float, default=1024.0,
+                        help="--keep_images holds at most this many MB; the oldest images are removed first")
     parser.add_argument("--grace_seconds", type=float, default=30.0,
                         help="on SIGTERM, how long requests in flight may take to finish")
     parser.add_argument("--access_log", action="store_true", help="log every request (uvicorn's access log)")
@@ -70,6 +78,10 @@ def parse_args(argv):
         raise UserError("--api_key is empty (give a key, or leave it out for no key)")
     if args.model_root is not None and not os.path.isdir(args.model_root):
         raise UserError(f"--model_root {args.model_root}: not a folder")
+    if args.keep_images and not args.review_db:
+        raise UserError("--keep_images needs --review_db (images are kept when they are reviewed)")
+    if args.keep_images_mb <= 0:
+        raise UserError(f"--keep_images_mb must be > 0, got {args.keep_images_mb}")
     if args.model_repository is not None and not os.path.isdir(args.model_repository):
         raise UserError(f"--model_repository {args.model_repository}: not a folder (expected a folder "
                         "holding one folder per model)")
@@ -113,6 +125,10 @@ def main(argv=None):
         from adkit.deploy.serving.audit import check_audit_file
 
         check_audit_file(args.audit_log)
+    if args.review_db:
+        from adkit.deploy.serving.reviews import ReviewStore
+
+        ReviewStore(args.review_db)  # a file that is not a review database: one line before the model loads
     options = predictor_options(args, args.max_batch)
     # a --model_dir that does not load: one line, no server; a repository's models load when asked for
     model = LoadedModel(args.model_dir, options) if args.model_dir else None
@@ -121,7 +137,8 @@ def main(argv=None):
                                max_pixels=args.max_pixels, api_key=args.api_key,
                                audit_log=args.audit_log, predictor_options=options,
                                model_root=args.model_root, model_repository=args.model_repository,
-                               max_loaded=args.max_loaded)
+                               max_loaded=args.max_loaded, review_db=args.review_db,
+                               keep_images=args.keep_images, keep_images_mb=args.keep_images_mb)
     app = create_app(model, settings)
     if model is None:
         log.info("serving the models of %s (at most %d loaded) on http://%s:%d/ (batches of up to %d)",

@@ -6,6 +6,8 @@
     GET  /          the web page          GET /health  alive          GET /ready  model loaded
     GET  /info      the model served      GET /metrics Prometheus     POST /reload  swap models
     GET  /models    the models served     POST /models/{name}/predict  as /predict, on that model
+    POST /models/{name}/review   an inspector's verdict on an answer (--review_db; reviews.py)
+    GET  /models/{name}/reviews  the stored reviews (JSON, or ?format=csv)
 
 With --model_dir one model is served (named after its folder, also at /models/{name}/...);
 with --model_repository every folder of the repository (adkit.deploy.serving.repository), and
@@ -59,6 +61,9 @@ class ServiceSettings:
     model_root: str | None = None  # /reload loads only folders inside it (None: the first model's parent)
     model_repository: str | None = None  # serve every model folder inside it (instead of one model)
     max_loaded: int = 4  # engines loaded at once from the repository
+    review_db: str | None = None  # SQLite file of the inspectors' reviews (None: reviews off)
+    keep_images: str | None = None  # folder the reviewed images are saved in
+    keep_images_mb: float = 1024.0  # its size at most (oldest images removed first)
 
     def max_body(self):
         """Request bytes allowed: the image as base64 (4/3 of it) plus the fields around it."""
@@ -104,6 +109,7 @@ class Service:
         self.slot = None
         self.repository = None
         self.audit = None
+        self.reviews = self.kept_images = self.recent = None
         self.draining = False
 
     def start(self):
@@ -123,6 +129,13 @@ class Service:
             self.slot = ModelSlot(self.first_model, batching, self.metrics.observe_batch)
             self.metrics.queue_depth = lambda: self.slot.current.batcher.depth()
         self.audit = AuditLog(settings.audit_log) if settings.audit_log else None
+        if settings.review_db:
+            from adkit.deploy.serving.reviews import KeptImages, RecentAnswers, ReviewStore
+
+            self.reviews = ReviewStore(settings.review_db)
+            self.recent = RecentAnswers(keep_bytes=bool(settings.keep_images))
+            if settings.keep_images:
+                self.kept_images = KeptImages(settings.keep_images, settings.keep_images_mb)
 
     async def stop(self):
         self.draining = True
@@ -152,6 +165,11 @@ class Service:
                                 "(GET /models lists them)") from None
         except ModelUnavailable as err:
             raise _Refused(503, str(err), {"Retry-After": "5"}) from None
+
+    def require_known(self, name):
+        known = name in self.repository.entries if self.repository is not None else name == self.single_name
+        if not known:
+            raise _Refused(404, f"no model named {name!r} (GET /models lists them)")
 
     def listing(self):
         if self.repository is not None:
@@ -192,9 +210,14 @@ class Service:
         self.metrics.observe_reload(True)
         return {"reloaded": True, **new.describe()}
 
-    async def record(self, request_id, answer):
-        """One row of --audit_log for an answered /predict."""
+    async def record(self, request_id, answer, data):
+        """One row of --audit_log for an answered /predict; the answer (and with --keep_images
+        its image) kept for a review of it."""
         self.metrics.observe_prediction(answer["model_name"], answer["label"])
+        if self.recent is not None:
+            self.recent.add(request_id, {k: answer[k] for k in ("model_name", "score", "label", "model",
+                                                                 "model_version", "file_name", "part_id")}
+                            | {"threshold": answer["threshold"]["value"]}, data)
         if self.audit:
             await asyncio.to_thread(self.audit.record, request_id, answer["file_name"], answer["part_id"],
                                     answer["score"], answer["label"], answer["threshold"]["value"],
@@ -297,7 +320,9 @@ prediction_routes = APIRouter()
 @prediction_routes.get("/models")
 async def models(request: Request):
     """Every model served: name, method, version, threshold, state (loaded or not)."""
-    return {"models": _service(request).listing()}
+    service = _service(request)
+    return {"models": service.listing(), "api_key_required": service.settings.api_key is not None,
+            "reviews": service.reviews is not None}
 
 
 @prediction_routes.post("/predict")
@@ -329,8 +354,63 @@ async def _predict(request, service, model_name):
                              "queue_and_engine": round((scored - decoded) * 1000, 3),
                              "postprocess": round((done - scored) * 1000, 3),
                              "total": round((done - started) * 1000, 3)})
-    await service.record(request_id, answer)
+    await service.record(request_id, answer, data)
     return JSONResponse(answer, headers={REQUEST_ID_HEADER: request_id})
+
+
+@prediction_routes.post("/models/{model_name}/review")
+async def review(request: Request, model_name: str):
+    """{"request_id", "verdict", "note"}: an inspector's verdict on one of the recent answers."""
+    from adkit.deploy.serving.reviews import NOTE_CHARS, RECENT_ANSWERS, VERDICTS
+
+    service = _service(request)
+    service.require_key(request)
+    service.require_known(model_name)
+    if service.reviews is None:
+        raise _Refused(404, "reviews are off: start serve.py with --review_db FILE")
+    body = _json(await request.body())
+    expected = ('expected a JSON object {"request_id": "...", "verdict": "' + '|'.join(VERDICTS)
+                + '", "note": "..."}')
+    if not isinstance(body, dict) or not isinstance(body.get("request_id"), str) or not body["request_id"]:
+        raise _Refused(422, expected)
+    verdict, note = body.get("verdict"), body.get("note", "")
+    if verdict not in VERDICTS:
+        raise _Refused(422, f"verdict {verdict!r}: {expected}")
+    if not isinstance(note, str) or len(note) > NOTE_CHARS:
+        raise _Refused(422, f"note: expected text of at most {NOTE_CHARS} characters")
+    recent = service.recent.get(body["request_id"])
+    if recent is None or recent[0]["model_name"] != model_name:
+        raise _Refused(404, f"request_id {body['request_id']!r}: not among the last {RECENT_ANSWERS} answers "
+                            f"of model {model_name!r} (reviews name a recent answer of this server run)")
+    answer, data = recent
+    reviewed_label, truth = VERDICTS[verdict]
+    if answer["label"] and answer["label"] != reviewed_label:
+        raise _Refused(422, f"verdict {verdict}: the model answered {answer['label']!r} for this request, "
+                            f"the verdict is for a {reviewed_label!r} answer")
+    image = ""
+    if service.kept_images is not None and data:
+        image = await asyncio.to_thread(service.kept_images.save, model_name, body["request_id"], data)
+    row = {**answer, "request_id": body["request_id"], "verdict": verdict, "truth": truth, "note": note,
+           "image": image}
+    review_id = await asyncio.to_thread(service.reviews.add, row)
+    service.metrics.count("adkit_reviews_total", "Reviews stored, by model name and verdict.",
+                          model=model_name, verdict=verdict)
+    return JSONResponse({"review_id": review_id, **row}, status_code=201)
+
+
+@prediction_routes.get("/models/{model_name}/reviews")
+async def reviews(request: Request, model_name: str, format: str = "json"):
+    """The reviews of a model, oldest first (?format=csv: the export main.py --mode update reads)."""
+    from adkit.deploy.serving.reviews import reviews_csv
+
+    service = _service(request)
+    service.require_key(request)
+    if service.reviews is None:
+        raise _Refused(404, "reviews are off: start serve.py with --review_db FILE")
+    rows = await asyncio.to_thread(service.reviews.rows, model_name)
+    if format == "csv":
+        return PlainTextResponse(reviews_csv(rows), media_type="text/csv")
+    return {"reviews": rows}
 
 
 async def _decoded_and_scored(service, model_name, data, name):
