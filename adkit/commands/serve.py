@@ -62,12 +62,18 @@ def parse_args(argv):
                              "main.py --mode update learns from)")
     parser.add_argument("--keep_images_mb", type=float, default=1024.0,
                         help="--keep_images holds at most this many MB; the oldest images are removed first")
+    parser.add_argument("--webhook", default=None,
+                        help="post each verdict as JSON to this URL (from a background queue with retries; "
+                             "the answer never waits for it)")
+    parser.add_argument("--webhook_queue", type=int, default=1000,
+                        help="verdicts waiting for --webhook at most; beyond it they are dropped (and "
+                             "counted in /metrics)")
     parser.add_argument("--grace_seconds", type=float, default=30.0,
                         help="on SIGTERM, how long requests in flight may take to finish")
     parser.add_argument("--access_log", action="store_true", help="log every request (uvicorn's access log)")
     parser.add_argument("--verbose", action="store_true", help="show Paddle's own C++ messages")
     args = parser.parse_args(argv)
-    for name in ("max_batch", "max_queue", "max_bytes", "max_pixels", "max_loaded"):
+    for name in ("max_batch", "max_queue", "max_bytes", "max_pixels", "max_loaded", "webhook_queue"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_wait_ms < 0:
@@ -78,6 +84,12 @@ def parse_args(argv):
         raise UserError("--api_key is empty (give a key, or leave it out for no key)")
     if args.model_root is not None and not os.path.isdir(args.model_root):
         raise UserError(f"--model_root {args.model_root}: not a folder")
+    if args.webhook:
+        from adkit.deploy.serving.webhook import check_webhook_url
+
+        refusal = check_webhook_url(args.webhook)
+        if refusal:
+            raise UserError(refusal)
     if args.keep_images and not args.review_db:
         raise UserError("--keep_images needs --review_db (images are kept when they are reviewed)")
     if args.keep_images_mb <= 0:
@@ -138,7 +150,8 @@ def main(argv=None):
                                audit_log=args.audit_log, predictor_options=options,
                                model_root=args.model_root, model_repository=args.model_repository,
                                max_loaded=args.max_loaded, review_db=args.review_db,
-                               keep_images=args.keep_images, keep_images_mb=args.keep_images_mb)
+                               keep_images=args.keep_images, keep_images_mb=args.keep_images_mb,
+                               webhook=args.webhook, webhook_queue=args.webhook_queue)
     app = create_app(model, settings)
     if model is None:
         log.info("serving the models of %s (at most %d loaded) on http://%s:%d/ (batches of up to %d)",

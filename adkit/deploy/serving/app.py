@@ -46,6 +46,7 @@ PART_HEADER = "X-Part-Id"
 FILE_NAME_HEADER = "X-File-Name"
 REQUEST_ID_HEADER = "X-Request-Id"
 BODY_OVERHEAD = 64 * 1024  # form fields and JSON around the image bytes
+WEBHOOK_DRAIN_SECONDS = 5.0  # on stopping, how long queued verdicts may still be posted
 
 
 @dataclass
@@ -64,6 +65,8 @@ class ServiceSettings:
     review_db: str | None = None  # SQLite file of the inspectors' reviews (None: reviews off)
     keep_images: str | None = None  # folder the reviewed images are saved in
     keep_images_mb: float = 1024.0  # its size at most (oldest images removed first)
+    webhook: str | None = None  # URL each verdict is posted to (webhook.py)
+    webhook_queue: int = 1000  # verdicts waiting for it at most (more are dropped and counted)
 
     def max_body(self):
         """Request bytes allowed: the image as base64 (4/3 of it) plus the fields around it."""
@@ -110,6 +113,7 @@ class Service:
         self.repository = None
         self.audit = None
         self.reviews = self.kept_images = self.recent = None
+        self.webhook = None
         self.draining = False
 
     def start(self):
@@ -136,6 +140,10 @@ class Service:
             self.recent = RecentAnswers(keep_bytes=bool(settings.keep_images))
             if settings.keep_images:
                 self.kept_images = KeptImages(settings.keep_images, settings.keep_images_mb)
+        if settings.webhook:
+            from adkit.deploy.serving.webhook import Webhook
+
+            self.webhook = Webhook(settings.webhook, self.metrics, settings.webhook_queue)
 
     async def stop(self):
         self.draining = True
@@ -143,6 +151,8 @@ class Service:
         await (self.repository.close() if self.repository else self.slot.close())
         if self.audit:
             self.audit.close()
+        if self.webhook:
+            await asyncio.to_thread(self.webhook.close, WEBHOOK_DRAIN_SECONDS)
 
     def require_single_model(self, route):
         if self.repository is not None:
@@ -214,6 +224,8 @@ class Service:
         """One row of --audit_log for an answered /predict; the answer (and with --keep_images
         its image) kept for a review of it."""
         self.metrics.observe_prediction(answer["model_name"], answer["label"])
+        if self.webhook is not None:
+            self.webhook.post({**answer, "threshold": answer["threshold"]["value"]})
         if self.recent is not None:
             self.recent.add(request_id, {k: answer[k] for k in ("model_name", "score", "label", "model",
                                                                  "model_version", "file_name", "part_id")}
