@@ -196,8 +196,12 @@ def learning(args, work, checkpoint, data):
     print(f"\nlearning from reviews: {len(reviewed)} reviewed false alarms of {len(goods)} shifted good parts, "
           f"{len(held_out)} held out; {len(defects)} defects", flush=True)
     new_version = os.path.join(work, "part_v2")
-    print(step("main.py", "--mode", "update", "--model_dir", checkpoint, "--reviews", db, "--output_dir",
-               new_version).rstrip())
+    updated = subprocess.run([sys.executable, "main.py", "--mode", "update", "--model_dir", checkpoint, "--reviews",
+                              db, "--output_dir", new_version], cwd=ROOT, capture_output=True, text=True)
+    print(updated.stdout.rstrip())
+    if updated.returncode:
+        print(updated.stderr.strip().splitlines()[-1])
+        return
     rows = []
     for name, folder in (("version 1", checkpoint), ("version 2", new_version)):
         predictor = Predictor(folder, cpu_threads=args.cpu_threads)

@@ -62,12 +62,10 @@ def test_reweighting_on_a_hand_computed_case():
 
 
 def brute_force_greedy(points, count, first):
-    """Greedy k-center over the full float64 distance matrix (``first``: one index, or the
-    indices chosen before)."""
+    """Greedy k-center over the full float64 distance matrix."""
     all_pairs = np.sqrt(((points[:, None].astype(np.float64) - points[None]) ** 2).sum(-1))
-    first = [first] if isinstance(first, int) else list(first)
-    chosen, nearest = list(first), all_pairs[first].min(axis=0)
-    for _ in range(count - len(first)):
+    chosen, nearest = [first], all_pairs[first].copy()
+    for _ in range(count - 1):
         chosen.append(int(nearest.argmax()))
         nearest = np.minimum(nearest, all_pairs[chosen[-1]])
     return chosen
@@ -80,19 +78,6 @@ def test_coreset_is_exactly_the_greedy_k_center_choice(seed, n, dims, count):
     points = (rng.normal(size=(n, dims)) + 6 * rng.integers(0, 4, size=(n, 1))).astype(np.float32)
     chosen = greedy_coreset(points, count, seed)
     assert list(chosen) == brute_force_greedy(points, count, int(chosen[0]))
-
-
-def test_a_bank_is_extended_by_the_points_farthest_from_it(monkeypatch):
-    """main.py --mode update: the bank counts as chosen; the new choices continue the greedy order."""
-    from adkit.models.patchcore import coreset
-
-    monkeypatch.setattr(coreset, "BATCH", 4)  # the bank folded in several products
-    rng = np.random.default_rng(5)
-    bank = rng.normal(size=(90, 4)).astype(np.float32)
-    new = (rng.normal(size=(200, 4)) + 5 * rng.integers(0, 2, size=(200, 1))).astype(np.float32)
-    chosen = greedy_coreset(np.concatenate([bank, new]), 30, 0, already=90)
-    assert len(chosen) == 30 and chosen.min() >= 90
-    assert list(chosen) == brute_force_greedy(np.concatenate([bank, new]), 120, range(90))[90:]
 
 
 @pytest.mark.parametrize("candidates, block", [(1, 7), (5, 64), (40, 1000)])

@@ -34,4 +34,5 @@ def run(argv):
     from adkit.pipelines.update import update
 
     args = parse_args(argv)
-    print(update(args.model_dir, args.reviews, args.output_dir, args.review_model, args.folds))
+    update(args.model_dir, args.reviews, args.output_dir, args.review_model, args.folds,
+           echo=lambda line: print(line, flush=True))

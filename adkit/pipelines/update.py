@@ -25,8 +25,8 @@ RUNTIME = {"device": "cpu", "eval_batch_size": 8}  # load_trained's options of t
 _LEARNT = ("fitted.npz", "checkpoint.pdparams", "calibration.json")  # what an update writes anew
 
 
-def update(model_dir, reviews_path, output_dir, review_model=None, folds=FOLDS):
-    """Returns the text it prints: the decision tables and what was written."""
+def update(model_dir, reviews_path, output_dir, review_model=None, folds=FOLDS, echo=print):
+    """``echo``s the decision table (before any refusal), then what was written."""
     from adkit.deploy.serving.repository import VERSION_FILE, version_number
     from adkit.evaluate.calibration import read_calibration
     from adkit.options.registry import TRAIN_CONFIG_FILE
@@ -60,11 +60,13 @@ def update(model_dir, reviews_path, output_dir, review_model=None, folds=FOLDS):
         log.info("update: fold %d/%d: learning %d good images, judging %d", fold + 1, k, len(learnt), len(held))
         learner = Learner(model_dir, calibration).learn(learnt)
         after[held] = learner.scores([reviews[i]["image"] for i in held]) >= learner.threshold
-    table = decision_table(reviews, before, after, k)
+    echo(decision_table(reviews, before, after, k))
 
     final = Learner(model_dir, calibration).learn([r["image"] for r in goods])
     confirmed_old = int(np.sum(old.scores([r["image"] for r in defects]) >= old.threshold)) if defects else 0
     confirmed_new = int(np.sum(final.scores([r["image"] for r in defects]) >= final.threshold)) if defects else 0
+    echo(f"threshold {old.threshold:.6g} -> {final.threshold:.6g} ({final.policy}); reviewed defects confirmed "
+         f"{confirmed_old} -> {confirmed_new} of {len(defects)}")
     if confirmed_new < confirmed_old:
         raise UserError(f"update refused: the updated model confirms {confirmed_new} of the {len(defects)} "
                         f"reviewed defects, the old one {confirmed_old}; nothing written")
@@ -80,10 +82,7 @@ def update(model_dir, reviews_path, output_dir, review_model=None, folds=FOLDS):
             "learnt_good_images": final.learnt,
             "validation_good_images": [r["image"] for r in goods if r["image"] not in final.learnt],
             "reviewed_defects_confirmed": {"before": confirmed_old, "after": confirmed_new}})
-    lines = [table, f"threshold {old.threshold:.6g} -> {final.threshold:.6g} ({final.policy}); reviewed "
-                    f"defects confirmed {confirmed_old} -> {confirmed_new} of {len(defects)}",
-             f"wrote version {version} to {output_dir}"]
-    return "\n".join(lines)
+    echo(f"wrote version {version} to {output_dir}")
 
 
 def reviewed_images(reviews_path, model_dir, review_model):

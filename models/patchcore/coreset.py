@@ -88,22 +88,19 @@ def _descending(bound, count=None):
     return top[np.argsort(-bound[top], kind="stable")]
 
 
-def greedy_coreset(points, count, seed, desc="choosing the memory bank", already=0):
+def greedy_coreset(points, count, seed, desc="choosing the memory bank"):
     """Indices of ``count`` points of ``points`` [N, d] chosen greedily, in order of choice; the
     first is drawn from ``seed``. Ties go to the lowest index, as a plain argmax would; points
-    closer than float32 resolves (near-duplicates, at the very end) may be ordered otherwise.
-    ``already``: the first ``already`` points count as chosen before (a memory bank being
-    extended: the new choices are the points farthest from it); only the new ones are returned."""
+    closer than float32 resolves (near-duplicates, at the very end) may be ordered otherwise."""
     data = _Points(points)
     n = len(data)
-    count = int(min(max(count, 1), n - already)) + already
-    chosen = list(range(already)) or [int(np.random.default_rng([seed, 2]).integers(n))]
+    count = int(min(max(count, 1), n))
+    chosen = [int(np.random.default_rng([seed, 2]).integers(n))]
     bound = np.full(n, np.inf, np.float32)
-    for start in range(0, len(chosen), BATCH * 16):  # a whole bank folded in a few products
-        data.fold(bound, chosen[start:start + BATCH * 16])  # folded up to `folded` centres
-    folded = len(chosen)
+    data.fold(bound, chosen)  # folded up to `folded` centres
+    folded = 1
     order = _descending(bound, CANDIDATES)
-    bar = progress(total=count - len(chosen), desc=desc, unit="patches")
+    bar = progress(total=count - 1, desc=desc, unit="patches")
     while len(chosen) < count:
         if len(chosen) - folded >= BATCH:
             data.fold(bound, chosen[folded:])
@@ -116,7 +113,7 @@ def greedy_coreset(points, count, seed, desc="choosing the memory bank", already
         chosen.append(choice)
         bar.update(1)
     bar.close()
-    return np.asarray(chosen[already:], dtype=np.int64)
+    return np.asarray(chosen, dtype=np.int64)
 
 
 def _farthest(data, bound, order, pending):

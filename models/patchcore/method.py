@@ -37,12 +37,11 @@ class PatchCoreMethod(FittedFeatureMethod):
         return {"bank": self._coreset(patches).astype(s.bank_dtype)}
 
     def updated_arrays(self, arrays, extra, good_set, fitted_count):
-        """The bank with the --coreset_ratio of ``good_set``'s patches added: those the greedy
-        coreset chooses farthest from the bank (the appearance it does not cover yet)."""
+        """The bank with the coreset of ``good_set``'s patches added (the same ratio as fit)."""
         self._check_settings()
         patches = self._patches(good_set, int(extra["embed_dim"]), "extracting features of the reviewed good images")
         bank = arrays["bank"]
-        return {**arrays, "bank": np.concatenate([bank, self._coreset(patches, bank).astype(bank.dtype)])}
+        return {**arrays, "bank": np.concatenate([bank, self._coreset(patches).astype(bank.dtype)])}
 
     def _patches(self, dataset, dim, desc):
         """Every patch embedding [N*h*w, D] of ``dataset``."""
@@ -53,20 +52,17 @@ class PatchCoreMethod(FittedFeatureMethod):
             patches.append(emb.transpose([0, 2, 3, 1]).reshape([-1, emb.shape[1]]).numpy())
         return np.concatenate(patches)
 
-    def _coreset(self, patches, bank=None):
-        """The --coreset_ratio of ``patches`` chosen greedily (all of them at ratio 1); with a
-        ``bank``, those farthest from it and from each other."""
+    def _coreset(self, patches):
+        """The --coreset_ratio of ``patches`` chosen greedily (all of them at ratio 1)."""
         s = self.settings
         keep = max(1, math.ceil(s.coreset_ratio * len(patches)))
         if keep < len(patches):
             log.info("patchcore: choosing %d of %d patches (coreset %.3g, %d-dim projection)",
                      keep, len(patches), s.coreset_ratio, s.projection_dim)
             start = time.perf_counter()
-            before = 0 if bank is None else len(bank)
-            points = patches if bank is None else np.concatenate([bank.astype(np.float32), patches])
-            chosen = greedy_coreset(random_projection(points, s.projection_dim, int(self.cfg["seed"])),
-                                    keep, int(self.cfg["seed"]), already=before)
-            patches = patches[np.sort(chosen) - before]
+            chosen = greedy_coreset(random_projection(patches, s.projection_dim, int(self.cfg["seed"])),
+                                    keep, int(self.cfg["seed"]))
+            patches = patches[np.sort(chosen)]
             log.info("patchcore: coreset chosen in %.1f s", time.perf_counter() - start)
         return patches
 
