@@ -130,3 +130,28 @@ def test_bad_update_input_is_one_line(checkpoints, tmp_path):
         done = main_py("--mode", "update", "--model_dir", model_dir, "--output_dir", tmp_path / "new", *extra)
         assert done.returncode == 2 and words in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_a_tiled_patchcore_learns_the_tiles_of_reviewed_false_alarms(tmp_path):
+    out = tmp_path / "out"
+    done = main_py("--model", "patchcore", "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
+                   "--cls", "brick", "--image_size", 64, "--tile_size", 128, "--output_dir", out)
+    assert done.returncode == 0, done.stderr
+    old_dir = out / "patchcore" / "brick"
+    reviews = tmp_path / "reviews.csv"
+    write_reviews(reviews, [(f"g{k}", "false_alarm", p) for k, p in enumerate(brightened_goods(tmp_path / "kept"))]
+                  + [(f"d{k}", "defect_confirmed", p) for k, p in enumerate(DEFECTS)])
+    done = main_py("--mode", "update", "--model_dir", old_dir, "--reviews", reviews, "--output_dir",
+                   tmp_path / "v2", "--folds", 2)
+    assert done.returncode == 0, done.stderr
+    old_bank, new_bank = np.load(old_dir / "fitted.npz")["bank"], np.load(tmp_path / "v2" / "fitted.npz")["bank"]
+    from adkit.core.tiling import Tiling
+
+    config = json.loads((old_dir / "train_config.json").read_text())
+    tiles = len(Tiling.from_config(config).boxes(256, 256))  # of each 256x256 photo
+    assert tiles > 1
+    # 10 learnt photos, their tiles at 64 px: 8 x 8 patches each, a 0.1 coreset of them
+    assert len(new_bank) - len(old_bank) == 10 * tiles * 64 // 10
+    calibration = json.loads((tmp_path / "v2" / "calibration.json").read_text())
+    assert len(calibration["val"]) == len(json.loads((old_dir / "calibration.json").read_text())["val"]) + 1
