@@ -88,6 +88,15 @@ def test_reviews_are_checked_stored_in_sqlite_and_survive_a_kill(exports, tmp_pa
         assert 1 <= len(files) <= 2 and sum(os.path.getsize(f) for f in files) <= 2.5 * image_bytes
         assert last["image"] in files  # the newest stays
         assert open(last["image"], "rb").read() in [open(p, "rb").read() for p in DEFECTS[:3] + goods]
+
+        # a client's own request id names the kept file only when it is a safe file name
+        odd = srv.upload(DEFECTS[0], route=f"/models/{name}/predict", headers={"X-Request-Id": "../../escape"})
+        assert odd.json()["request_id"] == "../../escape"
+        review = srv.post(f"/models/{name}/review", json={"request_id": "../../escape",
+                                                          "verdict": VERDICT_FOR[odd.json()["label"]]})
+        assert review.status_code == 201, review.text
+        assert os.path.dirname(review.json()["image"]) == str(kept / name)
+        assert len(reviews_of(srv, name)) == len(posts) + 2
     finally:
         assert srv.stop() == 0
 

@@ -76,9 +76,9 @@ class KeptImages:
         from adkit.core.io_utils import write_bytes
 
         suffix = next((s for magic, s in _IMAGE_SUFFIXES if data.startswith(magic)), ".img")
-        folder = os.path.join(self.folder, model_name)
+        folder = os.path.join(self.folder, model_name)  # a served model's name: a folder name already
         os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, request_id + suffix)
+        path = os.path.join(folder, safe_file_name(request_id) + suffix)
         with self._lock:
             write_bytes(path, data)
             self._prune(keep=path)
@@ -101,6 +101,17 @@ class KeptImages:
             if path != keep:  # the image just reviewed stays, even alone over the budget
                 os.remove(path)
                 total -= size
+
+
+def safe_file_name(request_id):
+    """The request id as a file name: a client's X-Request-Id may hold "/" or "..", so anything
+    but letters, digits, "-" and "_" makes it the id's SHA-256 instead."""
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", request_id):
+        return request_id
+    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
 
 
 class ReviewStore:
