@@ -5,6 +5,11 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 PREDICT_ROUTES = ("/predict", "/models/{name}/predict")  # latency and in-flight count
 
 
+def _label(value):
+    """A label value in Prometheus' text format (a model's name is a folder's: any character)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class ServiceMetrics:
     def __init__(self, max_batch):
         self._lock = threading.Lock()
@@ -99,18 +104,20 @@ class ServiceMetrics:
             lines += [f'adkit_reloads_total{{outcome="{k}"}} {v}' for k, v in self.reloads.items()]
             lines += ["# HELP adkit_predictions_total Answered predictions, by model name and label.",
                       "# TYPE adkit_predictions_total counter"]
-            lines += [f'adkit_predictions_total{{model="{m}",label="{label}"}} {v}'
+            lines += [f'adkit_predictions_total{{model="{_label(m)}",label="{label}"}} {v}'
                       for (m, label), v in sorted(self.predictions.items())]
             lines += ["# HELP adkit_model_loads_total Engines loaded, by model name and outcome.",
                       "# TYPE adkit_model_loads_total counter"]
-            lines += [f'adkit_model_loads_total{{model="{m}",outcome="{o}"}} {v}'
+            lines += [f'adkit_model_loads_total{{model="{_label(m)}",outcome="{o}"}} {v}'
                       for (m, o), v in sorted(self.model_loads.items())]
             lines += ["# HELP adkit_model_load_seconds How long the model's last load took.",
                       "# TYPE adkit_model_load_seconds gauge"]
-            lines += [f'adkit_model_load_seconds{{model="{m}"}} {v:.3f}' for m, v in sorted(self.load_seconds.items())]
+            lines += [f'adkit_model_load_seconds{{model="{_label(m)}"}} {v:.3f}'
+                      for m, v in sorted(self.load_seconds.items())]
             lines += ["# HELP adkit_model_evictions_total Engines unloaded to stay within --max_loaded.",
                       "# TYPE adkit_model_evictions_total counter"]
-            lines += [f'adkit_model_evictions_total{{model="{m}"}} {v}' for m, v in sorted(self.evictions.items())]
+            lines += [f'adkit_model_evictions_total{{model="{_label(m)}"}} {v}'
+                      for m, v in sorted(self.evictions.items())]
             if self.models_loaded is not None:
                 lines += ["# HELP adkit_models_loaded Engines loaded now.", "# TYPE adkit_models_loaded gauge",
                           f"adkit_models_loaded {self.models_loaded()}"]
@@ -119,6 +126,6 @@ class ServiceMetrics:
                 if name not in declared:
                     declared.add(name)
                     lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-                inside = ",".join(f'{k}="{value}"' for k, value in labels)
+                inside = ",".join(f'{k}="{_label(value)}"' for k, value in labels)
                 lines.append(f"{name}{{{inside}}} {v}" if inside else f"{name} {v}")
             return "\n".join(lines) + "\n"
