@@ -155,3 +155,24 @@ def test_a_tiled_patchcore_learns_the_tiles_of_reviewed_false_alarms(tmp_path):
     assert len(new_bank) - len(old_bank) == 10 * tiles * 64 // 10
     calibration = json.loads((tmp_path / "v2" / "calibration.json").read_text())
     assert len(calibration["val"]) == len(json.loads((old_dir / "calibration.json").read_text())["val"]) + 1
+
+
+@pytest.mark.slow
+def test_a_trained_method_keeps_its_weights_and_recalibrates_with_the_reviewed_good_parts(tmp_path):
+    out = tmp_path / "out"
+    done = main_py("--model", "stfpm", "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
+                   "--cls", "brick", "--image_size", 64, "--steps", 2, "--output_dir", out)
+    assert done.returncode == 0, done.stderr
+    old_dir, new_dir = out / "stfpm" / "brick", tmp_path / "v2"
+    goods = brightened_goods(tmp_path / "kept")
+    reviews = tmp_path / "reviews.csv"
+    write_reviews(reviews, [(f"g{k}", "false_alarm", p) for k, p in enumerate(goods)])
+    done = main_py("--mode", "update", "--model_dir", old_dir, "--reviews", reviews, "--output_dir", new_dir,
+                   "--folds", 2)
+    assert done.returncode == 0, done.stderr
+    assert (new_dir / "checkpoint.pdparams").read_bytes() == (old_dir / "checkpoint.pdparams").read_bytes()
+    version = json.loads((new_dir / "version.json").read_text())
+    assert version["learnt_good_images"] == [] and sorted(version["validation_good_images"]) == sorted(goods)
+    old_val = [e["path"] for e in json.loads((old_dir / "calibration.json").read_text())["val"]]
+    new_val = [e["path"] for e in json.loads((new_dir / "calibration.json").read_text())["val"]]
+    assert new_val == old_val + goods
