@@ -23,13 +23,19 @@ def main_py(*argv):
                           capture_output=True, text=True, timeout=600)
 
 
+def train_tiny(model, out, *options):
+    """The checkpoint folder of ``model`` trained at 64 px on sample_data's bricks."""
+    done = main_py("--model", model, "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
+                   "--cls", "brick", "--image_size", 64, "--output_dir", out, *options)
+    assert done.returncode == 0, done.stderr
+    return out / model / "brick"
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp("update")
     for model in ("patchcore", "padim"):
-        done = main_py("--model", model, "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
-                       "--cls", "brick", "--image_size", 64, "--output_dir", out / "out")
-        assert done.returncode == 0, done.stderr
+        train_tiny(model, out / "out")
     return out
 
 
@@ -134,11 +140,7 @@ def test_bad_update_input_is_one_line(checkpoints, tmp_path):
 
 @pytest.mark.slow
 def test_a_tiled_patchcore_learns_the_tiles_of_reviewed_false_alarms(tmp_path):
-    out = tmp_path / "out"
-    done = main_py("--model", "patchcore", "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
-                   "--cls", "brick", "--image_size", 64, "--tile_size", 128, "--output_dir", out)
-    assert done.returncode == 0, done.stderr
-    old_dir = out / "patchcore" / "brick"
+    old_dir = train_tiny("patchcore", tmp_path / "out", "--tile_size", 128)
     reviews = tmp_path / "reviews.csv"
     write_reviews(reviews, [(f"g{k}", "false_alarm", p) for k, p in enumerate(brightened_goods(tmp_path / "kept"))]
                   + [(f"d{k}", "defect_confirmed", p) for k, p in enumerate(DEFECTS)])
@@ -159,11 +161,7 @@ def test_a_tiled_patchcore_learns_the_tiles_of_reviewed_false_alarms(tmp_path):
 
 @pytest.mark.slow
 def test_a_trained_method_keeps_its_weights_and_recalibrates_with_the_reviewed_good_parts(tmp_path):
-    out = tmp_path / "out"
-    done = main_py("--model", "stfpm", "--mode", "train", "--data_dir", os.path.join(ROOT, "sample_data"),
-                   "--cls", "brick", "--image_size", 64, "--steps", 2, "--output_dir", out)
-    assert done.returncode == 0, done.stderr
-    old_dir, new_dir = out / "stfpm" / "brick", tmp_path / "v2"
+    old_dir, new_dir = train_tiny("stfpm", tmp_path / "out", "--steps", 2), tmp_path / "v2"
     goods = brightened_goods(tmp_path / "kept")
     reviews = tmp_path / "reviews.csv"
     write_reviews(reviews, [(f"g{k}", "false_alarm", p) for k, p in enumerate(goods)])
