@@ -2,7 +2,9 @@
 (PatchCore's memory bank, PaDiM's Gaussians): the shared fit / load around them.
 
 A subclass provides ``fit_arrays(train_set) -> {name: ndarray}`` (from ``self.encoder``),
-``describe() -> dict`` (its settings stored with them) and ``build_net(arrays, extra)``.
+``describe() -> dict`` (its settings stored with them), ``build_net(arrays, extra)`` and
+``updated_arrays(arrays, extra, good_set, fitted_count)``: the arrays with more good images
+learnt without a refit (main.py --mode update, from the inspectors' reviewed false alarms).
 """
 import paddle
 
@@ -47,6 +49,15 @@ class FittedFeatureMethod(AnomalyMethod):
         self.image_size = image_hw(saved["image_size"])  # a side in checkpoints before [h, w]
         self.net = self.build_net(arrays, saved)
 
+    def learn_good_images(self, ckpt_dir, good_set, fitted_count=None):
+        """The checkpoint's arrays with ``good_set`` learnt too (``fitted_count``: how many
+        images the checkpoint was fitted on, for one that does not record it); the net is
+        rebuilt on them. Returns (arrays, extra) for ``save_fitted``. Call after ``load``."""
+        arrays, extra = load_fitted(ckpt_dir, self.name)
+        arrays = self.updated_arrays(arrays, extra, good_set, fitted_count)
+        self.net = self.build_net(arrays, extra)
+        return arrays, extra
+
     def inference_net(self):
         if self.net is None:
             raise RuntimeError(f"{type(self).__name__}: call fit() or load() before inference_net()")
@@ -87,6 +98,9 @@ class FittedFeatureMethod(AnomalyMethod):
         raise NotImplementedError
 
     def build_net(self, arrays, extra):
+        raise NotImplementedError
+
+    def updated_arrays(self, arrays, extra, good_set, fitted_count):
         raise NotImplementedError
 
 

@@ -7,7 +7,7 @@ import pytest
 from adkit.core.errors import UserError
 from adkit.models.backbones.encoders import build_encoder
 from adkit.models.padim import networks
-from adkit.models.padim.gaussian import GaussianAccumulator
+from adkit.models.padim.gaussian import GaussianAccumulator, merge_gaussians
 from adkit.models.padim.networks import PaDiMEmbedding, PaDiMInference, channel_subset, mahalanobis
 from tests.numpy_reference import bilinear, blurred
 
@@ -25,6 +25,24 @@ def test_gaussians_match_numpy_covariance_and_inverse():
     for p in range(12):
         cov = np.cov(x[:, :, p], rowvar=False) + 0.01 * np.eye(5)
         np.testing.assert_allclose(inv_cov[p], np.linalg.inv(cov), rtol=1e-3, atol=1e-4)
+
+
+def test_merging_more_samples_equals_fitting_them_all_at_once():
+    """main.py --mode update's running update: fit on A, merge B == fit on A and B together."""
+    rng = np.random.default_rng(3)
+    first, more = rng.normal(2.0, 1.5, (12, 5, 7)), rng.normal(2.5, 1.0, (4, 5, 7))  # [B, d, P]
+    together = GaussianAccumulator()
+    together.add(np.concatenate([first, more]).astype(np.float32))
+    want_mean, want_inv = together.finish()
+    fitted = GaussianAccumulator()
+    fitted.add(first.astype(np.float32))
+    mean, inv_cov = fitted.finish()
+    extra = GaussianAccumulator()
+    extra.add(more.astype(np.float32))
+    got_mean, got_inv = merge_gaussians(mean, inv_cov, 12, extra)
+    np.testing.assert_allclose(got_mean, want_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_inv, want_inv, rtol=1e-3, atol=1e-3)
+    assert not np.allclose(got_inv, inv_cov, atol=1e-2)  # the four samples changed it
 
 
 def test_embedding_takes_the_subset_and_repeats_deeper_cells():

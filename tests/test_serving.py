@@ -40,12 +40,14 @@ def free_port():
 
 
 class Server:
-    """serve.py in a subprocess; ``url``; ``stop()`` sends SIGTERM and returns the exit code."""
+    """serve.py in a subprocess; ``url``; ``stop()`` sends SIGTERM and returns the exit code.
+    ``model_dir``: served with --model_dir, or with --model_repository when ``repository``."""
 
-    def __init__(self, model_dir, *options, key=KEY, own_group=False):
+    def __init__(self, model_dir, *options, key=KEY, own_group=False, repository=False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = [sys.executable, os.path.join(ROOT, "serve.py"), "--model_dir", str(model_dir),
+        argv = [sys.executable, os.path.join(ROOT, "serve.py"),
+                "--model_repository" if repository else "--model_dir", str(model_dir),
                 "--port", str(self.port), "--cpu_threads", "1", *map(str, options)]
         if key:
             argv += ["--api_key", key]
@@ -74,9 +76,9 @@ class Server:
         headers = {**self.headers, **kwargs.pop("headers", {})}
         return httpx.post(self.url + path, headers=headers, timeout=timeout, **kwargs)
 
-    def upload(self, path, **kwargs):
+    def upload(self, path, route="/predict", **kwargs):
         with open(path, "rb") as f:
-            return self.post(files={"file": (os.path.basename(path), f.read(), "image/png")}, **kwargs)
+            return self.post(route, files={"file": (os.path.basename(path), f.read(), "image/png")}, **kwargs)
 
     def metrics(self):
         return httpx.get(self.url + "/metrics", timeout=10).text
@@ -280,6 +282,7 @@ def test_the_audit_log_has_one_row_per_decision(server):
         assert row["part_id"] == part and row["label"] == body["label"]
         assert float(row["score"]) == body["score"] and float(row["threshold"]) == body["threshold"]["value"]
         assert row["model_version"] == body["model_version"] and row["model"] == "padim"
+        assert row["model_name"] == body["model_name"] == "inference_first"  # the folder's name
     assert len(rows) >= 5 + 4 * 3  # every 200 answer of the earlier tests too
 
 
@@ -295,7 +298,7 @@ def test_an_audit_log_of_other_columns_is_refused_before_the_model_loads(exports
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: --audit_log {old}: its columns (time,request_id,part_id,score,label,threshold,model,"
         "model_version) are not this version's (time,request_id,file_name,part_id,score,label,threshold,"
-        "model,model_version); name a new file (the old one is left as it is)"]
+        "model_name,model,model_version); name a new file (the old one is left as it is)"]
     assert old.read_bytes() == before
 
 

@@ -62,6 +62,7 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
     from adkit.core.static_graph import save_inference_graph
     from adkit.deploy.exported import DEPLOY_CONFIG, INPUT_DESCRIPTION
     from adkit.core.io_utils import default_dir_mode, write_json
+    from adkit.deploy.serving.repository import VERSION_FILE
     from adkit.evaluate.calibration import (CALIBRATION_FILE, EVAL_METRICS_FILE, read_calibration,
                                             resolve_threshold)
     from adkit.options.registry import load_trained
@@ -106,6 +107,8 @@ def export(model, checkpoint_dir, save_dir, to_onnx=False, opset=13, threshold_p
         for name in () if quantize else (CALIBRATION_FILE, EVAL_METRICS_FILE):  # thresholds, df_training.csv
             if os.path.isfile(os.path.join(checkpoint_dir, name)):
                 shutil.copy(os.path.join(checkpoint_dir, name), os.path.join(staging, name))
+        if os.path.isfile(os.path.join(checkpoint_dir, VERSION_FILE)):  # the version number of an update
+            shutil.copy(os.path.join(checkpoint_dir, VERSION_FILE), os.path.join(staging, VERSION_FILE))
         if to_onnx:
             export_onnx(staging, opset)
         _swap_in(staging, save_dir)

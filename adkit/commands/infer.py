@@ -5,6 +5,11 @@ r"""Run an exported model with Paddle Inference (or ONNX Runtime): overlays, mas
         --device cpu --cpu_threads 2 --enable_mkldnn true --benchmark true --output_dir output/infer
 
 Prints one line per image on stdout: score, label (defect/good) and path.
+
+    python infer.py --model_dir inference/patchcore_brick --watch /line/camera1 \
+        --results output/camera1.csv --move_done /line/camera1_done
+
+scores images as the camera software drops them (see adkit/pipelines/watch.py) until SIGTERM.
 """
 import os
 import statistics
@@ -24,8 +29,17 @@ def parse_args(argv):
     parser = OneLineParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_dir", required=True, help="folder written by export_model.py, or a training folder "
                         "(<output_dir>/<model>/<cls>: its checkpoint runs in dygraph, slower)")
-    parser.add_argument("--img_path", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--img_path",
                         help="an image file, or a folder of images (subfolders too: outputs mirror the tree)")
+    source.add_argument("--watch", help="a folder to watch: score each complete image dropped into it, "
+                        "append the results to --results, until SIGTERM / Ctrl-C")
+    parser.add_argument("--results", default="output/watch_results.csv",
+                        help="with --watch: the CSV results are appended to (also the ledger of what was scored)")
+    parser.add_argument("--move_done", default=None, help="with --watch: move each scored image into this folder")
+    parser.add_argument("--poll_seconds", type=float, default=1.0,
+                        help="with --watch: seconds between two looks at the folder (a file is complete once "
+                             "unchanged across two)")
     parser.add_argument("--output_dir", default="output/infer",
                         help="where overlays, masks, maps and df_test.csv go (replaced by each run)")
     parser.add_argument("--batch_size", type=int, default=1, help="images per engine run")
@@ -41,11 +55,23 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.poll_seconds <= 0:
+        raise UserError(f"--poll_seconds must be > 0, got {args.poll_seconds}")
+    if args.watch and not os.path.isdir(args.watch):
+        raise UserError(f"--watch {args.watch}: not a folder (expected the folder the camera writes to)")
     return args
 
 
 def run(args):
     from adkit import Predictor
+
+    if args.watch:
+        from adkit.pipelines.watch import watch
+
+        predictor = Predictor(args.model_dir, **predictor_options(args, 1))
+        watch(predictor, args.watch, args.results, args.move_done, args.poll_seconds,
+              echo=lambda line: print(line, flush=True))
+        return
     from adkit.outputs.folders import RunFolder
     from adkit.deploy.predictor import predict_into_folder, refuse_bad_files
     from adkit.core.image_io import collect_images

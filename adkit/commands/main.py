@@ -5,6 +5,7 @@
     python main.py --model rd4ad --mode eval  --data_dir sample_data --cls brick
     python main.py --model rd4ad --mode infer --cls brick --img_path some/image.png
     python main.py --model efficientad_s --mode distill --data_dir IMAGES --output_dir output/teacher
+    python main.py --mode update --model_dir output/patchcore/brick --reviews reviews.db --output_dir NEW
 
 Several devices: python -m paddle.distributed.launch --devices 0,1 main.py ... (doc/gpus.md).
 This file parses, validates and dispatches; the pipelines live in adkit/pipelines/.
@@ -21,6 +22,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     # before the first Paddle import: threads, and whether Paddle's C++ messages show
     tune_process(cpu_threads_from_argv(argv), verbose="--verbose" in argv)
+    if _asks_for_update(argv):  # a mode of any checkpoint: its own options (adkit/commands/update.py)
+        from adkit.commands.update import run
+
+        setup_logging()
+        return run(argv)
     from adkit.options.config import resolve_config
 
     cfg = resolve_config(argv)
@@ -58,6 +64,11 @@ def main(argv=None):
         results = {cls: evaluate(cfg, cls) for cls in categories}
         if distributed.is_main():
             report(cfg, results)
+
+
+def _asks_for_update(argv):
+    return any(a == "--mode=update" or (a == "--mode" and argv[k + 1:k + 2] == ["update"])
+               for k, a in enumerate(argv))
 
 
 if __name__ == "__main__":

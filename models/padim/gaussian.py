@@ -54,3 +54,25 @@ class GaussianAccumulator:
             target[start:start + INVERSE_BLOCK] = np.linalg.inv(cov)
         self.moments = None
         return (mean + self.shift).astype(np.float32), target
+
+
+def merge_gaussians(mean, inv_cov, count, more):
+    """(mean, inverse covariances) of ``count`` samples per position merged with those
+    accumulated in ``more`` (a GaussianAccumulator): the pooled mean and the pooled scatter
+    (Chan et al.'s parallel update), the same regularisation as fit; in ``inv_cov``'s dtype."""
+    m = more.n
+    new_mean = more.shift + more.sums / m                                         # [P, d] float64
+    eye = REGULARISATION * np.eye(inv_cov.shape[1])
+    out_mean = np.empty(mean.shape, np.float32)
+    out_inv = np.empty_like(inv_cov)
+    total = count + m
+    for start in range(0, len(inv_cov), INVERSE_BLOCK):
+        block = slice(start, start + INVERSE_BLOCK)
+        old_scatter = (np.linalg.inv(inv_cov[block].astype(np.float64)) - eye) * (count - 1)
+        shifted = more.sums[block] / m
+        new_scatter = more.moments[block].astype(np.float64) - m * shifted[:, :, None] * shifted[:, None, :]
+        delta = new_mean[block] - mean[block].astype(np.float64)
+        scatter = old_scatter + new_scatter + (count * m / total) * delta[:, :, None] * delta[:, None, :]
+        out_inv[block] = np.linalg.inv(scatter / (total - 1) + eye)
+        out_mean[block] = (count * mean[block].astype(np.float64) + m * new_mean[block]) / total
+    return out_mean, out_inv

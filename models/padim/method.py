@@ -7,7 +7,7 @@ from adkit.core.errors import UserError
 from adkit.core.runtime import zeros_outside_heap
 
 from ..fitted_method import FittedFeatureMethod, check_choice
-from .gaussian import GaussianAccumulator
+from .gaussian import GaussianAccumulator, merge_gaussians
 from .networks import PaDiMEmbedding, PaDiMInference, channel_subset, default_dims
 
 STATS_DTYPES = ("float32", "float16")
@@ -17,8 +17,9 @@ ACCUMULATOR_BYTES = 1 << 30
 
 
 class PaDiMMethod(FittedFeatureMethod):
-    """Checkpoint: ``fitted.npz`` with the channel subset, mean [P, d] and inverse covariance
-    [P, d, d]; ``checkpoint.pdparams`` with the backbone, fingerprint and image size."""
+    """Checkpoint: ``fitted.npz`` with the channel subset, mean [P, d], inverse covariance
+    [P, d, d] and the count of images they are of (for main.py --mode update's running update);
+    ``checkpoint.pdparams`` with the backbone, fingerprint and image size."""
 
     name = "padim"
 
@@ -47,7 +48,20 @@ class PaDiMMethod(FittedFeatureMethod):
                 gaussian.add(embed(feats).flatten(2).numpy())
             mean[start:stop], part = gaussian.finish(out=None if in_place else inv_cov[start:stop])
             inv_cov = part if in_place else inv_cov
-        return {"subset": subset, "mean": mean, "inv_cov": inv_cov}
+        return {"subset": subset, "mean": mean, "inv_cov": inv_cov, "count": np.array(len(train_set))}
+
+    def updated_arrays(self, arrays, extra, good_set, fitted_count):
+        """Each position's Gaussian updated with ``good_set`` (running mean and covariance)."""
+        count = int(arrays["count"]) if "count" in arrays else fitted_count
+        if count is None:
+            raise UserError("this PaDiM checkpoint does not record how many images it was fitted on; "
+                            "train it again to update it")
+        embed = PaDiMEmbedding(self.encoder.channels, arrays["subset"])
+        gaussian = GaussianAccumulator()
+        for feats in self.features(good_set, "extracting features of the reviewed good images"):
+            gaussian.add(embed(feats).flatten(2).numpy())
+        mean, inv_cov = merge_gaussians(arrays["mean"], arrays["inv_cov"], count, gaussian)
+        return {**arrays, "mean": mean, "inv_cov": inv_cov, "count": np.array(count + gaussian.n)}
 
     def describe(self):
         return {}

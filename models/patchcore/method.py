@@ -32,12 +32,29 @@ class PatchCoreMethod(FittedFeatureMethod):
     def fit_arrays(self, train_set):
         self._check_settings()
         s = self.settings
-        embed = PatchEmbedding(self.encoder.channels, embedding_dim(self.encoder.channels, s.embed_dim))
+        dim = embedding_dim(self.encoder.channels, s.embed_dim)
+        patches = self._patches(train_set, dim, "extracting features of the training images")
+        return {"bank": self._coreset(patches).astype(s.bank_dtype)}
+
+    def updated_arrays(self, arrays, extra, good_set, fitted_count):
+        """The bank with the coreset of ``good_set``'s patches added (the same ratio as fit)."""
+        self._check_settings()
+        patches = self._patches(good_set, int(extra["embed_dim"]), "extracting features of the reviewed good images")
+        bank = arrays["bank"]
+        return {**arrays, "bank": np.concatenate([bank, self._coreset(patches).astype(bank.dtype)])}
+
+    def _patches(self, dataset, dim, desc):
+        """Every patch embedding [N*h*w, D] of ``dataset``."""
+        embed = PatchEmbedding(self.encoder.channels, dim)
         patches = []
-        for feats in self.features(train_set, "extracting features of the training images"):
+        for feats in self.features(dataset, desc):
             emb = embed(feats)
             patches.append(emb.transpose([0, 2, 3, 1]).reshape([-1, emb.shape[1]]).numpy())
-        patches = np.concatenate(patches)
+        return np.concatenate(patches)
+
+    def _coreset(self, patches):
+        """The --coreset_ratio of ``patches`` chosen greedily (all of them at ratio 1)."""
+        s = self.settings
         keep = max(1, math.ceil(s.coreset_ratio * len(patches)))
         if keep < len(patches):
             log.info("patchcore: choosing %d of %d patches (coreset %.3g, %d-dim projection)",
@@ -47,7 +64,7 @@ class PatchCoreMethod(FittedFeatureMethod):
                                     keep, int(self.cfg["seed"]))
             patches = patches[np.sort(chosen)]
             log.info("patchcore: coreset chosen in %.1f s", time.perf_counter() - start)
-        return {"bank": patches.astype(s.bank_dtype)}
+        return patches
 
     def later_fit_phases(self, count, feats):
         s = self.settings

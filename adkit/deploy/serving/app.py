@@ -5,8 +5,15 @@
                     [, overlay, map]
     GET  /          the web page          GET /health  alive          GET /ready  model loaded
     GET  /info      the model served      GET /metrics Prometheus     POST /reload  swap models
+    GET  /models    the models served     POST /models/{name}/predict  as /predict, on that model
+    POST /models/{name}/review   an inspector's verdict on an answer (--review_db; reviews.py)
+    GET  /models/{name}/reviews  the stored reviews (JSON, or ?format=csv)
 
-``Service`` holds what the routes share (settings, model slot, metrics, audit log); the routes
+With --model_dir one model is served (named after its folder, also at /models/{name}/...);
+with --model_repository every folder of the repository (adkit.deploy.serving.repository), and
+the single-model routes /predict, /info and /reload answer 404 with where to go instead.
+
+``Service`` holds what the routes share (settings, model slot or repository, metrics, audit log); the routes
 are three routers (``page_routes``, ``admin_routes``, ``prediction_routes``) that find it on
 ``request.app.state.service``; ``create_app`` puts them together behind the ``_Guard`` middleware.
 """
@@ -39,6 +46,7 @@ PART_HEADER = "X-Part-Id"
 FILE_NAME_HEADER = "X-File-Name"
 REQUEST_ID_HEADER = "X-Request-Id"
 BODY_OVERHEAD = 64 * 1024  # form fields and JSON around the image bytes
+WEBHOOK_DRAIN_SECONDS = 5.0  # on stopping, how long queued verdicts may still be posted
 
 
 @dataclass
@@ -52,6 +60,13 @@ class ServiceSettings:
     audit_log: str | None = None
     predictor_options: dict = field(default_factory=dict)  # Predictor(**) for reloads too
     model_root: str | None = None  # /reload loads only folders inside it (None: the first model's parent)
+    model_repository: str | None = None  # serve every model folder inside it (instead of one model)
+    max_loaded: int = 4  # engines loaded at once from the repository
+    review_db: str | None = None  # SQLite file of the inspectors' reviews (None: reviews off)
+    keep_images: str | None = None  # folder the reviewed images are saved in
+    keep_images_mb: float = 1024.0  # its size at most (oldest images removed first)
+    webhook: str | None = None  # URL each verdict is posted to (webhook.py)
+    webhook_queue: int = 1000  # verdicts waiting for it at most (more are dropped and counted)
 
     def max_body(self):
         """Request bytes allowed: the image as base64 (4/3 of it) plus the fields around it."""
@@ -70,7 +85,8 @@ async def _refused(_request, err):
 
 def create_app(model, settings):
     """``model``: the LoadedModel to serve first (loaded before the server starts, so a folder
-    that does not load is one error line, not a server that never gets ready)."""
+    that does not load is one error line, not a server that never gets ready); None with
+    ``settings.model_repository``."""
     service = Service(model, settings)
     app = FastAPI(title="PaddleAD anomaly detection service", lifespan=_lifespan,
                   docs_url="/docs", redoc_url=None)
@@ -89,25 +105,91 @@ class Service:
     def __init__(self, model, settings):
         self.settings = settings
         self.metrics = ServiceMetrics(settings.max_batch)
-        self.model_root = ModelRoot(settings.model_root or os.path.dirname(model.model_dir), model.model_dir)
+        if model is not None:
+            self.model_root = ModelRoot(settings.model_root or os.path.dirname(model.model_dir), model.model_dir)
+            self.single_name = os.path.basename(os.path.normpath(model.model_dir))
         self.first_model = model
         self.slot = None
+        self.repository = None
         self.audit = None
+        self.reviews = self.kept_images = self.recent = None
+        self.webhook = None
         self.draining = False
 
     def start(self):
         """Inside the server's event loop: the batcher's queue and the slot's lock belong to it."""
         settings = self.settings
-        self.slot = ModelSlot(self.first_model, (settings.max_batch, settings.max_wait_ms / 1000.0,
-                                                 settings.max_queue), self.metrics.observe_batch)
-        self.metrics.queue_depth = lambda: self.slot.current.batcher.depth()
+        batching = (settings.max_batch, settings.max_wait_ms / 1000.0, settings.max_queue)
+        if settings.model_repository:
+            from adkit.deploy.serving.repository import ModelRepository
+
+            self.repository = ModelRepository(settings.model_repository, settings.max_loaded,
+                                              settings.predictor_options, batching, self.metrics.observe_batch,
+                                              self.metrics)
+            self.metrics.queue_depth = lambda: sum(e.loaded.batcher.depth() for e in self.repository.entries.values()
+                                                   if e.loaded is not None)
+            self.metrics.models_loaded = self.repository.loaded_count
+        else:
+            self.slot = ModelSlot(self.first_model, batching, self.metrics.observe_batch)
+            self.metrics.queue_depth = lambda: self.slot.current.batcher.depth()
         self.audit = AuditLog(settings.audit_log) if settings.audit_log else None
+        if settings.review_db:
+            from adkit.deploy.serving.reviews import KeptImages, RecentAnswers, ReviewStore
+
+            self.reviews = ReviewStore(settings.review_db)
+            self.recent = RecentAnswers(keep_bytes=bool(settings.keep_images))
+            if settings.keep_images:
+                self.kept_images = KeptImages(settings.keep_images, settings.keep_images_mb)
+        if settings.webhook:
+            from adkit.deploy.serving.webhook import Webhook
+
+            self.webhook = Webhook(settings.webhook, self.metrics, settings.webhook_queue)
 
     async def stop(self):
         self.draining = True
-        await self.slot.close()  # the server has finished its requests; the queue is empty
+        # the server has finished its requests; the queues are empty
+        await (self.repository.close() if self.repository else self.slot.close())
         if self.audit:
             self.audit.close()
+        if self.webhook:
+            await asyncio.to_thread(self.webhook.close, WEBHOOK_DRAIN_SECONDS)
+
+    def require_single_model(self, route):
+        if self.repository is not None:
+            raise _Refused(404, f"{route}: this service serves --model_repository "
+                                f"{self.repository.root}; use GET /models and /models/{{name}}/...")
+
+    async def model(self, name):
+        """The LoadedModel that answers for ``name`` (None: the --model_dir model)."""
+        if self.repository is None:
+            if name is not None and name != self.single_name:
+                raise _Refused(404, f"no model named {name!r}: this service serves {self.single_name!r} "
+                                    "(GET /models)")
+            return self.slot.current
+        from adkit.deploy.serving.repository import ModelUnavailable, UnknownModel
+
+        try:
+            return await self.repository.model(name)
+        except UnknownModel:
+            raise _Refused(404, f"no model named {name!r} in --model_repository {self.repository.root} "
+                                "(GET /models lists them)") from None
+        except ModelUnavailable as err:
+            raise _Refused(503, str(err), {"Retry-After": "5"}) from None
+
+    def require_known(self, name):
+        known = name in self.repository.entries if self.repository is not None else name == self.single_name
+        if not known:
+            raise _Refused(404, f"no model named {name!r} (GET /models lists them)")
+
+    def listing(self):
+        if self.repository is not None:
+            return self.repository.listing()
+        from adkit.deploy.serving.repository import version_number
+
+        current = self.slot.current.describe()
+        return [{"name": self.single_name, "model": current["model"], "version": current["version"],
+                 "version_number": version_number(current["model_dir"]), "threshold": current["threshold"],
+                 "state": "loaded"}]
 
     def require_key(self, request):
         if self.settings.api_key is None:
@@ -138,12 +220,20 @@ class Service:
         self.metrics.observe_reload(True)
         return {"reloaded": True, **new.describe()}
 
-    async def record(self, request_id, answer):
-        """One row of --audit_log for an answered /predict."""
+    async def record(self, request_id, answer, data):
+        """One row of --audit_log for an answered /predict; the answer (and with --keep_images
+        its image) kept for a review of it."""
+        self.metrics.observe_prediction(answer["model_name"], answer["label"])
+        if self.webhook is not None:
+            self.webhook.post({**answer, "threshold": answer["threshold"]["value"]})
+        if self.recent is not None:
+            self.recent.add(request_id, {k: answer[k] for k in ("model_name", "score", "label", "model",
+                                                                 "model_version", "file_name", "part_id")}
+                            | {"threshold": answer["threshold"]["value"]}, data)
         if self.audit:
             await asyncio.to_thread(self.audit.record, request_id, answer["file_name"], answer["part_id"],
                                     answer["score"], answer["label"], answer["threshold"]["value"],
-                                    answer["model"], answer["model_version"])
+                                    answer["model_name"], answer["model"], answer["model_version"])
 
 
 @asynccontextmanager
@@ -190,6 +280,9 @@ async def ready(request: Request):
     service = _service(request)
     if service.draining:
         return JSONResponse({"ready": False, "reason": "shutting down"}, status_code=503)
+    if service.repository is not None:  # ready to load whichever model is asked for
+        return {"ready": True, "model_repository": service.repository.root,
+                "models": len(service.repository.entries), "loaded": service.repository.loaded_count()}
     if not service.slot.current.alive():
         return JSONResponse({"ready": False, "reason": "the engine process stopped; restart "
                              "the service or POST /reload"}, status_code=503)
@@ -199,6 +292,7 @@ async def ready(request: Request):
 @admin_routes.get("/info")
 async def info(request: Request):
     service = _service(request)
+    service.require_single_model("GET /info")
     settings = service.settings
     return {**service.slot.current.describe(), "api_key_required": settings.api_key is not None,
             "max_bytes": settings.max_bytes, "max_pixels": settings.max_pixels,
@@ -214,6 +308,7 @@ async def prometheus(request: Request):
 async def reload(request: Request):
     service = _service(request)
     service.require_key(request)
+    service.require_single_model("POST /reload")
     model_dir = await _requested_folder(request)
     if model_dir:
         service.require_inside_root(model_dir)
@@ -234,33 +329,108 @@ async def _requested_folder(request):
 prediction_routes = APIRouter()
 
 
+@prediction_routes.get("/models")
+async def models(request: Request):
+    """Every model served: name, method, version, threshold, state (loaded or not)."""
+    service = _service(request)
+    return {"models": service.listing(), "api_key_required": service.settings.api_key is not None,
+            "reviews": service.reviews is not None}
+
+
 @prediction_routes.post("/predict")
 async def predict(request: Request):
     service = _service(request)
+    service.require_single_model("POST /predict")
+    return await _predict(request, service, None)
+
+
+@prediction_routes.post("/models/{model_name}/predict")
+async def predict_with(request: Request, model_name: str):
+    return await _predict(request, _service(request), model_name)
+
+
+async def _predict(request, service, model_name):
     service.require_key(request)
     started = time.perf_counter()
     request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
+    await service.model(model_name)  # an unknown model is refused before the body is read
     data, name, options = await _read_image(request)
-    served, image, (model_map, score, batch_size), decoded = await _decoded_and_scored(service, data, name)
+    served, image, (model_map, score, batch_size), decoded = await _decoded_and_scored(service, model_name,
+                                                                                       data, name)
     scored = time.perf_counter()
     answer = await asyncio.to_thread(_answer, served, image, model_map, score, options)
     done = time.perf_counter()
-    answer.update(request_id=request_id, file_name=options["file_name"], part_id=options["part_id"],
+    answer.update(model_name=model_name or service.single_name, request_id=request_id, file_name=options["file_name"], part_id=options["part_id"],
                   batch_size=batch_size,
                   timing_ms={"decode": round((decoded - started) * 1000, 3),
                              "queue_and_engine": round((scored - decoded) * 1000, 3),
                              "postprocess": round((done - scored) * 1000, 3),
                              "total": round((done - started) * 1000, 3)})
-    await service.record(request_id, answer)
+    await service.record(request_id, answer, data)
     return JSONResponse(answer, headers={REQUEST_ID_HEADER: request_id})
 
 
-async def _decoded_and_scored(service, data, name):
+@prediction_routes.post("/models/{model_name}/review")
+async def review(request: Request, model_name: str):
+    """{"request_id", "verdict", "note"}: an inspector's verdict on one of the recent answers."""
+    from adkit.deploy.serving.reviews import NOTE_CHARS, RECENT_ANSWERS, VERDICTS
+
+    service = _service(request)
+    service.require_key(request)
+    service.require_known(model_name)
+    if service.reviews is None:
+        raise _Refused(404, "reviews are off: start serve.py with --review_db FILE")
+    body = _json(await request.body())
+    expected = ('expected a JSON object {"request_id": "...", "verdict": "' + '|'.join(VERDICTS)
+                + '", "note": "..."}')
+    if not isinstance(body, dict) or not isinstance(body.get("request_id"), str) or not body["request_id"]:
+        raise _Refused(422, expected)
+    verdict, note = body.get("verdict"), body.get("note", "")
+    if verdict not in VERDICTS:
+        raise _Refused(422, f"verdict {verdict!r}: {expected}")
+    if not isinstance(note, str) or len(note) > NOTE_CHARS:
+        raise _Refused(422, f"note: expected text of at most {NOTE_CHARS} characters")
+    recent = service.recent.get(body["request_id"])
+    if recent is None or recent[0]["model_name"] != model_name:
+        raise _Refused(404, f"request_id {body['request_id']!r}: not among the last {RECENT_ANSWERS} answers "
+                            f"of model {model_name!r} (reviews name a recent answer of this server run)")
+    answer, data = recent
+    reviewed_label, truth = VERDICTS[verdict]
+    if answer["label"] and answer["label"] != reviewed_label:
+        raise _Refused(422, f"verdict {verdict}: the model answered {answer['label']!r} for this request, "
+                            f"the verdict is for a {reviewed_label!r} answer")
+    image = ""
+    if service.kept_images is not None and data:
+        image = await asyncio.to_thread(service.kept_images.save, model_name, body["request_id"], data)
+    row = {**answer, "request_id": body["request_id"], "verdict": verdict, "truth": truth, "note": note,
+           "image": image}
+    review_id = await asyncio.to_thread(service.reviews.add, row)
+    service.metrics.count("adkit_reviews_total", "Reviews stored, by model name and verdict.",
+                          model=model_name, verdict=verdict)
+    return JSONResponse({"review_id": review_id, **row}, status_code=201)
+
+
+@prediction_routes.get("/models/{model_name}/reviews")
+async def reviews(request: Request, model_name: str, format: str = "json"):
+    """The reviews of a model, oldest first (?format=csv: the export main.py --mode update reads)."""
+    from adkit.deploy.serving.reviews import reviews_csv
+
+    service = _service(request)
+    service.require_key(request)
+    if service.reviews is None:
+        raise _Refused(404, "reviews are off: start serve.py with --review_db FILE")
+    rows = await asyncio.to_thread(service.reviews.rows, model_name)
+    if format == "csv":
+        return PlainTextResponse(reviews_csv(rows), media_type="text/csv")
+    return {"reviews": rows}
+
+
+async def _decoded_and_scored(service, model_name, data, name):
     """(the model that scored it, image, (map, score, batch size), when decoding ended) of one
     request's bytes, on the model served when it was decoded."""
     settings = service.settings
-    for _ in range(3):  # a reload may close the batcher between reading it and submitting
-        served = service.slot.current
+    for _ in range(3):  # a reload or an eviction may close the batcher between reading it and submitting
+        served = await service.model(model_name)
         try:  # decoding and resizing in one trip off the event loop
             image, tensor, decoded = await asyncio.to_thread(_decode_and_preprocess, served, data, name,
                                                              settings)
@@ -418,6 +588,19 @@ class _BodyTooLarge(Exception):
     pass
 
 
+_ROUTES = ("/predict", "/reload", "/", "/health", "/ready", "/info", "/metrics", "/models")
+
+
+def route_of(path):
+    """The route a path is counted under in /metrics (a model's name is a label of its own)."""
+    if path in _ROUTES:
+        return path
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "models" and parts[3] in ("predict", "review", "reviews"):
+        return "/models/{name}/" + parts[3]
+    return "other"
+
+
 class _Guard:
     """ASGI middleware in front of every route: refuses a request body over ``max_body``
     bytes (from Content-Length before reading, else while it streams in) with 413, answers
@@ -451,7 +634,8 @@ class _Guard:
             return message
 
         length = dict(scope.get("headers", [])).get(b"content-length")
-        self.metrics.started(path)
+        known = route_of(path)
+        self.metrics.started(known)
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 raise _BodyTooLarge()
@@ -465,8 +649,6 @@ class _Guard:
             if not status["sent"]:
                 await _send_json(send_counted, 500, f"internal error: {type(err).__name__}: {err}")
         finally:
-            known = path if path in ("/predict", "/reload", "/", "/health", "/ready", "/info",
-                                     "/metrics") else "other"
             self.metrics.observe_request(known, status["code"], time.perf_counter() - started)
 
 

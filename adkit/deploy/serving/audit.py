@@ -8,8 +8,8 @@ import time
 
 from adkit.core.errors import UserError
 
-AUDIT_HEADER = ["time", "request_id", "file_name", "part_id", "score", "label", "threshold", "model",
-                "model_version"]
+AUDIT_HEADER = ["time", "request_id", "file_name", "part_id", "score", "label", "threshold", "model_name",
+                "model", "model_version"]
 
 
 def check_audit_file(path):
@@ -38,11 +38,11 @@ class AuditLog:
         if new:
             self._write(AUDIT_HEADER)
 
-    def record(self, request_id, file_name, part_id, score, label, threshold, model, model_version):
+    def record(self, request_id, file_name, part_id, score, label, threshold, model_name, model, model_version):
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
         self._write([stamp, request_id, file_name, part_id, repr(float(score)), label,
-                     "" if threshold is None else repr(float(threshold)), model, model_version])
+                     "" if threshold is None else repr(float(threshold)), model_name, model, model_version])
 
     def _write(self, row):
         with self._lock:

@@ -21,12 +21,14 @@ class ServiceError(Exception):
 class ServiceClient:
     """One keep-alive connection per thread (http.client connections are not thread-safe)."""
 
-    def __init__(self, url, api_key=None, timeout=60.0):
+    def __init__(self, url, api_key=None, timeout=60.0, model=None):
+        """``model``: a model of serve.py --model_repository (None: the --model_dir one)."""
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"{url}: expected http://HOST:PORT")
         self.host, self.port = parsed.hostname, parsed.port or 80
         self.api_key, self.timeout = api_key, timeout
+        self.prefix = "" if model is None else "/models/" + urllib.parse.quote(model, safe="")
         self._local = threading.local()
 
     def _connection(self):
@@ -72,9 +74,22 @@ class ServiceClient:
         ``file_name`` and ``part_id`` go into the service's audit log with the decision."""
         fields = (("part_id", part_id), ("file_name", file_name), ("overlay", "true" if overlay else ""))
         query = urllib.parse.urlencode({k: v for k, v in fields if v})
-        status, headers, body = self.request("POST", "/predict" + ("?" + query if query else ""), data,
-                                             {"Content-Type": "application/octet-stream"})
-        if status != 200:
+        return self._answer(self.request("POST", self.prefix + "/predict" + ("?" + query if query else ""), data,
+                                         {"Content-Type": "application/octet-stream"}), 200)
+
+    def review(self, request_id, verdict, note=""):
+        """Send an inspector's verdict on an answer (a --model_repository model, or the
+        --model_dir one named after its folder: ``model`` given); the stored review (dict)."""
+        if not self.prefix:
+            raise ValueError("review: name the model (ServiceClient(..., model=NAME))")
+        body = json.dumps({"request_id": request_id, "verdict": verdict, "note": note}).encode()
+        return self._answer(self.request("POST", self.prefix + "/review", body,
+                                         {"Content-Type": "application/json"}), 201)
+
+    @staticmethod
+    def _answer(response, expected):
+        status, headers, body = response
+        if status != expected:
             try:
                 message = json.loads(body)["error"]
             except (ValueError, KeyError, TypeError):
