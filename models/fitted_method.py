@@ -66,7 +66,8 @@ class FittedFeatureMethod(AnomalyMethod):
 
     def features(self, train_set, desc):
         """Yield the encoder's [f4, f8, f16] (paddle tensors) batch by batch over ``train_set``;
-        once its first batches are timed, log how long the whole fit will take when it is long."""
+        once its first batches are timed, log how long all of them take, when that is long,
+        and what the fit does next."""
         from adkit.evaluate.evaluation import batches
 
         batch_size = int(self.cfg["batch_size"])
