@@ -317,14 +317,14 @@ def test_bad_test_data_is_reported_before_any_forward_pass(gravel_run, monkeypat
 
 PHASES = {  # what each phase of a run says it does, and what it counts
     "efficientad_s": (["--steps", "2", "--teacher_weights", "none"], [
-        ("normalising the teacher on the training images", "batches"), ("training efficientad_s", "steps"),
-        ("normalising the maps on the validation images", "batches"),
-        ("scoring training images", "batches"), ("scoring synthetic defects", "batches")]),
+        ("normalising the teacher on the training images", "images"), ("training efficientad_s", "steps"),
+        ("normalising the maps on the validation images", "images"),
+        ("scoring training images", "images"), ("scoring synthetic defects", "images")]),
     "patchcore": ([], [
-        ("extracting features of the training images", "batches"), ("choosing the memory bank", "patches"),
-        ("scoring validation images", "batches"),
+        ("extracting features of the training images", "images"), ("choosing the memory bank", "patches"),
+        ("scoring validation images", "images"),
         # eval
-        ("scoring test images", "batches"), ("writing overlays and maps", "images")]),
+        ("scoring test images", "images"), ("writing overlays and maps", "images")]),
 }
 
 
